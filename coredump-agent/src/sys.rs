@@ -1,0 +1,169 @@
+//! The agent's only `unsafe`: thin, safe wrappers around the few syscalls std does not offer.
+//!
+//! Each wrapper takes and returns owned, checked Rust values; callers never see a raw pointer.
+#![expect(
+    unsafe_code,
+    reason = "syscall wrappers; every block states why it is sound"
+)]
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd},
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+fn path_cstring(path: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+fn clock(id: libc::clockid_t) -> io::Result<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    if unsafe { libc::clock_gettime(id, &mut ts) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+}
+
+/// `CLOCK_BOOTTIME`: the clock of `bpf_ktime_get_boot_ns`.
+pub fn boot_time() -> io::Result<Duration> {
+    clock(libc::CLOCK_BOOTTIME)
+}
+
+/// Converts a `CLOCK_BOOTTIME` reading into wall-clock time, using the current offset
+/// between the two clocks (so a suspend before the crash is accounted for).
+pub fn boot_to_system_time(boot: Duration) -> SystemTime {
+    let now = SystemTime::now();
+    match boot_time() {
+        Ok(boot_now) => now - boot_now.saturating_sub(boot),
+        Err(_) => now,
+    }
+}
+
+/// Seconds since the epoch for a wall-clock time (0 before 1970).
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Effective uid of this process.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Raises `RLIMIT_MEMLOCK` to infinity: kernels before 5.11 charge BPF maps against it.
+pub fn raise_memlock_rlimit() -> io::Result<()> {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: `rlim` is a valid rlimit for the duration of the call.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `mount -t tracefs tracefs <target>`.
+pub fn mount_tracefs(target: &Path) -> io::Result<()> {
+    let target = path_cstring(target)?;
+    let fstype = c"tracefs";
+    // SAFETY: all pointers are valid NUL-terminated strings that outlive the call; no data.
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Size of a kernfs file handle: the cgroup id as a u64.
+const KERNFS_HANDLE_BYTES: usize = 8;
+/// `FILEID_KERNFS`, the handle type kernfs (and so cgroupfs) uses.
+const FILEID_KERNFS: libc::c_int = 0xfe;
+
+/// `open_by_handle_at(mount_fd, {kernfs handle: cgroup_id})`: opens the cgroup directory whose
+/// inode number is `cgroup_id`, in O(1). Needs `CAP_DAC_READ_SEARCH`.
+pub fn open_cgroup_by_id(mount_fd: BorrowedFd<'_>, cgroup_id: u64) -> io::Result<OwnedFd> {
+    #[repr(C)]
+    struct KernfsHandle {
+        handle_bytes: libc::c_uint,
+        handle_type: libc::c_int,
+        f_handle: [u8; KERNFS_HANDLE_BYTES],
+    }
+    let mut handle = KernfsHandle {
+        handle_bytes: KERNFS_HANDLE_BYTES as libc::c_uint,
+        handle_type: FILEID_KERNFS,
+        f_handle: cgroup_id.to_ne_bytes(),
+    };
+    // SAFETY: `handle` has the `struct file_handle` layout with `handle_bytes` bytes of
+    // payload, and stays alive for the call; the returned fd is checked before being owned.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount_fd.as_raw_fd(),
+            (&raw mut handle).cast::<libc::c_void>(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Registers the probe's ring buffer with tokio's reactor.
+pub fn async_ring_buf(
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+) -> io::Result<tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>> {
+    // SAFETY: the ring buffer owns its map (`MapData` holds an `OwnedFd`), so its fd stays open
+    // and refers to the same map for as long as the `AsyncFd` holds it.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| io::Error::from(e.into_parts().1))
+}
+
+/// Free bytes available to unprivileged users on the filesystem holding `path`.
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    let cpath = path_cstring(path)?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpath` is NUL-terminated and `st` writable, both alive for the call.
+    if unsafe { libc::statvfs(cpath.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn boot_clock_converts_to_now() {
+        let boot = boot_time().unwrap();
+        let t = boot_to_system_time(boot);
+        let drift = SystemTime::now().duration_since(t).unwrap();
+        assert!(drift < Duration::from_secs(1), "{drift:?}");
+    }
+
+    #[test]
+    fn free_bytes_of_tmp() {
+        assert!(free_bytes(Path::new("/tmp")).unwrap() > 0);
+        assert!(free_bytes(Path::new("/no/such/dir")).is_err());
+    }
+}
