@@ -134,7 +134,7 @@ pub fn async_ring_buf(
     // SAFETY: the ring buffer owns its map (`MapData` holds an `OwnedFd`), so its fd stays open
     // and refers to the same map for as long as the `AsyncFd` holds it.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| io::Error::from(e.into_parts().1))
+        .map_err(|e| e.into_parts().1)
 }
 
 /// Free bytes available to unprivileged users on the filesystem holding `path`.

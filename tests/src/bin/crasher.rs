@@ -1,1 +1,234 @@
-fn main() {}
+//! `crasher MODE [ARG]`: a small program the end-to-end tests crash in controlled ways.
+//!
+//! Protocol: it prints `ready <host_pid> <ns_pid> <host_tid>` (the ids of the task that will
+//! receive the signal), then waits for a line on stdin before acting, so a test can set
+//! things up (cgroup, probe) first and never races fork/exec.
+//!
+//! Modes: segv, abort, quit, handled (SIGSEGV with a handler), term, ignored (SIGQUIT set to
+//! SIG_IGN then sent), thread NAME (a named thread segfaults), pidns MODE (MODE runs as pid 2
+//! of a new pid namespace), signal-loop N (benchmark: prints ns per handled SIGUSR1), sleep.
+//!
+//! `CRASHER_CORE_LIMIT` sets RLIMIT_CORE (default 0: the probe tests need no core file).
+//! `CRASHER_COMM` renames the process first (prctl PR_SET_NAME).
+#![allow(unsafe_code, reason = "a test helper that crashes on purpose")]
+
+use std::{
+    ffi::CString,
+    io::{BufRead as _, Write as _},
+    time::Instant,
+};
+
+fn ids() -> (u32, u32) {
+    // NSpid lists the pid from the outermost to the innermost namespace; /proc is the host's.
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    let host = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    (host, std::process::id())
+}
+
+fn ready_and_wait(tid: u32) {
+    let (host, ns) = ids();
+    println!("ready {host} {ns} {tid}");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).unwrap();
+}
+
+fn host_tid() -> u32 {
+    let status = std::fs::read_to_string("/proc/thread-self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn segv() -> ! {
+    // SAFETY: not sound, on purpose: a NULL write delivers SIGSEGV with SEGV_MAPERR.
+    unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
+    unreachable!()
+}
+
+fn raise(sig: libc::c_int) {
+    // SAFETY: raise has no memory-safety preconditions.
+    unsafe { libc::raise(sig) };
+}
+
+extern "C" fn exit_handler(_: libc::c_int) {
+    // SAFETY: _exit is async-signal-safe.
+    unsafe { libc::_exit(0) };
+}
+
+static mut HANDLED: u64 = 0;
+extern "C" fn count_handler(_: libc::c_int) {
+    // SAFETY: single-threaded program; the handler runs synchronously inside raise().
+    unsafe { HANDLED += 1 };
+}
+
+fn set_handler(sig: libc::c_int, handler: libc::sighandler_t) {
+    // SAFETY: installs a plain handler (or SIG_IGN); `sa` is fully initialised.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler;
+        libc::sigaction(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+fn act(mode: &str, arg: Option<&str>) {
+    match mode {
+        "segv" => {
+            ready_and_wait(host_tid());
+            segv();
+        }
+        "abort" => {
+            ready_and_wait(host_tid());
+            // SAFETY: abort has no preconditions.
+            unsafe { libc::abort() };
+        }
+        "quit" => {
+            ready_and_wait(host_tid());
+            raise(libc::SIGQUIT);
+        }
+        "term" => {
+            ready_and_wait(host_tid());
+            raise(libc::SIGTERM);
+        }
+        "handled" => {
+            set_handler(
+                libc::SIGSEGV,
+                exit_handler as *const () as libc::sighandler_t,
+            );
+            ready_and_wait(host_tid());
+            segv();
+        }
+        "ignored" => {
+            set_handler(libc::SIGQUIT, libc::SIG_IGN);
+            ready_and_wait(host_tid());
+            raise(libc::SIGQUIT);
+            std::process::exit(0);
+        }
+        "thread" => {
+            let name = arg.unwrap_or("bad-worker").to_owned();
+            let (tx, rx) = std::sync::mpsc::channel();
+            let worker = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || {
+                    tx.send(host_tid()).unwrap();
+                    std::thread::park();
+                    segv();
+                })
+                .unwrap();
+            let tid = rx.recv().unwrap();
+            ready_and_wait(tid);
+            worker.thread().unpark();
+            worker.join().ok();
+        }
+        "pidns" => pidns(arg.unwrap_or("segv")),
+        "signal-loop" => {
+            let n: u64 = arg.and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
+            set_handler(
+                libc::SIGUSR1,
+                count_handler as *const () as libc::sighandler_t,
+            );
+            let start = Instant::now();
+            for _ in 0..n {
+                raise(libc::SIGUSR1);
+            }
+            let ns = start.elapsed().as_nanos() as f64 / n as f64;
+            // SAFETY: read after all handlers ran; single-threaded.
+            assert_eq!(unsafe { HANDLED }, n);
+            println!("{ns:.1}");
+        }
+        "sleep" => {
+            ready_and_wait(host_tid());
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+        other => {
+            eprintln!("crasher: unknown mode {other:?}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Runs `mode` as pid 2 of a new pid namespace (pid 1 is a waiting init), and exits with
+/// the child's status.
+fn pidns(mode: &str) {
+    // SAFETY: unshare(CLONE_NEWPID) only affects children created afterwards.
+    if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        eprintln!(
+            "crasher: unshare(CLONE_NEWPID): {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(3);
+    }
+    // SAFETY: single-threaded here; the child only calls async-signal-safe code or execs.
+    match unsafe { libc::fork() } {
+        0 => {
+            // pid 1 of the new namespace: fork the real test process (pid 2), reap it.
+            // SAFETY: as above.
+            let child = unsafe { libc::fork() };
+            if child == 0 {
+                let exe = CString::new("/proc/self/exe").unwrap();
+                let a0 = CString::new("crasher").unwrap();
+                let a1 = CString::new(mode).unwrap();
+                let argv = [a0.as_ptr(), a1.as_ptr(), std::ptr::null()];
+                // SAFETY: valid NUL-terminated argv; execv only returns on error.
+                unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
+                // SAFETY: _exit after a failed exec in a forked child.
+                unsafe { libc::_exit(4) };
+            }
+            std::process::exit(wait_status(child));
+        }
+        -1 => std::process::exit(3),
+        init => std::process::exit(wait_status(init)),
+    }
+}
+
+/// Waits for a child; returns 128+signal if it was killed, like a shell.
+fn wait_status(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: `status` is writable for the call.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
+}
+
+fn main() {
+    let limit: u64 = std::env::var("CRASHER_CORE_LIMIT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let rlim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: `rlim` is valid for the call. Raising the hard limit fails without privilege;
+    // then fall back to the soft limit only.
+    if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &rlim) } != 0 {
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: as above.
+        unsafe {
+            libc::getrlimit(libc::RLIMIT_CORE, &mut cur);
+            cur.rlim_cur = limit.min(cur.rlim_max);
+            libc::setrlimit(libc::RLIMIT_CORE, &cur);
+        }
+    }
+    if let Ok(comm) = std::env::var("CRASHER_COMM") {
+        let comm = CString::new(comm).unwrap();
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 15 bytes).
+        unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
+    }
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_default();
+    let arg = args.next();
+    act(&mode, arg.as_deref());
+}

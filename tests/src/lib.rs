@@ -1,0 +1,234 @@
+//! Support for the end-to-end tests: privilege checks that fail loudly under CI, a lock that
+//! serializes tests touching global kernel state, guards that restore it, and the `crasher`.
+#![allow(unsafe_code, reason = "flock on the global test lock")]
+
+use std::{
+    fs::File,
+    io::{BufRead as _, BufReader, Write as _},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+/// Whether we run under CI (`CI=true`), where nothing may be skipped.
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether this test can use root-only features (BPF, cgroups, core_pattern). Outside CI a
+/// non-root run skips with a message; under CI it fails.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(!ci(), "{test}: needs root, and CI=true forbids skipping");
+    eprintln!("SKIPPED {test}: needs root (BPF, cgroups, core_pattern)");
+    false
+}
+
+/// An exclusive lock held while a test changes global kernel state (core_pattern, cgroups),
+/// shared by every test binary, so such tests never run in parallel.
+pub struct GlobalLock {
+    _file: File,
+}
+
+impl GlobalLock {
+    /// Blocks until the lock is ours.
+    pub fn acquire() -> Self {
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/tmp/coredump-agent-tests.lock")
+            .expect("open the test lock file");
+        // SAFETY: flock on an fd we own; blocks until acquired.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
+        Self { _file: f }
+    }
+}
+
+const CORE_PATTERN: &str = "/proc/sys/kernel/core_pattern";
+
+/// Sets `kernel.core_pattern` and restores the previous value on drop, even on panic.
+pub struct CorePatternGuard {
+    previous: String,
+    _lock: GlobalLock,
+}
+
+impl CorePatternGuard {
+    /// Takes the global lock, saves the current pattern and installs `pattern`.
+    pub fn set(pattern: &str) -> Self {
+        let lock = GlobalLock::acquire();
+        let previous = std::fs::read_to_string(CORE_PATTERN).expect("read core_pattern");
+        std::fs::write(CORE_PATTERN, pattern).expect("write core_pattern");
+        Self {
+            previous: previous.trim_end_matches('\n').to_owned(),
+            _lock: lock,
+        }
+    }
+}
+
+impl Drop for CorePatternGuard {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(CORE_PATTERN, &self.previous) {
+            eprintln!("could not restore core_pattern to {:?}: {e}", self.previous);
+        }
+    }
+}
+
+/// The cgroup v2 mount (on hybrid hosts `/sys/fs/cgroup/unified`).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// A cgroup directory removed on drop (after its processes are gone).
+pub struct TempCgroup {
+    /// The directory.
+    pub path: PathBuf,
+}
+
+impl TempCgroup {
+    /// Creates `<cgroup2 root>/<relative>` (with parents).
+    pub fn create(relative: &str) -> Self {
+        let root = cgroup2_root().expect("a cgroup2 mount");
+        let path = root.join(relative);
+        std::fs::create_dir_all(&path).expect("create cgroup");
+        Self { path }
+    }
+
+    /// Moves a process into this cgroup.
+    pub fn add(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string()).expect("cgroup.procs");
+    }
+
+    /// The cgroup id: the directory's inode number.
+    pub fn id(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(&self.path).expect("stat cgroup").ino()
+    }
+}
+
+impl Drop for TempCgroup {
+    fn drop(&mut self) {
+        // Remove leaf-first; a cgroup still populated cannot go, so retry briefly.
+        let root = cgroup2_root().unwrap_or_default();
+        let mut dir = Some(self.path.as_path());
+        while let Some(d) = dir {
+            if d == root || !d.starts_with(&root) {
+                break;
+            }
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            dir = d.parent();
+        }
+    }
+}
+
+/// The `crasher` binary built beside the test binaries.
+pub fn crasher_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("deps dir");
+    let candidates = [dir.join("crasher"), dir.join("../crasher")];
+    candidates
+        .into_iter()
+        .find(|p| p.exists())
+        .expect("crasher binary (built by cargo test)")
+}
+
+/// A running crasher, stopped at its "ready" line.
+pub struct Crasher {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    /// Host pid of the task that will crash (for `pidns`, the process inside the namespace).
+    pub host_pid: u32,
+    /// Pid as seen in its own pid namespace.
+    pub ns_pid: u32,
+    /// Host tid of the thread that will receive the signal.
+    pub host_tid: u32,
+}
+
+/// Options for [`Crasher::spawn_with`].
+#[derive(Default)]
+pub struct CrasherOpts<'a> {
+    /// RLIMIT_CORE for the crasher (0 = no core file).
+    pub core_limit: u64,
+    /// Rename the process first.
+    pub comm: Option<&'a str>,
+    /// Working directory.
+    pub cwd: Option<&'a Path>,
+}
+
+impl Crasher {
+    /// Starts `crasher MODE [ARG]` with no core file and waits for it to be ready.
+    pub fn spawn(mode: &str, arg: Option<&str>) -> Self {
+        Self::spawn_with(mode, arg, &CrasherOpts::default())
+    }
+
+    /// Starts a crasher with options and waits for it to be ready.
+    pub fn spawn_with(mode: &str, arg: Option<&str>, opts: &CrasherOpts<'_>) -> Self {
+        let mut cmd = Command::new(crasher_path());
+        cmd.arg(mode)
+            .args(arg)
+            .env("CRASHER_CORE_LIMIT", opts.core_limit.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        if let Some(comm) = opts.comm {
+            cmd.env("CRASHER_COMM", comm);
+        }
+        if let Some(cwd) = opts.cwd {
+            cmd.current_dir(cwd);
+        }
+        let mut child = cmd.spawn().expect("spawn crasher");
+        let stdout: ChildStdout = child.stdout.take().expect("piped");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("crasher ready line");
+        let mut parts = line.split_whitespace();
+        assert_eq!(parts.next(), Some("ready"), "crasher said {line:?}");
+        let mut next = || -> u32 { parts.next().and_then(|p| p.parse().ok()).expect("ids") };
+        let (host_pid, ns_pid, host_tid) = (next(), next(), next());
+        let stdin = child.stdin.take();
+        Self {
+            child,
+            stdin,
+            host_pid,
+            ns_pid,
+            host_tid,
+        }
+    }
+
+    /// The pid of the spawned process itself (differs from `host_pid` for `pidns`).
+    pub fn child_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets it act, and waits for it to end.
+    pub fn go(mut self) -> ExitStatus {
+        let mut stdin = self.stdin.take().expect("stdin");
+        stdin.write_all(b"go\n").expect("write go");
+        drop(stdin);
+        self.child.wait().expect("wait crasher")
+    }
+}
+
+impl Drop for Crasher {
+    fn drop(&mut self) {
+        if self.stdin.is_some() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! `cargo xtask bench …`: measurements that compare against a baseline taken in the same run.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+use clap::Subcommand;
+
+use crate::{cargo, status};
+
+#[derive(Debug, Subcommand)]
+pub enum Bench {
+    /// Per-signal overhead of the crash probe: no probe vs classic tracepoint vs tp_btf.
+    Probe {
+        /// Signals per measurement.
+        #[arg(long, default_value_t = 2_000_000)]
+        signals: u64,
+        /// Measurements per configuration (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+}
+
+pub fn run(root: &Path, which: Bench) -> anyhow::Result<()> {
+    match which {
+        Bench::Probe { signals, rounds } => probe(root, signals, rounds),
+    }
+}
+
+/// Starts `coredump-agent probe --hook <hook>` and waits until it has attached.
+fn start_probe(agent: &Path, hook: &str) -> anyhow::Result<Child> {
+    let mut child = Command::new(agent)
+        .args(["probe", "--hook", hook])
+        .env("COREDUMP_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting the agent")?;
+    let stderr = child.stderr.take().expect("piped");
+    for line in BufReader::new(stderr).lines() {
+        let line = line?;
+        if line.contains("crash probe attached") {
+            return Ok(child);
+        }
+    }
+    let st = child.wait()?;
+    bail!("`coredump-agent probe --hook {hook}` exited before attaching: {st}");
+}
+
+fn signal_loop(crasher: &Path, signals: u64) -> anyhow::Result<f64> {
+    let out = Command::new(crasher)
+        .args(["signal-loop", &signals.to_string()])
+        .output()
+        .context("running the signal loop")?;
+    if !out.status.success() {
+        bail!(
+            "signal loop failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .parse()
+        .with_context(|| format!("signal loop printed {text:?}"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn probe(root: &Path, signals: u64, rounds: usize) -> anyhow::Result<()> {
+    status(cargo(root).args([
+        "build",
+        "--release",
+        "--package",
+        "coredump-agent",
+        "--package",
+        "coredump-tests",
+        "--bin",
+        "coredump-agent",
+        "--bin",
+        "crasher",
+    ]))?;
+    let agent = root.join("target/release/coredump-agent");
+    let crasher = root.join("target/release/crasher");
+    let object = std::fs::read_dir(root.join("target/release/build"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("out/coredump"))
+        .find(|p| p.exists());
+
+    let mut results = Vec::new();
+    for hook in [None, Some("tracepoint"), Some("tp-btf")] {
+        let mut probe = hook.map(|h| start_probe(&agent, h)).transpose()?;
+        let mut samples = Vec::new();
+        for _ in 0..rounds {
+            samples.push(signal_loop(&crasher, signals)?);
+        }
+        if let Some(p) = probe.as_mut() {
+            p.kill()?;
+            p.wait()?;
+        }
+        results.push((hook.unwrap_or("no probe"), median(samples)));
+    }
+    let base = results[0].1;
+    println!(
+        "probe overhead: {signals} SIGUSR1 deliveries (handled, so filtered in the kernel), median of {rounds}"
+    );
+    println!(
+        "{:<12} {:>14} {:>10} {:>12}",
+        "hook", "ns/signal", "ratio", "+ns/signal"
+    );
+    for (name, ns) in &results {
+        println!(
+            "{name:<12} {ns:>14.1} {:>9.3}x {:>12.1}",
+            ns / base,
+            ns - base
+        );
+    }
+    if let Some(object) = object {
+        let size = std::fs::metadata(&object)?.len();
+        println!("eBPF object: {} ({size} bytes)", object.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! The toolchain that installs itself: each step checks first, says what it found, and only
+//! installs what is missing. A second run does no work.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+
+/// LLVM major version bpf-linker is built against (Debian package `llvm-22-dev`).
+const LLVM: u32 = 22;
+/// The S3-compatible server the tests start (design.md §8).
+const MOTO: &str = "moto[server]==5.2.5";
+
+fn succeeds(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run(program: &str, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("xtask setup:   $ {program} {}", args.join(" "));
+    let st = Command::new(program)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {program}"))?;
+    if !st.success() {
+        bail!("`{program} {}` failed: {st}", args.join(" "));
+    }
+    Ok(())
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    output("id", &["-u"]).is_some_and(|s| s.trim() == "0")
+}
+
+fn ok(what: &str, detail: &str) {
+    eprintln!("xtask setup: ok      {what} ({detail})");
+}
+
+fn installing(what: &str) {
+    eprintln!("xtask setup: install {what}");
+}
+
+/// Checks, and installs where missing, everything the build and the tests need.
+pub fn ensure() -> anyhow::Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    moto()?;
+    Ok(())
+}
+
+fn rust_src() -> anyhow::Result<()> {
+    if !succeeds("rustup", &["--version"]) {
+        bail!(
+            "rustup not found: the eBPF probe is built with a nightly toolchain managed by \
+             rustup; install it from https://rustup.rs, then rerun"
+        );
+    }
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    );
+    match installed {
+        Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => {
+            ok("nightly rust-src", "for -Z build-std=core");
+            Ok(())
+        }
+        Some(_) => {
+            installing("nightly rust-src (the eBPF target has no prebuilt core)");
+            run(
+                "rustup",
+                &["component", "add", "rust-src", "--toolchain", "nightly"],
+            )
+        }
+        None => {
+            installing("nightly toolchain with rust-src");
+            run(
+                "rustup",
+                &[
+                    "toolchain",
+                    "install",
+                    "nightly",
+                    "--profile",
+                    "minimal",
+                    "--component",
+                    "rust-src",
+                ],
+            )
+        }
+    }
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if let Some(v) = output("bpf-linker", &["--version"]) {
+        ok("bpf-linker", v.trim());
+        return Ok(());
+    }
+    let llvm_bin = format!("/usr/lib/llvm-{LLVM}/bin");
+    if Path::new(&llvm_bin).join("llvm-config").exists() {
+        ok(&format!("LLVM {LLVM}"), &llvm_bin);
+    } else {
+        let pkgs = [
+            format!("llvm-{LLVM}-dev"),
+            format!("libpolly-{LLVM}-dev"),
+            "libzstd-dev".to_owned(),
+            "zlib1g-dev".to_owned(),
+        ];
+        if !succeeds("apt-get", &["--version"]) {
+            bail!(
+                "LLVM {LLVM} is needed to build bpf-linker and this is not a Debian-like system \
+                 (no apt-get): install LLVM {LLVM} development files so that \
+                 {llvm_bin}/llvm-config exists (or set up bpf-linker yourself: \
+                 https://github.com/aya-rs/bpf-linker), then rerun"
+            );
+        }
+        if !is_root() {
+            bail!(
+                "LLVM {LLVM} is missing and installing it needs root: run \
+                 `sudo apt-get update && sudo apt-get install -y {}`, then rerun",
+                pkgs.join(" ")
+            );
+        }
+        installing(&format!("LLVM {LLVM} development packages (apt)"));
+        run("apt-get", &["update", "-qq"])?;
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(pkgs.iter().map(String::as_str));
+        run("apt-get", &args)?;
+    }
+    installing(&format!(
+        "bpf-linker built against LLVM {LLVM} (about a minute)"
+    ));
+    let path = format!("{llvm_bin}:{}", std::env::var("PATH").unwrap_or_default());
+    eprintln!(
+        "xtask setup:   $ cargo install bpf-linker --no-default-features --features llvm-{LLVM}"
+    );
+    let st = Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{LLVM}"),
+        ])
+        .env("PATH", path)
+        .status()
+        .context("running cargo install")?;
+    if !st.success() {
+        bail!("installing bpf-linker failed: {st}");
+    }
+    Ok(())
+}
+
+/// The local S3 server the S3 tests start and stop themselves.
+fn moto() -> anyhow::Result<()> {
+    if succeeds("moto_server", &["--help"]) {
+        ok("moto_server", MOTO);
+        return Ok(());
+    }
+    let Some(python) = ["python3", "python"]
+        .into_iter()
+        .find(|p| succeeds(p, &["-m", "pip", "--version"]))
+    else {
+        eprintln!(
+            "xtask setup: warning: no python3 with pip: the S3 tests need `pip install '{MOTO}'`"
+        );
+        return Ok(());
+    };
+    installing(&format!("{MOTO} (local S3 server for the tests)"));
+    run(
+        python,
+        &[
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            MOTO,
+        ],
+    )
+}
