@@ -124,9 +124,15 @@ pub mod rfc3339 {
 
     use serde::{Deserialize as _, Deserializer, Serializer};
 
-    /// Serializes as `2026-11-26T08:20:30.123456789Z`.
+    /// Latest time RFC 3339 can write (9999-12-31T23:59:59Z).
+    const MAX_SECS: u64 = 253_402_300_799;
+
+    /// Serializes as `2026-11-26T08:20:30.123456789Z`. Times outside 1970..=9999 (a file's
+    /// mtime is whatever its writer set) are clamped rather than failing the whole record.
     pub fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_rfc3339_nanos(*t))
+        let max = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(MAX_SECS);
+        let t = (*t).clamp(SystemTime::UNIX_EPOCH, max);
+        s.collect_str(&humantime::format_rfc3339_nanos(t))
     }
 
     /// Parses RFC 3339 (any offset-free `Z` form).
@@ -273,6 +279,13 @@ mod tests {
         assert_eq!(json["signal"], "SIGSEGV");
         assert_eq!(json["time"], "1970-01-01T00:00:00.000000000Z");
         assert_eq!(serde_json::from_value::<Crash>(json).unwrap(), c);
+
+        let mut ancient = c.clone();
+        ancient.time = SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(1);
+        assert_eq!(
+            serde_json::to_value(&ancient).unwrap()["time"],
+            "1970-01-01T00:00:00.000000000Z"
+        );
 
         ev.flags = FLAG_NO_SI_CODE;
         let c = Crash::from_event(&ev, Hook::Tracepoint, SystemTime::UNIX_EPOCH);

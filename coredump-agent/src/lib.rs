@@ -6,8 +6,18 @@
 #![deny(unsafe_code)]
 
 pub mod cli;
+pub mod core_pattern;
+pub mod correlate;
 pub mod crash;
+pub mod deliver;
+pub mod enrich;
 pub mod identity;
+pub mod intake;
+pub mod metrics;
 pub mod pattern;
 pub mod probe;
+pub mod record;
+pub mod spool;
+pub mod store;
 pub mod sys;
+pub mod watch;

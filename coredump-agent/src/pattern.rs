@@ -106,7 +106,8 @@ pub enum PatternError {
 }
 
 /// Compression of a dump file, recognised from its name suffix or its first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// gzip (`.gz`), e.g. written by `gzip` or `pigz`.
     Gzip,
@@ -157,7 +158,8 @@ impl Compression {
 }
 
 /// What a dump's file name says about the crash; `None` where the template has no such specifier.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct NameFields {
     /// `%e`: thread name (comm), at most 15 bytes. The kernel writes `/` as `!`; kept as written.
     pub comm: Option<String>,

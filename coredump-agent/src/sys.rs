@@ -137,6 +137,46 @@ pub fn async_ring_buf(
         .map_err(|e| e.into_parts().1)
 }
 
+/// Whether any process has `file` open for writing, e.g. the kernel still writing a core.
+///
+/// A read lease is granted exactly when no one has the file open for writing, so trying to
+/// take one (and dropping it at once) answers the question without racing on sizes or times.
+/// `file` must be opened read-only; needs to own the file or `CAP_LEASE`.
+pub fn is_open_for_write(file: &std::fs::File) -> io::Result<bool> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a valid fd we own; F_SETLEASE takes an int argument.
+    if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } == 0 {
+        // SAFETY: as above; releasing the lease we just took.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        return Ok(false);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EAGAIN | libc::EBUSY) => Ok(true),
+        _ => Err(err),
+    }
+}
+
+/// Renames `from` to `to` (both absolute) without replacing an existing `to`
+/// (`renameat2(RENAME_NOREPLACE)`): never moves a symlink's target, never clobbers.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let (from, to) = (path_cstring(from)?, path_cstring(to)?);
+    // SAFETY: both paths are valid NUL-terminated strings alive for the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Free bytes available to unprivileged users on the filesystem holding `path`.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
     let cpath = path_cstring(path)?;

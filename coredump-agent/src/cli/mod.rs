@@ -4,6 +4,7 @@
 
 pub mod args;
 mod probe;
+mod run;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match args.command {
             Command::Probe(a) => probe::execute(a).await,
+            Command::Run(a) => run::execute(*a).await,
         }
     });
     match result {

@@ -375,7 +375,12 @@ pub async fn run(
         }
         for ev in batch.drain(..) {
             let time = sys::boot_to_system_time(Duration::from_nanos(ev.boot_ns));
-            if tx.send(Crash::from_event(&ev, hook, time)).await.is_err() {
+            let crash = Crash::from_event(&ev, hook, time);
+            let sent = tokio::select! {
+                r = tx.send(crash) => r.is_ok(),
+                () = cancel.cancelled() => false,
+            };
+            if !sent {
                 break;
             }
         }

@@ -1,0 +1,258 @@
+//! `coredump-agent run`: wires the pipeline together and runs it until SIGINT/SIGTERM.
+//!
+//! ```text
+//! probe ──Crash──┐
+//!                ├─► correlate ──Job──► spool ──Job──► deliver ──► store
+//! watch ──File───┘
+//! ```
+//! Every arrow is a bounded channel. Sources (probe, watch) stop on the shutdown signal; each
+//! later stage stops when its input closes, after finishing what it holds, so a shutdown
+//! drains instead of dropping work. Whatever is not stored by then stays spooled.
+
+use std::{path::Path, process::ExitCode, sync::Arc};
+
+use anyhow::{Context as _, bail};
+use tokio::sync::mpsc;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::args::RunArgs;
+use crate::{
+    core_pattern::{self, Sysctl},
+    correlate::{self, Claims, Enricher},
+    deliver,
+    enrich::ProcFs,
+    identity::cgroup::{CgroupResolver, cgroup2_mount},
+    pattern::CorePattern,
+    probe::{self, Probe},
+    spool::{self, CrashJournal, Spool},
+    store::{self, Dest, Store as _},
+    watch::{self, Watcher},
+};
+
+/// Crash events buffered between the probe and correlate.
+const CRASH_CAPACITY: usize = 256;
+/// File events buffered between the watcher and correlate.
+const FILE_CAPACITY: usize = 1024;
+/// Jobs buffered between stages (each holds an open file).
+const JOB_CAPACITY: usize = 64;
+
+/// The node name: `--node-name`/`$NODE_NAME`, else the kernel's hostname.
+pub fn node_name(arg: Option<String>) -> String {
+    arg.filter(|n| !n.is_empty()).unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "unknown-node".into())
+    })
+}
+
+/// Creates the dump directory if missing: mode 1733, like a drop box, so crashing processes
+/// of any user can write their dump but cannot list or remove anyone else's.
+fn ensure_dump_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .with_context(|| format!("creating the dump directory {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1733))
+        .with_context(|| format!("setting the mode of {}", dir.display()))
+}
+
+/// Which core_pattern the names come from, and a warning if it does not write into `dump_dir`.
+fn core_pattern(args: &RunArgs, sysctl: &Sysctl) -> anyhow::Result<CorePattern> {
+    let raw = match &args.core_pattern {
+        Some(p) => p.clone(),
+        None => sysctl.pattern().context("reading the live core_pattern")?,
+    };
+    let pattern = CorePattern::parse(&raw, sysctl.uses_pid())
+        .with_context(|| format!("core_pattern {raw:?}"))?;
+    if pattern.dir() != args.dump_dir {
+        tracing::warn!(
+            pattern_dir = %pattern.dir().display(),
+            dump_dir = %args.dump_dir.display(),
+            "core_pattern writes elsewhere than --dump-dir: watching --dump-dir (fine if it is the same directory mounted elsewhere)"
+        );
+    }
+    if !pattern.has_host_pid() {
+        tracing::warn!(
+            template = pattern.file_template(),
+            "core_pattern has no %P: dumps from pid namespaces may not be attestable (add %P)"
+        );
+    }
+    Ok(pattern)
+}
+
+/// Runs the agent until a shutdown signal.
+pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let node = node_name(args.node_name.clone());
+    ensure_dump_dir(&args.dump_dir)?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
+
+    // The store first: if it is unreachable, say so before touching anything else.
+    let dest: Dest = match &args.dest {
+        Some(d) => d.parse().with_context(|| format!("--dest {d:?}"))?,
+        None => Dest::Local(args.state_dir.join("store")),
+    };
+    let store = store::connect(&dest)
+        .await
+        .context("connecting to the store")?;
+    store
+        .check()
+        .await
+        .with_context(|| format!("checking that {} is writable", store.describe()))?;
+    let store = Arc::new(store);
+
+    let sysctl = Sysctl::default();
+    let installed = if args.install_core_pattern {
+        Some(core_pattern::install(
+            sysctl.clone(),
+            &args.dump_dir,
+            &args.state_dir,
+        )?)
+    } else {
+        None
+    };
+    let result = run_pipeline(&args, node, dest, store, &sysctl).await;
+    if let Some(installed) = installed
+        && let Err(e) = installed.restore()
+    {
+        tracing::error!(error = %format!("{e:#}"), "could not restore core_pattern");
+    }
+    result
+}
+
+async fn run_pipeline(
+    args: &RunArgs,
+    node: String,
+    dest: Dest,
+    store: Arc<store::AnyStore>,
+    sysctl: &Sysctl,
+) -> anyhow::Result<ExitCode> {
+    let pattern = core_pattern(args, sysctl)?;
+    let spool = Spool::open(&args.state_dir)?;
+    let journal = CrashJournal::open(&args.state_dir)?;
+    let claims = Claims::default();
+    let resumed = spool.recover(&args.dump_dir, args.max_dump_size, &claims)?;
+
+    let probe = if args.no_probe {
+        tracing::warn!("kernel probe disabled (--no-probe): dumps are stored without attestation");
+        None
+    } else {
+        match Probe::load(args.hook) {
+            Ok(p) => Some(p),
+            Err(e) if args.require_attestation => {
+                return Err(anyhow::Error::new(e)
+                    .context("loading the crash probe (required by --require-attestation)"));
+            }
+            Err(e) => {
+                tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "kernel probe unavailable: running in degraded mode, dumps are stored without attestation");
+                None
+            }
+        }
+    };
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let (crash_tx, crash_rx) = mpsc::channel(CRASH_CAPACITY);
+    let (file_tx, file_rx) = mpsc::channel(FILE_CAPACITY);
+    let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
+    let (spooled_tx, spooled_rx) = mpsc::channel(JOB_CAPACITY);
+
+    // Consumers first, so nothing the sources produce waits on a stage that is not there.
+    tracker.spawn(deliver::run(
+        deliver::Config {
+            prefix: dest.key_prefix().to_owned(),
+            dump_dir: args.dump_dir.clone(),
+            keep_local: args.keep_local,
+            concurrency: args.uploads,
+            shutdown_grace: args.shutdown_grace,
+        },
+        store.clone(),
+        spool.clone(),
+        claims.clone(),
+        spooled_rx,
+        cancel.clone(),
+    ));
+    for job in resumed {
+        spooled_tx.send(job).await.context("deliver stage")?;
+    }
+    let spool_task = tracker.spawn(spool::run(spool.clone(), job_rx, spooled_tx));
+    let enricher = Enricher {
+        proc: ProcFs::default(),
+        cgroups: cgroup2_mount().map(|root| Arc::new(CgroupResolver::new(root))),
+    };
+    let correlate_task = tracker.spawn(correlate::run(
+        correlate::Config {
+            dump_dir: args.dump_dir.clone(),
+            pattern,
+            node,
+            cluster: args.cluster_name.clone(),
+            max_dump_size: args.max_dump_size,
+            event_wait: args.event_wait,
+            dump_wait: args.dump_wait,
+            probe_running: probe.is_some(),
+            require_attestation: args.require_attestation,
+            max_dumps_per_hour: args.max_dumps_per_hour,
+            min_free_disk: args.min_free_disk,
+        },
+        Some(journal),
+        enricher,
+        claims,
+        crash_rx,
+        file_rx,
+        job_tx,
+    ));
+    let probe_task = match probe {
+        Some(p) => Some(tracker.spawn(probe::run(p, crash_tx, cancel.clone()))),
+        None => {
+            drop(crash_tx); // no crash events: correlate must not wait for any
+            None
+        }
+    };
+    let watcher = Watcher::new(args.dump_dir.clone())?;
+    let watch_task = tracker.spawn(watch::run(watcher, file_tx, cancel.clone()));
+    tracker.close();
+    tracing::info!(dest = %store.describe(), dump_dir = %args.dump_dir.display(), "agent running");
+
+    let mut failed = false;
+    tokio::select! {
+        () = super::shutdown_signal() => {}
+        r = watch_task => {
+            tracing::error!(result = ?r.map(|r| r.map_err(|e| format!("{e:#}"))), "the watcher stopped");
+            failed = true;
+        }
+    }
+    cancel.cancel();
+    if let Some(t) = probe_task {
+        match t.await {
+            Ok(Ok(stats)) => crate::metrics::METRICS.ring_buffer_drops.set(stats.dropped),
+            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "probe"),
+            Err(e) => tracing::error!(error = %e, "probe task"),
+        }
+    }
+    let deadline = args.shutdown_grace + std::time::Duration::from_secs(5);
+    if tokio::time::timeout(deadline, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?deadline,
+            "shutdown deadline passed: leaving the rest spooled"
+        );
+    }
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(std::time::Duration::ZERO, correlate_task).await {
+        tracing::error!(error = %e, "correlate");
+    }
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(std::time::Duration::ZERO, spool_task).await {
+        tracing::error!(error = %e, "spool");
+    }
+    tracing::info!("agent stopped");
+    if failed {
+        bail!("a pipeline stage failed");
+    }
+    Ok(ExitCode::SUCCESS)
+}

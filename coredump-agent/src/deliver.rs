@@ -1,0 +1,236 @@
+//! deliver: stores each spooled job (the dump, then its record beside it) and only when the
+//! store has confirmed both removes the dump from the dump directory and the spool entry.
+//!
+//! Pipeline: spool → `deliver` → store. Several jobs are delivered at once, so one large dump
+//! does not hold up the others. Failures are retried with exponential backoff and jitter for
+//! as long as it takes; a dump is never deleted before it is stored.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    correlate::{Claims, Job},
+    intake,
+    metrics::METRICS,
+    spool::Spool,
+    store::{
+        Body, Store, StoreError,
+        layout::{self, Stored},
+    },
+};
+
+/// Settings of the deliver stage.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Key prefix in the store.
+    pub prefix: String,
+    /// The dump directory.
+    pub dump_dir: PathBuf,
+    /// Keep stored dumps in `<dump dir>/stored/` instead of deleting them.
+    pub keep_local: bool,
+    /// Jobs delivered at the same time.
+    pub concurrency: usize,
+    /// After shutdown is requested, how long uploads in flight may go on.
+    pub shutdown_grace: Duration,
+}
+
+/// First retry delay.
+const BACKOFF_START: Duration = Duration::from_secs(1);
+/// Longest retry delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// `delay` plus up to 50% jitter, so many nodes recovering together do not retry in step.
+fn jittered(delay: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    delay + delay.mul_f64(f64::from(nanos % 1000) / 2000.0)
+}
+
+/// Stores one job, retrying until it succeeds or shutdown is requested. Returns whether it was
+/// stored.
+async fn deliver<S: Store>(
+    cfg: &Config,
+    store: &S,
+    spool: &Spool,
+    job: Job,
+    cancel: &CancellationToken,
+) -> bool {
+    let Job {
+        record,
+        dump,
+        upload_dump,
+    } = job;
+    let dump = dump.filter(|_| upload_dump);
+    let source_compression = record.dump.as_ref().and_then(|d| d.compression);
+    let stored = match &dump {
+        Some(_) => Stored::Dump(source_compression),
+        None => Stored::RecordOnly,
+    };
+    let key = layout::object_key(&cfg.prefix, &record, stored);
+    let tags = layout::tags(&record);
+    let size = dump.as_ref().map_or(0, |d| d.meta.len());
+    let metadata = layout::metadata(&record, size, layout::compression_name(source_compression));
+    let json = serde_json::to_vec_pretty(&record).expect("records serialize");
+
+    let mut delay = BACKOFF_START;
+    let started = Instant::now();
+    loop {
+        let attempt = async {
+            let mut bytes = 0;
+            if let Some(d) = &dump {
+                let body = Body::Opened {
+                    file: &d.file,
+                    path: &d.path,
+                };
+                let receipt = store.put(&key, body, &tags, &metadata).await?;
+                if receipt.size != d.meta.len() {
+                    return Err(StoreError::BodyChanged {
+                        path: d.path.clone(),
+                        expected: d.meta.len(),
+                        read: receipt.size,
+                    });
+                }
+                bytes = receipt.size;
+            }
+            store
+                .put(
+                    &layout::record_key(&key),
+                    Body::Bytes(&json),
+                    &tags,
+                    &metadata,
+                )
+                .await?;
+            Ok::<u64, StoreError>(bytes)
+        };
+        let result = tokio::select! {
+            r = attempt => r,
+            () = async { cancel.cancelled().await; tokio::time::sleep(cfg.shutdown_grace).await } => {
+                tracing::warn!(id = %record.id, key, "shutdown: upload interrupted, the dump stays spooled for the next start");
+                return false;
+            }
+        };
+        match result {
+            Ok(bytes) => {
+                METRICS.bytes_stored.add(bytes);
+                if dump.is_some() {
+                    METRICS.dumps_stored.inc();
+                }
+                tracing::info!(
+                    id = %record.id,
+                    dest = %store.describe(),
+                    key,
+                    bytes,
+                    seconds = started.elapsed().as_secs_f64(),
+                    attested = record.attestation.attested,
+                    "stored"
+                );
+                break;
+            }
+            Err(e) => {
+                METRICS.store_failures.inc();
+                let wait = if e.is_transient() { delay } else { BACKOFF_MAX };
+                tracing::error!(id = %record.id, key, error = %format!("{e:#}"), transient = e.is_transient(), retry_in = ?wait, "store failed; the dump stays on disk");
+                tokio::select! {
+                    () = tokio::time::sleep(jittered(wait)) => {}
+                    () = cancel.cancelled() => return false,
+                }
+                delay = (delay * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+
+    // Stored: now, and only now, the local copy may go.
+    if let (Some(d), Some(info)) = (&dump, &record.dump) {
+        remove_local(cfg, &info.name, d);
+    } else if let Some(info) = &record.dump {
+        // Not uploaded on purpose (rate limit): the record is stored, the file goes.
+        if let Ok(intake::Inspect::Ready(d)) =
+            intake::inspect(&cfg.dump_dir, info.name.as_ref(), u64::MAX)
+            && d.meta.ino_matches(info)
+        {
+            remove_local(cfg, &info.name, &d);
+        }
+    }
+    if let Err(e) = spool.remove(&record.id) {
+        tracing::warn!(id = %record.id, error = %e, "could not remove spool entry");
+    }
+    true
+}
+
+/// Compares an inode with the one a record names.
+trait InoMatches {
+    fn ino_matches(&self, info: &crate::record::DumpFile) -> bool;
+}
+
+impl InoMatches for std::fs::Metadata {
+    fn ino_matches(&self, info: &crate::record::DumpFile) -> bool {
+        use std::os::unix::fs::MetadataExt as _;
+        self.dev() == info.dev && self.ino() == info.ino
+    }
+}
+
+fn remove_local(cfg: &Config, name: &str, dump: &intake::OpenedDump) {
+    // Only if the name still is our file: never delete what someone put in its place.
+    if !intake::same_file(&dump.path, &dump.meta) {
+        tracing::warn!(
+            name,
+            "dump file was replaced after being read: left in place"
+        );
+        return;
+    }
+    let result = if cfg.keep_local {
+        intake::move_into(&cfg.dump_dir, name.as_ref(), intake::KEPT_DIR).map(drop)
+    } else {
+        std::fs::remove_file(&dump.path)
+    };
+    if let Err(e) = result {
+        tracing::error!(name, error = %e, "stored, but could not remove the local dump");
+    }
+}
+
+/// Delivers jobs until the input closes, then waits for those in flight.
+pub async fn run<S: Store>(
+    cfg: Config,
+    store: Arc<S>,
+    spool: Spool,
+    claims: Claims,
+    mut rx: tokio::sync::mpsc::Receiver<Job>,
+    cancel: CancellationToken,
+) {
+    let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let cfg = Arc::new(cfg);
+    let mut tasks = JoinSet::new();
+    while let Some(job) = rx.recv().await {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let (cfg, store, spool, claims, cancel) = (
+            cfg.clone(),
+            store.clone(),
+            spool.clone(),
+            claims.clone(),
+            cancel.clone(),
+        );
+        tasks.spawn(async move {
+            let name = job.record.dump.as_ref().map(|d| d.name.clone());
+            let stored = deliver(&cfg, &*store, &spool, job, &cancel).await;
+            if let Some(name) = name
+                && stored
+            {
+                claims.release(name.as_ref());
+            }
+            METRICS.spool_depth.set(spool.depth() as u64);
+            drop(permit);
+        });
+        // Reap finished tasks so the set does not grow with the number of dumps.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}

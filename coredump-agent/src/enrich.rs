@@ -1,0 +1,153 @@
+//! enrich: what `/proc/<pid>` says about a crashing process, read when its crash event
+//! arrives (the process is still dumping, so usually still there) and resolved into an
+//! identity from the kernel's cgroup id.
+//!
+//! Best effort: the process may be gone, and nothing here overrides the kernel's event.
+
+use std::path::{Path, PathBuf};
+
+use crate::{
+    crash::Crash,
+    identity::{Identity, cgroup::CgroupResolver, cgroup_path},
+    record::ProcessInfo,
+};
+
+/// `/proc/<pid>/status` keys worth keeping.
+const STATUS_KEYS: [&str; 9] = [
+    "Name", "Umask", "State", "PPid", "Uid", "Gid", "NSpid", "VmPeak", "VmRSS",
+];
+
+/// Longest command line kept, in bytes.
+const MAX_CMDLINE: usize = 4096;
+
+/// Reads process facts under a proc root (`/proc`, or a fixture in tests).
+#[derive(Debug, Clone)]
+pub struct ProcFs {
+    root: PathBuf,
+}
+
+impl Default for ProcFs {
+    fn default() -> Self {
+        Self::new("/proc")
+    }
+}
+
+impl ProcFs {
+    /// A reader for the proc filesystem mounted at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn pid_dir(&self, pid: u32) -> PathBuf {
+        self.root.join(pid.to_string())
+    }
+
+    /// Everything readable about `pid`; `None` if the process is gone.
+    pub fn process(&self, pid: u32) -> Option<ProcessInfo> {
+        let dir = self.pid_dir(pid);
+        let status = std::fs::read_to_string(dir.join("status")).ok()?;
+        let status = status
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                STATUS_KEYS.contains(&k).then(|| {
+                    (
+                        k.to_owned(),
+                        v.split_whitespace().collect::<Vec<_>>().join(" "),
+                    )
+                })
+            })
+            .collect();
+        let cmdline = std::fs::read(dir.join("cmdline"))
+            .map(|mut b| {
+                b.truncate(MAX_CMDLINE);
+                b.split(|&c| c == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        Some(ProcessInfo {
+            exe: std::fs::read_link(dir.join("exe"))
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned()),
+            cmdline,
+            cgroup: std::fs::read_to_string(dir.join("cgroup")).ok(),
+            status,
+        })
+    }
+}
+
+/// Resolves the crash's identity: the kernel's cgroup id through the cgroup2 hierarchy first
+/// (it cannot be faked from inside the container), else `/proc/<pid>/cgroup` (cgroup v1 hosts).
+pub fn identity(
+    crash: &Crash,
+    process: Option<&ProcessInfo>,
+    cgroups: Option<&CgroupResolver>,
+) -> Identity {
+    if let Some(path) = cgroups.and_then(|r| r.resolve(crash.cgroup_id)) {
+        let id = Identity::from_cgroup_path(&path);
+        if id.container_id.is_some() || id.pod_uid.is_some() || path != "/" {
+            return id;
+        }
+    }
+    if let Some((path, _)) = process
+        .and_then(|p| p.cgroup.as_deref())
+        .and_then(cgroup_path::parse_proc_cgroup)
+    {
+        return Identity::from_cgroup_path(&path);
+    }
+    Identity::default()
+}
+
+/// Whether a path exists under the proc root (used by tests and `check`).
+pub fn has_proc(root: &Path) -> bool {
+    root.join("self").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_fixture_process() {
+        let root = std::env::temp_dir().join(format!("procfs-{}", std::process::id()));
+        let dir = root.join("42");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("status"),
+            "Name:\tserver\nUmask:\t0022\nState:\tR (running)\nTgid:\t42\nPPid:\t1\nUid:\t1000\t1000\t1000\t1000\nNSpid:\t42\t7\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("cmdline"), b"/usr/bin/server\0--port\0\x38080\0").unwrap();
+        std::fs::write(
+            dir.join("cgroup"),
+            "0::/kubepods.slice/kubepods-pod2f6f5a3e_8a7b_4c1d_9e0f_1a2b3c4d5e6f.slice/cri-containerd-0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.scope\n",
+        )
+        .unwrap();
+        let p = ProcFs::new(&root).process(42).unwrap();
+        assert_eq!(p.cmdline, ["/usr/bin/server", "--port", "8080"]);
+        assert!(p.status.contains(&("NSpid".to_owned(), "42 7".to_owned())));
+        assert!(!p.status.iter().any(|(k, _)| k == "Tgid"));
+        assert_eq!(p.exe, None);
+        assert!(ProcFs::new(&root).process(43).is_none());
+
+        let crash: Crash = serde_json::from_value(serde_json::json!({
+            "time": "2026-11-26T08:26:27Z", "boot_ns": 1, "host_pid": 42, "host_tid": 42,
+            "pid": 7, "tid": 7, "pidns": null, "pidns_level": 1, "uid": 1000, "gid": 1000,
+            "signal": "SIGSEGV", "si_code": 1, "cgroup_id": 999_999_999, "comm": "server",
+            "process_comm": "server", "hook": "tp_btf"
+        }))
+        .unwrap();
+        let id = identity(&crash, Some(&p), None);
+        assert_eq!(
+            id.pod_uid.as_deref(),
+            Some("2f6f5a3e-8a7b-4c1d-9e0f-1a2b3c4d5e6f")
+        );
+        assert_eq!(
+            id.container_id.as_deref(),
+            Some("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
