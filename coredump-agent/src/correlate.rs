@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 use crate::{
     crash::Crash,
     enrich::{self, ProcFs},
-    identity::{Identity, cgroup::CgroupResolver},
+    identity::{Identity, PodResolver, cgroup::CgroupResolver},
     intake::{self, Inspect, OpenedDump, Rejection},
     metrics::METRICS,
     pattern::{Compression, CorePattern, NameFields},
@@ -104,6 +104,8 @@ pub struct Enricher {
     pub proc: ProcFs,
     /// cgroup id resolver, when a cgroup2 hierarchy is available.
     pub cgroups: Option<Arc<CgroupResolver>>,
+    /// Names pods and containers (API cache, kubelet files), when running on a Kubernetes node.
+    pub pods: Option<PodResolver>,
 }
 
 /// Why correlation stopped.
@@ -129,8 +131,10 @@ enum FileState {
     /// Appeared; look again after a moment (it may be an `O_TMPFILE` linked in, or a dump
     /// that is just starting).
     Created { since: Instant },
-    /// Being written.
-    Writing,
+    /// Being written. Looked at again on a timer too: the kernel sends `IN_CLOSE_WRITE`
+    /// before it drops the writer count, so the check right after that event can still see
+    /// a writer, and no further event would come.
+    Writing { since: Instant },
     /// Finished, waiting for its crash event.
     Waiting {
         dump: Box<OpenedDump>,
@@ -149,6 +153,8 @@ struct Followed {
 const SETTLE: Duration = Duration::from_millis(500);
 /// How often timeouts are checked.
 const TICK: Duration = Duration::from_millis(250);
+/// How often a file still being written is looked at again.
+const WRITING_RECHECK: Duration = Duration::from_secs(1);
 /// How often a deferred (low disk) dump is looked at again.
 const DEFERRED_RETRY: Duration = Duration::from_secs(10);
 /// Most crashes kept waiting for a dump; beyond, the oldest are recorded without one.
@@ -264,6 +270,7 @@ impl Correlator {
             process: crash.and_then(|p| p.process.clone()),
             identity: crash.map(|p| p.identity.clone()).unwrap_or_default(),
             agent: AgentInfo::current(),
+            stored: None,
         }
     }
 
@@ -274,7 +281,12 @@ impl Correlator {
     fn on_crash(&mut self, crash: Crash) {
         METRICS.crashes_seen.inc();
         let process = self.enricher.proc.process(crash.host_pid);
-        let identity = enrich::identity(&crash, process.as_ref(), self.enricher.cgroups.as_deref());
+        let identity = enrich::identity(
+            &crash,
+            process.as_ref(),
+            self.enricher.cgroups.as_deref(),
+            self.enricher.pods.as_ref(),
+        );
         tracing::info!(
             host_pid = crash.host_pid,
             pid = crash.visible_pid(),
@@ -354,7 +366,9 @@ impl Correlator {
                     name,
                     Followed {
                         parses,
-                        state: FileState::Writing,
+                        state: FileState::Writing {
+                            since: Instant::now(),
+                        },
                     },
                 );
                 return;
@@ -380,7 +394,9 @@ impl Correlator {
                 name,
                 Followed {
                     parses,
-                    state: FileState::Writing,
+                    state: FileState::Writing {
+                        since: Instant::now(),
+                    },
                 },
             );
             return;
@@ -626,7 +642,7 @@ impl Correlator {
                     now.duration_since(*since) >= self.cfg.event_wait
                 }
                 FileState::Deferred { since } => now.duration_since(*since) >= DEFERRED_RETRY,
-                FileState::Writing => false,
+                FileState::Writing { since } => now.duration_since(*since) >= WRITING_RECHECK,
             })
             .map(|(n, _)| n.clone())
             .collect();

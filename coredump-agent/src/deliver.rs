@@ -18,9 +18,11 @@ use crate::{
     correlate::{Claims, Job},
     intake,
     metrics::METRICS,
+    pattern::Compression,
+    record::{Record, StoredDump},
     spool::Spool,
     store::{
-        Body, Store, StoreError,
+        Body, Store, StoreError, Zstd,
         layout::{self, Stored},
     },
 };
@@ -38,6 +40,9 @@ pub struct Config {
     pub concurrency: usize,
     /// After shutdown is requested, how long uploads in flight may go on.
     pub shutdown_grace: Duration,
+    /// Compress dumps with zstd while uploading them (`None`: store them as they are). A dump
+    /// that already is compressed (gzip, zstd, xz, lz4) is stored as it is either way.
+    pub compress: Option<Zstd>,
 }
 
 /// First retry delay.
@@ -69,36 +74,61 @@ async fn deliver<S: Store>(
     } = job;
     let dump = dump.filter(|_| upload_dump);
     let source_compression = record.dump.as_ref().and_then(|d| d.compression);
+    // Compressing a compressed dump again costs CPU and saves nothing.
+    let zstd = cfg
+        .compress
+        .filter(|_| dump.is_some() && source_compression.is_none());
+    // The key and metadata say what the stored bytes are.
+    let stored_compression = zstd.map_or(source_compression, |_| Some(Compression::Zstd));
     let stored = match &dump {
-        Some(_) => Stored::Dump(source_compression),
+        Some(_) => Stored::Dump(stored_compression),
         None => Stored::RecordOnly,
     };
     let key = layout::object_key(&cfg.prefix, &record, stored);
     let tags = layout::tags(&record);
     let size = dump.as_ref().map_or(0, |d| d.meta.len());
-    let metadata = layout::metadata(&record, size, layout::compression_name(source_compression));
-    let json = serde_json::to_vec_pretty(&record).expect("records serialize");
+    let metadata = layout::metadata(&record, size, layout::compression_name(stored_compression));
 
     let mut delay = BACKOFF_START;
     let started = Instant::now();
     loop {
         let attempt = async {
             let mut bytes = 0;
+            let mut stored_dump = None;
             if let Some(d) = &dump {
-                let body = Body::Opened {
+                let file = Body::Opened {
                     file: &d.file,
                     path: &d.path,
                 };
+                let body = match zstd {
+                    Some(settings) => Body::Zstd {
+                        body: &file,
+                        settings,
+                    },
+                    None => file,
+                };
                 let receipt = store.put(&key, body, &tags, &metadata).await?;
-                if receipt.size != d.meta.len() {
+                if receipt.source_size != d.meta.len() {
                     return Err(StoreError::BodyChanged {
                         path: d.path.clone(),
                         expected: d.meta.len(),
-                        read: receipt.size,
+                        read: receipt.source_size,
                     });
                 }
                 bytes = receipt.size;
+                stored_dump = Some(StoredDump {
+                    key: key.clone(),
+                    size: receipt.size,
+                    sha256: receipt.sha256,
+                    compression: stored_compression,
+                });
             }
+            // The record beside the dump says what the store confirmed, so `get` can verify.
+            let json = serde_json::to_vec_pretty(&Record {
+                stored: stored_dump,
+                ..record.clone()
+            })
+            .expect("records serialize");
             store
                 .put(
                     &layout::record_key(&key),
@@ -127,6 +157,7 @@ async fn deliver<S: Store>(
                     dest = %store.describe(),
                     key,
                     bytes,
+                    original_bytes = size,
                     seconds = started.elapsed().as_secs_f64(),
                     attested = record.attestation.attested,
                     "stored"

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::{
     crash::Crash,
-    identity::{Identity, cgroup::CgroupResolver, cgroup_path},
+    identity::{Identity, PodResolver, cgroup::CgroupResolver, cgroup_path},
     record::ProcessInfo,
 };
 
@@ -79,25 +79,54 @@ impl ProcFs {
 }
 
 /// Resolves the crash's identity: the kernel's cgroup id through the cgroup2 hierarchy first
-/// (it cannot be faked from inside the container), else `/proc/<pid>/cgroup` (cgroup v1 hosts).
+/// (it cannot be faked from inside the container), else `/proc/<pid>/cgroup` (cgroup v1 hosts);
+/// then, with `pods`, the names of its pod and container from the pod uid and container id
+/// the cgroup path gave. Called when the crash event arrives: the container may be gone by the
+/// time a large dump is written.
 pub fn identity(
     crash: &Crash,
     process: Option<&ProcessInfo>,
     cgroups: Option<&CgroupResolver>,
+    pods: Option<&PodResolver>,
 ) -> Identity {
-    if let Some(path) = cgroups.and_then(|r| r.resolve(crash.cgroup_id)) {
-        let id = Identity::from_cgroup_path(&path);
-        if id.container_id.is_some() || id.pod_uid.is_some() || path != "/" {
-            return id;
-        }
+    let mut identity = cgroup_identity(crash, process, cgroups);
+    if let Some(pods) = pods {
+        pods.resolve(&mut identity);
+        tracing::debug!(
+            host_pid = crash.host_pid,
+            pod_uid = identity.pod_uid.as_deref().unwrap_or(""),
+            container_id = identity.container_id.as_deref().unwrap_or(""),
+            namespace = identity.namespace.as_deref().unwrap_or(""),
+            pod = identity.pod.as_deref().unwrap_or(""),
+            container = identity.container.as_deref().unwrap_or(""),
+            source = identity.source.as_deref().unwrap_or(""),
+            "pod identity"
+        );
     }
-    if let Some((path, _)) = process
+    identity
+}
+
+/// The identity as far as the cgroup path tells it.
+fn cgroup_identity(
+    crash: &Crash,
+    process: Option<&ProcessInfo>,
+    cgroups: Option<&CgroupResolver>,
+) -> Identity {
+    let from_kernel = cgroups.and_then(|r| r.resolve(crash.cgroup_id));
+    // On a cgroup v1-only host the v2 id is the root's; /proc then knows better.
+    let from_proc = process
         .and_then(|p| p.cgroup.as_deref())
         .and_then(cgroup_path::parse_proc_cgroup)
-    {
-        return Identity::from_cgroup_path(&path);
-    }
-    Identity::default()
+        .map(|(path, _)| path);
+    let path = match (from_kernel, from_proc) {
+        (Some(k), Some(p)) if k == "/" && p != "/" => p,
+        (Some(k), _) => k,
+        (None, p) => match p {
+            Some(p) => p,
+            None => return Identity::default(),
+        },
+    };
+    Identity::from_cgroup_path(&path)
 }
 
 /// Whether a path exists under the proc root (used by tests and `check`).
@@ -139,7 +168,7 @@ mod tests {
             "process_comm": "server", "hook": "tp_btf"
         }))
         .unwrap();
-        let id = identity(&crash, Some(&p), None);
+        let id = identity(&crash, Some(&p), None, None);
         assert_eq!(
             id.pod_uid.as_deref(),
             Some("2f6f5a3e-8a7b-4c1d-9e0f-1a2b3c4d5e6f")

@@ -43,6 +43,23 @@ pub struct Record {
     pub identity: Identity,
     /// What this agent was, when it made the record.
     pub agent: AgentInfo,
+    /// What the store confirmed for the dump (`get` verifies downloads against it). Set in
+    /// the copy stored beside the dump, once the dump itself is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<StoredDump>,
+}
+
+/// The dump as the store holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredDump {
+    /// Object key.
+    pub key: String,
+    /// Bytes stored (after compression).
+    pub size: u64,
+    /// SHA-256 of the bytes stored, lowercase hex.
+    pub sha256: String,
+    /// Compression of the stored bytes.
+    pub compression: Option<Compression>,
 }
 
 /// The kernel's word on a dump.

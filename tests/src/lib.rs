@@ -2,6 +2,9 @@
 //! serializes tests touching global kernel state, guards that restore it, and the `crasher`.
 #![allow(unsafe_code, reason = "flock on the global test lock")]
 
+pub mod fake_kube;
+pub mod moto;
+
 use std::{
     fs::File,
     io::{BufRead as _, BufReader, Write as _},
@@ -81,12 +84,7 @@ impl Drop for CorePatternGuard {
 
 /// The cgroup v2 mount (on hybrid hosts `/sys/fs/cgroup/unified`).
 pub fn cgroup2_root() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mounts.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mount_point = left.split_whitespace().nth(4)?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-    })
+    coredump_agent::identity::cgroup::cgroup2_mount()
 }
 
 /// A cgroup directory removed on drop (after its processes are gone).
@@ -136,15 +134,212 @@ impl Drop for TempCgroup {
     }
 }
 
-/// The `crasher` binary built beside the test binaries.
-pub fn crasher_path() -> PathBuf {
+/// A binary of this package, built by cargo beside the test binaries.
+fn own_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("deps dir");
-    let candidates = [dir.join("crasher"), dir.join("../crasher")];
-    candidates
+    [dir.join(name), dir.join("..").join(name)]
         .into_iter()
         .find(|p| p.exists())
-        .expect("crasher binary (built by cargo test)")
+        .unwrap_or_else(|| panic!("{name} binary (built by cargo test)"))
+}
+
+/// The `crasher` binary.
+pub fn crasher_path() -> PathBuf {
+    own_binary("crasher")
+}
+
+/// The agent binary (the `coredump-agent` command line).
+pub fn agent_path() -> PathBuf {
+    own_binary("agent")
+}
+
+/// A unique, empty temporary directory, removed on drop.
+pub struct TempDir {
+    /// The directory.
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `/tmp/coredump-test-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("coredump-test-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self { path }
+    }
+
+    /// A path inside.
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.path.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "kept {} for inspection (the test failed)",
+                self.path.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A running agent (`coredump-agent run …` or another subcommand) with JSON logs captured.
+pub struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent with `args` and waits until it logs `agent running`.
+    pub fn start(args: &[&str], log: PathBuf) -> Self {
+        Self::start_with_env(args, log, &[])
+    }
+
+    /// Same, with extra environment variables.
+    pub fn start_with_env(args: &[&str], log: PathBuf, env: &[(&str, &str)]) -> Self {
+        let file = File::create(&log).expect("agent log");
+        let child = Command::new(agent_path())
+            .args(["--log-format", "json"])
+            .args(args)
+            .envs(env.iter().copied())
+            .env("COREDUMP_LOG", "info,coredump_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("spawn agent");
+        let mut agent = Self { child, log };
+        agent.wait_for_log("agent running", Duration::from_secs(30));
+        agent
+    }
+
+    /// Log lines so far, parsed.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until a log line's message contains `message`; panics with the log on timeout or
+    /// if the agent exits first.
+    pub fn wait_for_log(&mut self, message: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(line) = self
+                .logs()
+                .into_iter()
+                .find(|l| l["message"].as_str().is_some_and(|m| m.contains(message)))
+            {
+                return line;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "agent exited ({st}) before logging {message:?}:\n{}",
+                    self.log_text()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {message:?} in the agent log within {timeout:?}:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The raw log.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        self.child.wait().expect("wait agent")
+    }
+
+    /// SIGKILL, then waits for exit.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Objects of a local store: key → (data path), without the `.meta` sidecars.
+pub fn store_keys(root: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if e.file_name() == ".meta" {
+                continue;
+            }
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else if !e.file_name().to_string_lossy().starts_with('.') {
+                out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// Waits until `pred(keys)` holds for the local store at `root`; returns the keys.
+pub fn wait_for_store(
+    root: &Path,
+    timeout: Duration,
+    pred: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let keys = store_keys(root);
+        if pred(&keys) {
+            return keys;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "store at {} did not reach the expected state within {timeout:?}; it has {keys:#?}",
+            root.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The JSON records (`*.json` objects) of a local store.
+pub fn store_records(root: &Path) -> Vec<(String, serde_json::Value)> {
+    store_keys(root)
+        .into_iter()
+        .filter(|k| k.ends_with(".json"))
+        .map(|k| {
+            let v = serde_json::from_slice(&std::fs::read(root.join(&k)).unwrap()).unwrap();
+            (k, v)
+        })
+        .collect()
 }
 
 /// A running crasher, stopped at its "ready" line.
@@ -162,7 +357,7 @@ pub struct Crasher {
 /// Options for [`Crasher::spawn_with`].
 #[derive(Default)]
 pub struct CrasherOpts<'a> {
-    /// RLIMIT_CORE for the crasher (0 = no core file).
+    /// RLIMIT_CORE for the crasher (0 = no core file, `u64::MAX` = unlimited).
     pub core_limit: u64,
     /// Rename the process first.
     pub comm: Option<&'a str>,
@@ -217,9 +412,18 @@ impl Crasher {
 
     /// Lets it act, and waits for it to end.
     pub fn go(mut self) -> ExitStatus {
+        self.release();
+        self.wait()
+    }
+
+    /// Lets it act, without waiting.
+    pub fn release(&mut self) {
         let mut stdin = self.stdin.take().expect("stdin");
         stdin.write_all(b"go\n").expect("write go");
-        drop(stdin);
+    }
+
+    /// Waits for it to end (after [`Crasher::release`]).
+    pub fn wait(mut self) -> ExitStatus {
         self.child.wait().expect("wait crasher")
     }
 }

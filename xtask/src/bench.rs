@@ -1,5 +1,7 @@
 //! `cargo xtask bench …`: measurements that compare against a baseline taken in the same run.
 
+mod upload;
+
 use std::{
     io::{BufRead as _, BufReader},
     path::Path,
@@ -22,11 +24,22 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// S3 upload: the agent's store (plain and zstd) against boto3's upload_file and
+    /// `aws s3 cp`, to a local s3s-fs; throughput, peak RSS, CPU time, and zstd against pigz.
+    Upload {
+        /// File sizes, in GiB.
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 4])]
+        sizes: Vec<u64>,
+        /// zstd level of the agent's compressed run.
+        #[arg(long, default_value_t = 3)]
+        level: i32,
+    },
 }
 
 pub fn run(root: &Path, which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Probe { signals, rounds } => probe(root, signals, rounds),
+        Bench::Upload { sizes, level } => upload::run(root, &sizes, level),
     }
 }
 

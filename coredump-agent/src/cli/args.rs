@@ -4,7 +4,12 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::probe::HookChoice;
+use crate::{
+    crash::Signal,
+    identity::kubelet,
+    probe::HookChoice,
+    store::{AnyStore, ChecksumMode, ConnectOptions, Dest, Zstd, compress},
+};
 
 /// Collects core dumps on Kubernetes nodes: kernel-attested crash identity (eBPF),
 /// pod identity from the crash's cgroup, and streaming upload to S3 with pod tags.
@@ -49,6 +54,156 @@ pub enum Command {
     /// Example (dev node, local store, core_pattern installed and restored on exit):
     ///   coredump-agent run --dump-dir /tmp/dumps --dest /tmp/store --install-core-pattern
     Run(Box<RunArgs>),
+    /// Find stored dumps by pod, container, node, process, signal, time or any tag: a
+    /// coredumpctl for the cluster. Newest first.
+    ///
+    /// --namespace and --pod narrow the listing by key prefix, so finding one pod's dumps
+    /// costs requests in proportion to that pod's dumps, not to the bucket; other filters are
+    /// confirmed on each object's tags, many reads at once.
+    ///
+    /// Examples:
+    ///   coredump-agent find --dest s3://dumps/prod --namespace shop --pod web-7d9f --since 2d
+    ///   coredump-agent find --signal SIGABRT --json | jq -r .key
+    ///
+    /// Exit codes: 0 found, 1 nothing matched, 2 error (including unreadable tags and no match).
+    Find(Box<FindArgs>),
+    /// Download one dump: decompressed (unless --raw), size and checksum verified, written to a
+    /// temporary name and renamed only when complete.
+    ///
+    /// Examples:
+    ///   coredump-agent get --dest s3://dumps shop/web-7d9f/20261126T082627Z_app_server_7_SIGSEGV.core.zst
+    ///   coredump-agent get s3://dumps/shop/web-7d9f/…core.zst -o - | gdb -c /dev/stdin ./server
+    ///
+    /// Exit codes: 0 downloaded, 2 error (missing key, checksum mismatch, …).
+    Get(Box<GetArgs>),
+    /// Show one dump's tags, metadata and its stored record (exe, cmdline, pod, image, cgroup,
+    /// kernel attestation) without downloading the core.
+    ///
+    /// Exit codes: 0 shown, 1 no such object, 2 error.
+    Info(Box<InfoArgs>),
+    /// Check this node: BPF and BTF, probe attach, core_pattern, RLIMIT_CORE, dump dir and free
+    /// space, cgroup mount, kubelet log dirs, and the store. Each line OK, WARN or FAIL with
+    /// the fix.
+    ///
+    /// Exit codes: 0 nothing failed, 1 a check failed, 2 error.
+    Check(Box<CheckArgs>),
+}
+
+/// `coredump-agent find`.
+#[derive(Debug, clap::Args)]
+pub struct FindArgs {
+    /// Where to look.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Pod namespace (narrows the listing).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Pod name (narrows the listing together with --namespace).
+    #[arg(long, short = 'p')]
+    pub pod: Option<String>,
+    /// Pod UID.
+    #[arg(long)]
+    pub pod_uid: Option<String>,
+    /// Container name.
+    #[arg(long, short = 'c')]
+    pub container: Option<String>,
+    /// Node name.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Process name (as the kernel reported it, at most 15 characters).
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Signal: SIGSEGV, SEGV or 11.
+    #[arg(long)]
+    pub signal: Option<Signal>,
+    /// Cluster name.
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// Any tag, KEY=VALUE; repeat for more.
+    #[arg(long, value_parser = parse_tag)]
+    pub tag: Vec<(String, String)>,
+    /// Crashes since: RFC 3339 (2026-11-26T08:00:00Z), a date (2026-11-26) or an age (2h, 3d).
+    #[arg(long, value_parser = crate::lookup::parse_time)]
+    pub since: Option<std::time::SystemTime>,
+    /// Crashes until: same forms as --since.
+    #[arg(long, value_parser = crate::lookup::parse_time)]
+    pub until: Option<std::time::SystemTime>,
+    /// At most this many results (newest first).
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// One JSON object per line: key, size, last_modified, kind, crash_time and every tag.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `coredump-agent get`.
+#[derive(Debug, clap::Args)]
+pub struct GetArgs {
+    /// Where to look (ignored for an s3:// URL).
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The object: a key as `find` prints it, or `s3://bucket/key`.
+    pub key: String,
+    /// Output file, or `-` for stdout. Default: the key's last part, without .zst/.gz.
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
+    /// Do not decompress.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// `coredump-agent info`.
+#[derive(Debug, clap::Args)]
+pub struct InfoArgs {
+    /// Where to look.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The object's key, as `find` prints it.
+    pub key: String,
+    /// Print one JSON document.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `coredump-agent check`.
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The store to check.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The dump directory.
+    #[arg(
+        long,
+        env = "COREDUMP_DUMP_DIR",
+        default_value = "/var/lib/coredump-agent/dumps"
+    )]
+    pub dump_dir: PathBuf,
+    /// The agent will install its own core_pattern (so the live one need not fit).
+    #[arg(long, env = "COREDUMP_INSTALL_CORE_PATTERN")]
+    pub install_core_pattern: bool,
+    /// Free space wanted on the dump directory's filesystem.
+    #[arg(long, env = "COREDUMP_MIN_FREE_DISK", value_parser = parse_bytes, default_value = "1GiB")]
+    pub min_free_disk: u64,
+    /// Kernel hook to try.
+    #[arg(long, env = "COREDUMP_HOOK", value_enum, default_value_t = HookChoice::Auto)]
+    pub hook: HookChoice,
+    /// The kubelet's pod log directories.
+    #[arg(long, env = "COREDUMP_POD_LOG_ROOT", default_value = kubelet::DEFAULT_POD_LOG_ROOT)]
+    pub pod_log_root: PathBuf,
+    /// The kubelet's container log links.
+    #[arg(long, env = "COREDUMP_CONTAINER_LOG_ROOT", default_value = kubelet::DEFAULT_CONTAINER_LOG_ROOT)]
+    pub container_log_root: PathBuf,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses `KEY=VALUE`.
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
 /// `coredump-agent run`.
@@ -63,17 +218,9 @@ pub struct RunArgs {
         default_value = "/var/lib/coredump-agent/dumps"
     )]
     pub dump_dir: PathBuf,
-    /// Where dumps go: `s3://bucket/prefix`, `file:///path` or a plain path. Default: a local
-    /// store in `<state-dir>/store`.
-    #[arg(long, env = "COREDUMP_DEST")]
-    pub dest: Option<String>,
-    /// The agent's own state: spool of accepted dumps, crash journal, core_pattern backup.
-    #[arg(
-        long,
-        env = "COREDUMP_STATE_DIR",
-        default_value = "/var/lib/coredump-agent"
-    )]
-    pub state_dir: PathBuf,
+    /// Where dumps go, and how to reach it.
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// This node's name, for keys and tags. Default: $NODE_NAME (downward API), else the
     /// hostname.
     #[arg(long, env = "NODE_NAME")]
@@ -81,6 +228,28 @@ pub struct RunArgs {
     /// Cluster name, stored as the `cluster` tag.
     #[arg(long, env = "COREDUMP_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
+    /// Name pods through the Kubernetes API: a watch of this node's pods, kept in memory, so
+    /// nothing is asked at crash time. `auto` uses it when KUBECONFIG is set or the agent runs
+    /// in a pod (KUBERNETES_SERVICE_HOST), and goes on without it otherwise; `on` refuses to
+    /// start without it; `off` names pods from the kubelet's log files only. Needs get, list
+    /// and watch on pods, and --node-name set to the node's Kubernetes name (NODE_NAME from
+    /// the downward API: `spec.nodeName`).
+    #[arg(long, env = "COREDUMP_KUBE", value_enum, default_value_t = KubeMode::Auto)]
+    pub kube: KubeMode,
+    /// The kubelet's pod log directories (`<namespace>_<pod>_<uid>/<container>/`), which name
+    /// a crash's pod when the API cannot: no API access, or a pod deleted before the watch saw
+    /// it. In a container, mount the host's directory (read-only) and point this at it.
+    #[arg(long, env = "COREDUMP_POD_LOG_ROOT", default_value = kubelet::DEFAULT_POD_LOG_ROOT)]
+    pub pod_log_root: PathBuf,
+    /// The kubelet's container log links (`<pod>_<namespace>_<container>-<id>.log`), which
+    /// name a crash's container from its id. Only names are read; links are not followed.
+    #[arg(long, env = "COREDUMP_CONTAINER_LOG_ROOT", default_value = kubelet::DEFAULT_CONTAINER_LOG_ROOT)]
+    pub container_log_root: PathBuf,
+    /// Where the host's cgroup v2 hierarchy is mounted, when the agent's container mounts it
+    /// elsewhere (e.g. /host/sys/fs/cgroup). Default: the first cgroup2 mount of
+    /// /proc/self/mountinfo (/sys/fs/cgroup; /sys/fs/cgroup/unified on hybrid hosts).
+    #[arg(long, env = "COREDUMP_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
     /// The core_pattern the dump file names come from. Default: the live
     /// /proc/sys/kernel/core_pattern. Needed when a pipe helper's command line does not show
     /// the file it writes: give the helper's file template, e.g. `/dumps/core-%e-%t-%p-%s.gz`.
@@ -133,6 +302,122 @@ pub struct RunArgs {
     /// start (keep below the pod's terminationGracePeriodSeconds).
     #[arg(long, env = "COREDUMP_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "20s")]
     pub shutdown_grace: Duration,
+    /// Serve /healthz, /readyz and /metrics (Prometheus) on this address, e.g. 0.0.0.0:9102.
+    #[arg(long, env = "COREDUMP_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// How often the store is checked for /readyz.
+    #[arg(long, env = "COREDUMP_STORE_CHECK_INTERVAL", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub store_check_interval: Duration,
+    /// Compress dumps while uploading them: `zstd` (the key ends in `.zst`; metadata
+    /// `compression=zstd` and `original-size`) or `none`. Dumps that already are compressed
+    /// (gzip, zstd, xz, lz4) are stored as they are.
+    #[arg(long, env = "COREDUMP_COMPRESS", value_enum, default_value_t = Compress::Zstd)]
+    pub compress: Compress,
+    /// zstd level, 1 (fastest) to 19 (smallest). zstd uses one thread per CPU.
+    #[arg(
+        long,
+        env = "COREDUMP_COMPRESS_LEVEL",
+        default_value_t = compress::DEFAULT_LEVEL,
+        value_parser = clap::value_parser!(i32).range(1..=19)
+    )]
+    pub compress_level: i32,
+}
+
+/// The store: where dumps go (`run`) or are looked up (`find`, `get`, `info`, `check`).
+#[derive(Debug, clap::Args)]
+pub struct StoreArgs {
+    /// Where dumps are: `s3://bucket/prefix`, `file:///path` or a plain path. Default: the
+    /// local store in `<state-dir>/store`.
+    #[arg(long, env = "COREDUMP_DEST")]
+    pub dest: Option<String>,
+    /// The agent's own state: spool of accepted dumps, crash journal, core_pattern backup,
+    /// multipart uploads in progress; the default local store lives here too.
+    #[arg(
+        long,
+        env = "COREDUMP_STATE_DIR",
+        default_value = "/var/lib/coredump-agent"
+    )]
+    pub state_dir: PathBuf,
+    /// S3 endpoint URL, for S3-compatible stores (MinIO, Ceph, …), e.g. `http://minio:9000`.
+    /// Default: AWS, or the AWS SDK's `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` when set.
+    /// Credentials and region come from the AWS SDK's usual places (environment, IRSA, EKS Pod
+    /// Identity, instance profile).
+    #[arg(long, env = "COREDUMP_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Address buckets by path (`endpoint/bucket/key`) instead of a virtual host per bucket:
+    /// what most S3-compatible stores need.
+    #[arg(long, env = "COREDUMP_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
+    /// Upload checksums: `when-supported` sends a CRC32C with every part, which the store
+    /// verifies; `when-required` sends only a Content-MD5, for S3-compatible stores that reject
+    /// the AWS SDK's default checksums (Ceph radosgw, Garage).
+    #[arg(long, env = "COREDUMP_S3_CHECKSUM", value_enum, default_value_t = ChecksumMode::WhenSupported)]
+    pub s3_checksum: ChecksumMode,
+}
+
+impl StoreArgs {
+    /// The destination `--dest` names (or the default local store).
+    pub fn dest(&self) -> anyhow::Result<Dest> {
+        use anyhow::Context as _;
+        match &self.dest {
+            Some(d) => d.parse().with_context(|| format!("--dest {d:?}")),
+            None => Ok(Dest::Local(self.state_dir.join("store"))),
+        }
+    }
+
+    /// How to connect. `node` is set by `run`, which also records multipart uploads in
+    /// progress in the state dir (lookups do not upload).
+    pub fn connect_options(&self, node: Option<String>) -> ConnectOptions {
+        ConnectOptions {
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_path_style: self.s3_path_style,
+            s3_checksum: self.s3_checksum,
+            state_dir: node.is_some().then(|| self.state_dir.clone()),
+            node,
+        }
+    }
+
+    /// Opens the store for a lookup: `dest` if given (`get s3://bucket/key`), else `--dest`.
+    pub async fn open(&self, dest: Option<&Dest>) -> anyhow::Result<AnyStore> {
+        use anyhow::Context as _;
+        let dest = match dest {
+            Some(d) => d.clone(),
+            None => self.dest()?,
+        };
+        crate::store::connect(&dest, &self.connect_options(None))
+            .await
+            .with_context(|| format!("connecting to {dest}"))
+    }
+}
+
+/// `--kube` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KubeMode {
+    /// Use the API when KUBECONFIG or an in-cluster service account is there.
+    Auto,
+    /// Require the API: fail to start without a usable configuration.
+    On,
+    /// Never use the API.
+    Off,
+}
+
+/// `--compress` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Compress {
+    /// zstd, multithreaded.
+    Zstd,
+    /// Store dumps as they are.
+    None,
+}
+
+impl RunArgs {
+    /// The compression `--compress` and `--compress-level` ask for.
+    pub fn zstd(&self) -> Option<Zstd> {
+        match self.compress {
+            Compress::Zstd => Some(Zstd::level(self.compress_level)),
+            Compress::None => None,
+        }
+    }
 }
 
 /// Parses a byte size: `1024`, `512K`, `10M`, `2G`, `1T`, with optional `iB`/`B` (all
@@ -211,5 +496,75 @@ mod tests {
             ])
             .is_err()
         );
+    }
+
+    #[test]
+    fn identity_flags() {
+        let run = |extra: &[&str]| {
+            let args = ["coredump-agent", "run"].iter().chain(extra);
+            match Args::try_parse_from(args).map(|a| a.command) {
+                Ok(Command::Run(r)) => r,
+                other => panic!("run: {other:?}"),
+            }
+        };
+        let r = run(&[]);
+        assert_eq!(r.kube, KubeMode::Auto);
+        assert_eq!(r.pod_log_root, PathBuf::from("/var/log/pods"));
+        assert_eq!(r.container_log_root, PathBuf::from("/var/log/containers"));
+        assert_eq!(r.cgroup_root, None);
+        let r = run(&[
+            "--kube",
+            "off",
+            "--pod-log-root",
+            "/host/var/log/pods",
+            "--container-log-root",
+            "/host/var/log/containers",
+            "--cgroup-root",
+            "/host/sys/fs/cgroup",
+        ]);
+        assert_eq!(r.kube, KubeMode::Off);
+        assert_eq!(r.pod_log_root, PathBuf::from("/host/var/log/pods"));
+        assert_eq!(
+            r.container_log_root,
+            PathBuf::from("/host/var/log/containers")
+        );
+        assert_eq!(r.cgroup_root, Some(PathBuf::from("/host/sys/fs/cgroup")));
+        assert!(Args::try_parse_from(["coredump-agent", "run", "--kube", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn s3_and_compression_flags() {
+        let run = |extra: &[&str]| {
+            let args = ["coredump-agent", "run"].iter().chain(extra);
+            match Args::try_parse_from(args).map(|a| a.command) {
+                Ok(Command::Run(r)) => Ok(r),
+                Ok(_) => panic!("run"),
+                Err(e) => Err(e),
+            }
+        };
+        let r = run(&[]).unwrap();
+        assert_eq!(r.store.s3_checksum, ChecksumMode::WhenSupported);
+        assert!(!r.store.s3_path_style);
+        assert_eq!(r.zstd().map(|z| z.level), Some(compress::DEFAULT_LEVEL));
+        let r = run(&[
+            "--s3-endpoint",
+            "http://127.0.0.1:9000",
+            "--s3-path-style",
+            "--s3-checksum",
+            "when-required",
+            "--compress-level",
+            "9",
+        ])
+        .unwrap();
+        assert_eq!(
+            r.store.s3_endpoint.as_deref(),
+            Some("http://127.0.0.1:9000")
+        );
+        assert!(r.store.s3_path_style);
+        assert_eq!(r.store.s3_checksum, ChecksumMode::WhenRequired);
+        assert_eq!(r.zstd().map(|z| z.level), Some(9));
+        assert_eq!(run(&["--compress", "none"]).unwrap().zstd(), None);
+        assert!(run(&["--compress-level", "20"]).is_err());
+        assert!(run(&["--compress", "gzip"]).is_err());
     }
 }

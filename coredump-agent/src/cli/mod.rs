@@ -3,6 +3,10 @@
 //! Exit codes: 0 success (or found), 1 nothing matched / a check failed, 2 usage or runtime error.
 
 pub mod args;
+mod check;
+mod find;
+mod get;
+mod info;
 mod probe;
 mod run;
 
@@ -36,6 +40,10 @@ pub fn main() -> ExitCode {
         match args.command {
             Command::Probe(a) => probe::execute(a).await,
             Command::Run(a) => run::execute(*a).await,
+            Command::Find(a) => find::execute(*a).await,
+            Command::Get(a) => get::execute(*a).await,
+            Command::Info(a) => info::execute(*a).await,
+            Command::Check(a) => check::execute(*a).await,
         }
     });
     match result {

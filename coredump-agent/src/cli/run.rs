@@ -9,23 +9,33 @@
 //! later stage stops when its input closes, after finishing what it holds, so a shutdown
 //! drains instead of dropping work. Whatever is not stored by then stays spooled.
 
-use std::{path::Path, process::ExitCode, sync::Arc};
+use std::{
+    path::Path,
+    process::ExitCode,
+    sync::{Arc, atomic::Ordering},
+};
 
 use anyhow::{Context as _, bail};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::args::RunArgs;
+use super::args::{KubeMode, RunArgs};
 use crate::{
     core_pattern::{self, Sysctl},
     correlate::{self, Claims, Enricher},
     deliver,
     enrich::ProcFs,
-    identity::cgroup::{CgroupResolver, cgroup2_mount},
+    health::{self, Health},
+    identity::{
+        PodResolver,
+        cgroup::{CgroupResolver, cgroup2_mount},
+        kube,
+        kubelet::KubeletLogs,
+    },
     pattern::CorePattern,
     probe::{self, Probe},
     spool::{self, CrashJournal, Spool},
-    store::{self, Dest, Store as _},
+    store::{self, AnyStore, Dest, Store as _},
     watch::{self, Watcher},
 };
 
@@ -85,25 +95,93 @@ fn core_pattern(args: &RunArgs, sysctl: &Sysctl) -> anyhow::Result<CorePattern> 
     Ok(pattern)
 }
 
+/// The cgroup2 hierarchy crash cgroup ids are resolved in: `--cgroup-root`, else the mount.
+fn cgroup_resolver(args: &RunArgs) -> anyhow::Result<Option<Arc<CgroupResolver>>> {
+    if let Some(root) = &args.cgroup_root
+        && !root.is_dir()
+    {
+        bail!("--cgroup-root {}: not a directory", root.display());
+    }
+    let root = args.cgroup_root.clone().or_else(cgroup2_mount);
+    if root.is_none() {
+        tracing::warn!(
+            "no cgroup2 mount found: crashes are placed from /proc/<pid>/cgroup only (see --cgroup-root)"
+        );
+    }
+    Ok(root.map(|root| Arc::new(CgroupResolver::new(root))))
+}
+
+/// What names pods: the API (per `--kube`, its watch started on `tracker`) and the kubelet's
+/// log files.
+async fn pod_resolver(
+    args: &RunArgs,
+    node: &str,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> anyhow::Result<PodResolver> {
+    let required = args.kube == KubeMode::On;
+    let client = match args.kube {
+        KubeMode::Off => None,
+        KubeMode::Auto | KubeMode::On => match kube::client_from_env().await {
+            Ok(Some(client)) => Some(client),
+            Ok(None) if required => bail!(
+                "--kube on: no Kubernetes API configuration (neither KUBECONFIG nor an in-cluster service account)"
+            ),
+            Ok(None) => {
+                tracing::info!(
+                    "no Kubernetes API configuration (KUBECONFIG, in-cluster service account): naming pods from the kubelet's log files only"
+                );
+                None
+            }
+            Err(e) if required => return Err(anyhow::Error::new(e).context("--kube on")),
+            Err(e) => {
+                tracing::warn!(
+                    error = %format!("{:#}", anyhow::Error::new(e)),
+                    "Kubernetes API unusable: naming pods from the kubelet's log files only"
+                );
+                None
+            }
+        },
+    };
+    let api = client.map(|client| {
+        tracing::info!(node, "watching this node's pods");
+        kube::spawn_watch(client, node, tracker, cancel)
+    });
+    let kubelet = KubeletLogs::new(&args.pod_log_root, &args.container_log_root);
+    Ok(PodResolver::new(api, Some(kubelet)))
+}
+
 /// Runs the agent until a shutdown signal.
 pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
     let node = node_name(args.node_name.clone());
     ensure_dump_dir(&args.dump_dir)?;
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
+    std::fs::create_dir_all(&args.store.state_dir).with_context(|| {
+        format!(
+            "creating the state directory {}",
+            args.store.state_dir.display()
+        )
+    })?;
 
     // The store first: if it is unreachable, say so before touching anything else.
-    let dest: Dest = match &args.dest {
-        Some(d) => d.parse().with_context(|| format!("--dest {d:?}"))?,
-        None => Dest::Local(args.state_dir.join("store")),
-    };
-    let store = store::connect(&dest)
+    let dest = args.store.dest()?;
+    let options = args.store.connect_options(Some(node.clone()));
+    let store = store::connect(&dest, &options)
         .await
         .context("connecting to the store")?;
     store
         .check()
         .await
         .with_context(|| format!("checking that {} is writable", store.describe()))?;
+    if let AnyStore::S3(s3) = &store {
+        // Multipart uploads a crash or shutdown cut short would otherwise be billed forever.
+        match s3.recover_uploads().await {
+            Ok(0) => {}
+            Ok(aborted) => tracing::info!(aborted, "aborted unfinished multipart uploads"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{:#}", anyhow::Error::new(e)), "could not look for unfinished multipart uploads")
+            }
+        }
+    }
     let store = Arc::new(store);
 
     let sysctl = Sysctl::default();
@@ -111,7 +189,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(core_pattern::install(
             sysctl.clone(),
             &args.dump_dir,
-            &args.state_dir,
+            &args.store.state_dir,
         )?)
     } else {
         None
@@ -133,8 +211,8 @@ async fn run_pipeline(
     sysctl: &Sysctl,
 ) -> anyhow::Result<ExitCode> {
     let pattern = core_pattern(args, sysctl)?;
-    let spool = Spool::open(&args.state_dir)?;
-    let journal = CrashJournal::open(&args.state_dir)?;
+    let spool = Spool::open(&args.store.state_dir)?;
+    let journal = CrashJournal::open(&args.store.state_dir)?;
     let claims = Claims::default();
     let resumed = spool.recover(&args.dump_dir, args.max_dump_size, &claims)?;
 
@@ -157,6 +235,27 @@ async fn run_pipeline(
 
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
+    let health = Arc::new(Health::default());
+    // The store passed its check in `execute`.
+    health.store_ok.store(true, Ordering::Relaxed);
+    health
+        .probe_attached
+        .store(probe.is_some(), Ordering::Relaxed);
+    if let Some(addr) = args.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (--listen)"))?;
+        tracing::info!(%addr, "serving /healthz, /readyz and /metrics");
+        tracker.spawn(health::serve(listener, health.clone(), cancel.clone()));
+        tracker.spawn(health::watch_store(
+            store.clone(),
+            health.clone(),
+            args.store_check_interval,
+            cancel.clone(),
+        ));
+    }
+    // Before any stage runs: `--kube on` without a configuration must stop the start here.
+    let pods = pod_resolver(args, &node, &tracker, cancel.clone()).await?;
     let (crash_tx, crash_rx) = mpsc::channel(CRASH_CAPACITY);
     let (file_tx, file_rx) = mpsc::channel(FILE_CAPACITY);
     let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
@@ -170,6 +269,7 @@ async fn run_pipeline(
             keep_local: args.keep_local,
             concurrency: args.uploads,
             shutdown_grace: args.shutdown_grace,
+            compress: args.zstd(),
         },
         store.clone(),
         spool.clone(),
@@ -183,7 +283,8 @@ async fn run_pipeline(
     let spool_task = tracker.spawn(spool::run(spool.clone(), job_rx, spooled_tx));
     let enricher = Enricher {
         proc: ProcFs::default(),
-        cgroups: cgroup2_mount().map(|root| Arc::new(CgroupResolver::new(root))),
+        cgroups: cgroup_resolver(args)?,
+        pods: Some(pods),
     };
     let correlate_task = tracker.spawn(correlate::run(
         correlate::Config {
@@ -216,6 +317,7 @@ async fn run_pipeline(
     let watcher = Watcher::new(args.dump_dir.clone())?;
     let watch_task = tracker.spawn(watch::run(watcher, file_tx, cancel.clone()));
     tracker.close();
+    health.running.store(true, Ordering::Relaxed);
     tracing::info!(dest = %store.describe(), dump_dir = %args.dump_dir.display(), "agent running");
 
     let mut failed = false;

@@ -2,15 +2,23 @@
 //!
 //! Resolved when the crash event arrives, while the container most likely still exists, and
 //! stored in the spooled record. Never from `%h` or anything else the container controls.
+//!
+//! cgroup id → path ([`cgroup`]) → pod uid, container id, runtime, QoS ([`cgroup_path`]) →
+//! namespace, pod, container, image ([`PodResolver`]: the API cache of [`kube`], then the
+//! kubelet's files of [`kubelet`]).
 
 pub mod cgroup;
 pub mod cgroup_path;
+pub mod kube;
+pub mod kubelet;
+mod resolver;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 pub use cgroup_path::{CgroupIdentity, Qos, Runtime};
+pub use resolver::PodResolver;
 
 /// Who a crashed process belonged to. Every field is optional: a host process has no pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -164,6 +164,11 @@ pub fn sanitize_part(value: Option<&str>, max: usize) -> String {
     part
 }
 
+/// A namespace, pod or signal as it appears in keys (what `find` narrows the listing by).
+pub fn key_part(value: &str) -> String {
+    sanitize_part(Some(value), MAX_PART_LEN)
+}
+
 /// The object's tags (at most [`MAX_TAGS`]): the pod's identity when the process ran in one,
 /// then node, comm, signal, crash time, attestation and cluster. Values that are not known are
 /// left out rather than tagged `unknown`, so a filter never matches a guess.
@@ -407,6 +412,7 @@ mod tests {
                 version: "0.1.0".into(),
                 kernel: "6.12.0".into(),
             },
+            stored: None,
         }
     }
 

@@ -527,6 +527,7 @@ impl Store for LocalStore {
             data.write(chunk).await?;
         }
         let digest = reader.finish()?;
+        let source_size = digest.source_size;
         let last_modified = data.commit().await?;
 
         let sidecar = Sidecar {
@@ -551,6 +552,7 @@ impl Store for LocalStore {
             key: sidecar.key,
             size: sidecar.size,
             sha256: sidecar.sha256,
+            source_size,
         })
     }
 
@@ -721,6 +723,7 @@ mod tests {
                 key: "prod/web-1/a.core".into(),
                 size: 5,
                 sha256: sha256(b"hello"),
+                source_size: 5,
             }
         );
         assert_eq!(read_all(&store, "prod/web-1/a.core").await, b"hello");

@@ -5,12 +5,16 @@
 //! `find`, `get` and `info` read back through the same trait.
 //!
 //! Two stores implement it: [`local::LocalStore`], a folder (the default, used by
-//! `cargo xtask run` and the tests), and S3 (later). What they share lives here and in
-//! [`layout`]: the key rules ([`validate_key`]), reading a body in bounded chunks while hashing it
-//! ([`BodyReader`]), parsing `--dest` ([`Dest`]), and the key/tag/metadata contract.
+//! `cargo xtask run` and the tests), and [`s3::S3Store`], S3 or an S3-compatible server. What
+//! they share lives here, in [`layout`] and in [`compress`]: the key rules ([`validate_key`]),
+//! reading a body in bounded chunks while hashing (and optionally compressing) it
+//! ([`BodyReader`]), parsing `--dest` ([`Dest`]), opening one ([`connect`]), and the
+//! key/tag/metadata contract.
 
+pub mod compress;
 pub mod layout;
 pub mod local;
+pub mod s3;
 
 use std::{
     collections::BTreeMap,
@@ -24,7 +28,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
 
+pub use compress::Zstd;
 pub use local::LocalStore;
+pub use s3::{ChecksumMode, S3Store};
 
 /// Object tags: the pod's identity, queried by `find` (S3 object tags; at most 10).
 pub type Tags = BTreeMap<String, String>;
@@ -70,6 +76,14 @@ pub enum Body<'a> {
     },
     /// Bytes in memory.
     Bytes(&'a [u8]),
+    /// Another body, zstd-compressed as it is read (see [`compress`]): the store receives and
+    /// stores the compressed bytes. The inner body must not be compressed itself.
+    Zstd {
+        /// What to compress.
+        body: &'a Body<'a>,
+        /// How.
+        settings: Zstd,
+    },
 }
 
 /// What the store confirmed after a put: the key, stored size, and a checksum it verified.
@@ -81,6 +95,9 @@ pub struct PutReceipt {
     pub size: u64,
     /// SHA-256 of the stored bytes, lowercase hex.
     pub sha256: String,
+    /// Bytes read from the body before compression (`size` when it was not compressed): what
+    /// the caller compares with the file it handed over.
+    pub source_size: u64,
 }
 
 /// Why a store operation failed. Messages name the operation; the cause is the `source`.
@@ -175,13 +192,44 @@ pub enum StoreError {
         #[source]
         source: BoxError,
     },
-    /// The destination parses but this build cannot store there yet.
-    #[error("cannot store to {dest}: {what}")]
-    Unsupported {
+    /// No credentials could be found or loaded (environment, web identity, EKS Pod Identity,
+    /// instance profile). Worth retrying: an instance profile or a token file may appear.
+    #[error("no credentials to {op} on {dest}")]
+    NoCredentials {
+        /// [`Store::describe`] of the store.
+        dest: String,
+        /// What was being done.
+        op: &'static str,
+        /// The credential chain's error.
+        #[source]
+        source: BoxError,
+    },
+    /// The bucket does not exist (or is not visible with these credentials and endpoint).
+    #[error("bucket {bucket:?} does not exist at {dest} (while trying to {op})")]
+    BucketNotFound {
+        /// [`Store::describe`] of the store.
+        dest: String,
+        /// The bucket.
+        bucket: String,
+        /// What was being done.
+        op: &'static str,
+    },
+    /// Compressing a body failed.
+    #[error("failed to {op}")]
+    Compress {
+        /// What was being done.
+        op: &'static str,
+        /// zstd's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The store's settings cannot work (e.g. no AWS region).
+    #[error("cannot use {dest}: {what}")]
+    Config {
         /// The destination.
         dest: String,
-        /// What is missing, and what to use instead.
-        what: &'static str,
+        /// What is wrong, and what to do about it.
+        what: String,
     },
 }
 
@@ -191,7 +239,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Io { source, .. } => io_is_transient(source.kind()),
-            Self::Unreachable { .. } => true,
+            Self::Unreachable { .. } | Self::NoCredentials { .. } => true,
             Self::Other { transient, .. } => *transient,
             Self::NotFound { .. }
             | Self::InvalidKey { .. }
@@ -199,7 +247,9 @@ impl StoreError {
             | Self::BodyChanged { .. }
             | Self::CorruptMetadata { .. }
             | Self::AccessDenied { .. }
-            | Self::Unsupported { .. } => false,
+            | Self::BucketNotFound { .. }
+            | Self::Compress { .. }
+            | Self::Config { .. } => false,
         }
     }
 
@@ -233,8 +283,8 @@ fn io_is_transient(kind: io::ErrorKind) -> bool {
     )
 }
 
-/// A place dumps are stored. Implemented by [`LocalStore`] and (later) the S3 store; the
-/// pipeline is generic over it and the CLI holds an [`AnyStore`].
+/// A place dumps are stored. Implemented by [`LocalStore`] and [`S3Store`]; the pipeline is
+/// generic over it and the CLI holds an [`AnyStore`].
 ///
 /// Keys are `/`-separated and checked with [`validate_key`] before anything is touched.
 pub trait Store: Send + Sync + 'static {
@@ -316,15 +366,27 @@ fn key_problem(key: &str) -> Option<&'static str> {
     })
 }
 
-/// Reads a [`Body`] front to back in chunks of at most [`CHUNK_SIZE`], hashing what it reads.
+/// Reads a [`Body`] front to back in chunks of at most [`CHUNK_SIZE`] (compressed chunks, for
+/// a [`Body::Zstd`], are of any size up to a few MiB), hashing what it hands out.
 ///
 /// Shared by every store so they all stream the same way and report the same checksum: call
 /// [`BodyReader::next_chunk`] until it returns `None`, then [`BodyReader::finish`].
 pub struct BodyReader<'a> {
     source: Source<'a>,
     size: u64,
+    /// Bytes read from the source.
     read: u64,
+    /// Bytes handed out (after compression).
+    stored: u64,
     hasher: Sha256,
+    zstd: Option<Compressing>,
+}
+
+/// A [`Body::Zstd`] being read.
+struct Compressing {
+    compressor: compress::Compressor,
+    /// The frame is finished: everything was handed out.
+    ended: bool,
 }
 
 enum Source<'a> {
@@ -339,17 +401,29 @@ enum Source<'a> {
 /// Size and checksum of a body that was read completely.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BodyDigest {
-    /// Bytes read.
+    /// Bytes handed out (the stored size: after compression, if any).
     pub size: u64,
     /// SHA-256 of those bytes, lowercase hex.
     pub sha256: String,
+    /// Bytes read from the source (equal to `size` without compression).
+    pub source_size: u64,
 }
 
 impl<'a> BodyReader<'a> {
     /// Opens a body. A file must be a regular file and is opened without following a symbolic
     /// link (and without blocking on a FIFO planted in its place).
     pub async fn open(body: Body<'a>) -> Result<Self, StoreError> {
-        let (source, size) = match body {
+        let (plain, settings) = match body {
+            Body::Zstd { body, settings } => (*body, Some(settings)),
+            plain => (plain, None),
+        };
+        let (source, size) = match plain {
+            Body::Zstd { .. } => {
+                return Err(StoreError::InvalidBody {
+                    path: PathBuf::from("(a compressed body)"),
+                    reason: "it is compressed twice",
+                });
+            }
             Body::Bytes(bytes) => (Source::Bytes(bytes), bytes.len() as u64),
             Body::Opened { file, path } => {
                 let dup = file.try_clone().map_err(StoreError::io("dup", path))?;
@@ -380,11 +454,21 @@ impl<'a> BodyReader<'a> {
                 Self::regular_file(file, path).await?
             }
         };
+        let zstd = settings
+            .map(|settings| {
+                Ok::<_, StoreError>(Compressing {
+                    compressor: compress::Compressor::new(settings)?,
+                    ended: false,
+                })
+            })
+            .transpose()?;
         Ok(Self {
             source,
             size,
             read: 0,
+            stored: 0,
             hasher: Sha256::new(),
+            zstd,
         })
     }
 
@@ -411,21 +495,77 @@ impl<'a> BodyReader<'a> {
         Ok((source, meta.len()))
     }
 
-    /// Size of the body when it was opened: what a store may announce up front (S3 part size).
+    /// Size of the source when it was opened: what a store may plan with up front (S3 part
+    /// size). A compressed body usually ends up smaller, and at worst a little larger.
     pub fn size(&self) -> u64 {
         self.size
     }
 
-    /// The next chunk (full-sized except the last), or `None` at the end. Fails if a file grew
-    /// beyond its size at open.
+    /// Bytes read from the source so far (before compression): progress towards [`size`].
+    ///
+    /// [`size`]: BodyReader::size
+    pub fn source_read(&self) -> u64 {
+        self.read
+    }
+
+    /// The next chunk, or `None` at the end. Fails if a file grew beyond its size at open.
     pub async fn next_chunk(&mut self) -> Result<Option<&[u8]>, StoreError> {
         let Self {
             source,
             size,
             read,
+            stored,
             hasher,
+            zstd,
         } = self;
-        let chunk: &[u8] = match source {
+        let chunk: &[u8] = match zstd {
+            None => source.next_chunk(*size, read).await?,
+            Some(Compressing { ended: true, .. }) => return Ok(None),
+            Some(Compressing { compressor, ended }) => {
+                // zstd's workers may hold on to several chunks before any output appears.
+                loop {
+                    let input = source.next_chunk(*size, read).await?;
+                    *ended = input.is_empty();
+                    if !compressor.step(input, *ended).await?.is_empty() || *ended {
+                        break;
+                    }
+                }
+                compressor.output()
+            }
+        };
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        *stored += chunk.len() as u64;
+        hasher.update(chunk);
+        Ok(Some(chunk))
+    }
+
+    /// Size and checksum of everything handed out; call after [`BodyReader::next_chunk`]
+    /// returned `None`. Fails if a file shrank while it was read.
+    pub fn finish(self) -> Result<BodyDigest, StoreError> {
+        if let Source::File { path, .. } = self.source
+            && self.read != self.size
+        {
+            return Err(StoreError::BodyChanged {
+                path: path.to_owned(),
+                expected: self.size,
+                read: self.read,
+            });
+        }
+        Ok(BodyDigest {
+            size: self.stored,
+            sha256: hex(&self.hasher.finalize()),
+            source_size: self.read,
+        })
+    }
+}
+
+impl Source<'_> {
+    /// The source's next chunk of at most [`CHUNK_SIZE`], empty at the end. `read` counts the
+    /// bytes read so far; a file must not grow beyond `size`.
+    async fn next_chunk(&mut self, size: u64, read: &mut u64) -> Result<&[u8], StoreError> {
+        let chunk: &[u8] = match self {
             Source::Bytes(rest) => {
                 let (chunk, tail) = rest.split_at(rest.len().min(CHUNK_SIZE));
                 *rest = tail;
@@ -444,44 +584,23 @@ impl<'a> BodyReader<'a> {
                     }
                     filled += n;
                 }
-                if *read + filled as u64 > *size {
+                if *read + filled as u64 > size {
                     return Err(StoreError::BodyChanged {
                         path: path.to_path_buf(),
-                        expected: *size,
+                        expected: size,
                         read: *read + filled as u64,
                     });
                 }
                 &buf[..filled]
             }
         };
-        if chunk.is_empty() {
-            return Ok(None);
-        }
         *read += chunk.len() as u64;
-        hasher.update(chunk);
-        Ok(Some(chunk))
-    }
-
-    /// Size and checksum of everything read; call after [`BodyReader::next_chunk`] returned
-    /// `None`. Fails if a file shrank while it was read.
-    pub fn finish(self) -> Result<BodyDigest, StoreError> {
-        if let Source::File { path, .. } = self.source
-            && self.read != self.size
-        {
-            return Err(StoreError::BodyChanged {
-                path: path.to_owned(),
-                expected: self.size,
-                read: self.read,
-            });
-        }
-        Ok(BodyDigest {
-            size: self.read,
-            sha256: hex(&self.hasher.finalize()),
-        })
+        Ok(chunk)
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     use fmt::Write as _;
     bytes
         .iter()
@@ -635,14 +754,33 @@ impl fmt::Display for Dest {
     }
 }
 
+/// What [`connect`] needs besides the destination. The defaults suit AWS S3 and a local folder.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectOptions {
+    /// S3 endpoint URL, for S3-compatible stores (`http://minio:9000`). `None`: AWS, or the
+    /// endpoint in `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`.
+    pub s3_endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`) instead of a virtual host per bucket:
+    /// what most S3-compatible stores need.
+    pub s3_path_style: bool,
+    /// Which checksums uploads carry.
+    pub s3_checksum: ChecksumMode,
+    /// The agent's state directory. Multipart uploads in progress are recorded under
+    /// `<state_dir>/uploads/`, so that ones cut short by a crash are aborted at the next start
+    /// ([`S3Store::recover_uploads`]). `None`: not recorded.
+    pub state_dir: Option<PathBuf>,
+    /// This node's name: where the S3 write check writes.
+    pub node: Option<String>,
+}
+
 /// Opens the store a destination names. Does not check it: call [`Store::check`] for that.
-pub async fn connect(dest: &Dest) -> Result<AnyStore, StoreError> {
+/// For S3, loads credentials and region the way the AWS CLI does.
+pub async fn connect(dest: &Dest, options: &ConnectOptions) -> Result<AnyStore, StoreError> {
     match dest {
         Dest::Local(root) => Ok(AnyStore::Local(LocalStore::new(root)?)),
-        Dest::S3 { .. } => Err(StoreError::Unsupported {
-            dest: dest.to_string(),
-            what: "the S3 store is not implemented yet; use a local folder (a path or file:///path)",
-        }),
+        Dest::S3 { bucket, prefix } => Ok(AnyStore::S3(
+            S3Store::connect(bucket, prefix, options).await?,
+        )),
     }
 }
 
@@ -652,6 +790,8 @@ pub async fn connect(dest: &Dest) -> Result<AnyStore, StoreError> {
 pub enum AnyStore {
     /// A folder.
     Local(LocalStore),
+    /// An S3 bucket.
+    S3(S3Store),
 }
 
 impl From<LocalStore> for AnyStore {
@@ -660,17 +800,29 @@ impl From<LocalStore> for AnyStore {
     }
 }
 
+impl From<S3Store> for AnyStore {
+    fn from(store: S3Store) -> Self {
+        Self::S3(store)
+    }
+}
+
+/// Calls the same method on whichever store it is.
+macro_rules! delegate {
+    ($self:ident, $s:ident => $call:expr) => {
+        match $self {
+            AnyStore::Local($s) => $call,
+            AnyStore::S3($s) => $call,
+        }
+    };
+}
+
 impl Store for AnyStore {
     fn describe(&self) -> String {
-        match self {
-            Self::Local(s) => s.describe(),
-        }
+        delegate!(self, s => s.describe())
     }
 
     async fn check(&self) -> Result<(), StoreError> {
-        match self {
-            Self::Local(s) => s.check().await,
-        }
+        delegate!(self, s => s.check().await)
     }
 
     async fn put(
@@ -680,42 +832,30 @@ impl Store for AnyStore {
         tags: &Tags,
         metadata: &Metadata,
     ) -> Result<PutReceipt, StoreError> {
-        match self {
-            Self::Local(s) => s.put(key, body, tags, metadata).await,
-        }
+        delegate!(self, s => s.put(key, body, tags, metadata).await)
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        match self {
-            Self::Local(s) => s.list(prefix).await,
-        }
+        delegate!(self, s => s.list(prefix).await)
     }
 
     async fn tags(&self, key: &str) -> Result<Tags, StoreError> {
-        match self {
-            Self::Local(s) => s.tags(key).await,
-        }
+        delegate!(self, s => s.tags(key).await)
     }
 
     async fn head(&self, key: &str) -> Result<(ObjectInfo, Metadata), StoreError> {
-        match self {
-            Self::Local(s) => s.head(key).await,
-        }
+        delegate!(self, s => s.head(key).await)
     }
 
     async fn open(
         &self,
         key: &str,
     ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, StoreError> {
-        match self {
-            Self::Local(s) => s.open(key).await,
-        }
+        delegate!(self, s => s.open(key).await)
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {
-        match self {
-            Self::Local(s) => s.delete(key).await,
-        }
+        delegate!(self, s => s.delete(key).await)
     }
 }
 
@@ -821,13 +961,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connect_opens_a_local_store_and_refuses_s3_for_now() {
-        let store = connect(&"file:///tmp/x".parse().unwrap()).await.unwrap();
+    async fn connect_opens_a_local_store_or_an_s3_one() {
+        let options = ConnectOptions::default();
+        let store = connect(&"file:///tmp/x".parse().unwrap(), &options)
+            .await
+            .unwrap();
+        assert!(matches!(store, AnyStore::Local(_)));
         assert_eq!(store.describe(), "file:///tmp/x");
-        let err = connect(&"s3://b/p".parse().unwrap()).await.unwrap_err();
-        assert!(matches!(err, StoreError::Unsupported { .. }), "{err}");
-        assert!(err.to_string().contains("s3://b/p"), "{err}");
-        assert!(!err.is_transient());
+        // Nothing is sent before `check`, so this needs neither credentials nor a server.
+        let options = ConnectOptions {
+            s3_endpoint: Some("http://127.0.0.1:9".into()),
+            ..options
+        };
+        let store = connect(&"s3://b/p".parse().unwrap(), &options)
+            .await
+            .unwrap();
+        assert!(matches!(store, AnyStore::S3(_)));
+        assert_eq!(store.describe(), "s3://b/p at http://127.0.0.1:9");
     }
 
     #[test]

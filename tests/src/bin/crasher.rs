@@ -6,7 +6,9 @@
 //!
 //! Modes: segv, abort, quit, handled (SIGSEGV with a handler), term, ignored (SIGQUIT set to
 //! SIG_IGN then sent), thread NAME (a named thread segfaults), pidns MODE (MODE runs as pid 2
-//! of a new pid namespace), signal-loop N (benchmark: prints ns per handled SIGUSR1), sleep.
+//! of a new pid namespace), signal-loop N (benchmark: prints ns per handled SIGUSR1), sleep,
+//! hostname NAME (segfaults in a new UTS namespace whose hostname is NAME, so a core_pattern's
+//! `%h` says NAME: a container can claim any hostname, e.g. another pod's name).
 //!
 //! `CRASHER_CORE_LIMIT` sets RLIMIT_CORE (default 0: the probe tests need no core file).
 //! `CRASHER_COMM` renames the process first (prctl PR_SET_NAME).
@@ -142,6 +144,11 @@ fn act(mode: &str, arg: Option<&str>) {
             assert_eq!(unsafe { HANDLED }, n);
             println!("{ns:.1}");
         }
+        "hostname" => {
+            set_hostname(arg.unwrap_or("impostor"));
+            ready_and_wait(host_tid());
+            segv();
+        }
         "sleep" => {
             ready_and_wait(host_tid());
             std::thread::sleep(std::time::Duration::from_secs(3600));
@@ -150,6 +157,24 @@ fn act(mode: &str, arg: Option<&str>) {
             eprintln!("crasher: unknown mode {other:?}");
             std::process::exit(2);
         }
+    }
+}
+
+/// Moves this process into a new UTS namespace with hostname `name`, as a container runtime
+/// does for a pod (whose hostname the pod spec, or the process itself, chooses).
+fn set_hostname(name: &str) {
+    // SAFETY: unshare(CLONE_NEWUTS) only changes this process's own namespace membership.
+    if unsafe { libc::unshare(libc::CLONE_NEWUTS) } != 0 {
+        eprintln!(
+            "crasher: unshare(CLONE_NEWUTS): {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(3);
+    }
+    // SAFETY: the pointer and length describe `name`'s bytes, valid for the call.
+    if unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) } != 0 {
+        eprintln!("crasher: sethostname: {}", std::io::Error::last_os_error());
+        std::process::exit(3);
     }
 }
 
@@ -171,7 +196,9 @@ fn pidns(mode: &str) {
             // SAFETY: as above.
             let child = unsafe { libc::fork() };
             if child == 0 {
-                let exe = CString::new("/proc/self/exe").unwrap();
+                // The real path, not /proc/self/exe: the comm comes from the exec'd name.
+                let path = std::env::current_exe().unwrap();
+                let exe = CString::new(path.to_str().unwrap()).unwrap();
                 let a0 = CString::new("crasher").unwrap();
                 let a1 = CString::new(mode).unwrap();
                 let argv = [a0.as_ptr(), a1.as_ptr(), std::ptr::null()];

@@ -1,0 +1,250 @@
+//! `coredump-agent get`: download one dump, decompressed, verified, written atomically.
+
+use std::{
+    io::{self, IsTerminal as _, Read, Write},
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use sha2::{Digest as _, Sha256};
+use tokio_util::io::SyncIoBridge;
+
+use super::args::GetArgs;
+use crate::{
+    record::Record,
+    store::{Dest, Store as _, layout},
+};
+
+/// Counts and hashes the bytes read through it, and shows progress on a terminal.
+struct Verifying<R> {
+    inner: R,
+    hasher: Sha256,
+    read: u64,
+    total: u64,
+    progress: Option<Instant>,
+    started: Instant,
+}
+
+impl<R: Read> Read for Verifying<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.read += n as u64;
+        if let Some(last) = self.progress
+            && (last.elapsed() >= Duration::from_millis(200) || n == 0)
+        {
+            let secs = self.started.elapsed().as_secs_f64().max(0.001);
+            eprint!(
+                "\r{:>6.1} / {:.1} MiB ({:>3}%)  {:.1} MiB/s ",
+                self.read as f64 / 1048576.0,
+                self.total as f64 / 1048576.0,
+                (self.read * 100).checked_div(self.total).unwrap_or(100),
+                self.read as f64 / 1048576.0 / secs
+            );
+            self.progress = Some(Instant::now());
+        }
+        Ok(n)
+    }
+}
+
+/// A download in progress: removed on drop unless committed, so a failed download never
+/// leaves a half-written file, under the final name or any other.
+struct PartFile {
+    temp: PathBuf,
+    target: PathBuf,
+    file: std::fs::File,
+    committed: bool,
+}
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Where the bytes go: a temp file renamed into place on success, or stdout.
+enum Sink {
+    File(PartFile),
+    Stdout,
+}
+
+impl Sink {
+    fn open(output: Option<&Path>, default_name: &str) -> anyhow::Result<Self> {
+        let target = match output {
+            Some(p) if p == Path::new("-") => return Ok(Self::Stdout),
+            Some(p) => p.to_owned(),
+            None => PathBuf::from(default_name),
+        };
+        let dir = target
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = target
+            .file_name()
+            .context("the output path has no file name")?;
+        let temp = dir.join(format!(
+            ".{}.part-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file =
+            std::fs::File::create(&temp).with_context(|| format!("creating {}", temp.display()))?;
+        Ok(Self::File(PartFile {
+            temp,
+            target,
+            file,
+            committed: false,
+        }))
+    }
+
+    fn writer(&mut self) -> Box<dyn Write + '_> {
+        match self {
+            Self::File(p) => Box::new(io::BufWriter::with_capacity(1 << 20, &p.file)),
+            Self::Stdout => Box::new(io::stdout().lock()),
+        }
+    }
+
+    /// Keeps the file under its final name (after an fsync).
+    fn commit(self) -> anyhow::Result<Option<PathBuf>> {
+        match self {
+            Self::File(mut p) => {
+                p.file.sync_all().context("flushing the download")?;
+                std::fs::rename(&p.temp, &p.target)
+                    .with_context(|| format!("renaming to {}", p.target.display()))?;
+                p.committed = true;
+                Ok(Some(p.target.clone()))
+            }
+            Self::Stdout => Ok(None),
+        }
+    }
+}
+
+/// `s3://bucket/key` names its own destination; anything else is a key in `--dest`.
+fn target(args: &GetArgs) -> anyhow::Result<(Option<Dest>, String)> {
+    if let Some(rest) = args.key.strip_prefix("s3://") {
+        let (bucket, key) = rest
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .with_context(|| format!("{:?} names no object (s3://bucket/key)", args.key))?;
+        let dest: Dest = format!("s3://{bucket}").parse()?;
+        return Ok((Some(dest), key.to_owned()));
+    }
+    Ok((None, args.key.clone()))
+}
+
+/// The dump's name once decompressed: the key's last part without `.zst`/`.gz`.
+fn default_name(key: &str, decompress: bool) -> String {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    if decompress {
+        for suffix in [".zst", ".gz"] {
+            if let Some(stem) = name.strip_suffix(suffix) {
+                return stem.to_owned();
+            }
+        }
+    }
+    name.to_owned()
+}
+
+/// Downloads the object.
+pub async fn execute(args: GetArgs) -> anyhow::Result<ExitCode> {
+    let (dest, key) = target(&args)?;
+    let store = args.store.open(dest.as_ref()).await?;
+    crate::store::validate_key(&key)?;
+    let (info, _metadata) = store
+        .head(&key)
+        .await
+        .with_context(|| format!("looking up {key} in {}", store.describe()))?;
+    // The record beside the dump knows the checksum of the stored bytes.
+    let expected_sha = match store.open(&layout::record_key(&key)).await {
+        Ok(mut r) => {
+            let mut buf = Vec::new();
+            tokio::io::AsyncReadExt::read_to_end(&mut r, &mut buf)
+                .await
+                .ok();
+            serde_json::from_slice::<Record>(&buf)
+                .ok()
+                .and_then(|r| r.stored)
+                .map(|s| s.sha256)
+        }
+        Err(_) => None,
+    };
+    let decompress = !args.raw && (key.ends_with(".zst") || key.ends_with(".gz"));
+    let body = store
+        .open(&key)
+        .await
+        .with_context(|| format!("downloading {key}"))?;
+    let mut sink = Sink::open(args.output.as_deref(), &default_name(&key, decompress))?;
+    let show_progress = io::stderr().is_terminal() && !matches!(sink, Sink::Stdout);
+    let total = info.size;
+    let key_owned = key.clone();
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<(Sink, u64, String)> {
+        let mut reader = Verifying {
+            inner: SyncIoBridge::new(body),
+            hasher: Sha256::new(),
+            read: 0,
+            total,
+            progress: show_progress.then(Instant::now),
+            started: Instant::now(),
+        };
+        let copied = {
+            let mut out = sink.writer();
+            let n = if !decompress {
+                io::copy(&mut reader, &mut out)
+            } else if key_owned.ends_with(".zst") {
+                let mut d = zstd::stream::read::Decoder::new(&mut reader)?;
+                io::copy(&mut d, &mut out)
+            } else {
+                io::copy(&mut flate2::read::GzDecoder::new(&mut reader), &mut out)
+            }
+            .context("writing the dump")?;
+            out.flush()?;
+            n
+        };
+        // Drain anything a decoder did not need, so the checksum covers every byte.
+        io::copy(&mut reader, &mut io::sink())?;
+        if show_progress {
+            eprintln!();
+        }
+        let sha = hex(&reader.hasher.finalize_reset());
+        if reader.read != total {
+            bail!("downloaded {} bytes, the store says {total}", reader.read);
+        }
+        Ok((sink, copied, sha))
+    })
+    .await
+    .context("download task")?;
+    let (sink, written, sha) = result?;
+    if let Some(expected) = expected_sha
+        && expected != sha
+    {
+        drop(sink);
+        bail!("checksum mismatch for {key}: sha256 {sha}, the record says {expected}");
+    }
+    if let Some(path) = sink.commit()? {
+        eprintln!("{} ({written} bytes)", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names() {
+        assert_eq!(
+            default_name("a/b/20261126T000000Z_c_x_1_SIGSEGV.core.zst", true),
+            "20261126T000000Z_c_x_1_SIGSEGV.core"
+        );
+        assert_eq!(default_name("x.core.gz", false), "x.core.gz");
+        assert_eq!(default_name("x.core", true), "x.core");
+    }
+}

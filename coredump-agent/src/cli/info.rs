@@ -1,0 +1,141 @@
+//! `coredump-agent info`: everything known about one stored dump, without downloading it.
+
+use std::{io::Write as _, process::ExitCode};
+
+use anyhow::Context as _;
+use tokio::io::AsyncReadExt as _;
+
+use super::{EXIT_NOT_FOUND, args::InfoArgs};
+use crate::{
+    record::Record,
+    store::{Store as _, StoreError, layout},
+};
+
+/// Shows tags, metadata and the stored record of a key.
+pub async fn execute(args: InfoArgs) -> anyhow::Result<ExitCode> {
+    let store = args.store.open(None).await?;
+    crate::store::validate_key(&args.key)?;
+    let key = &args.key;
+    let (object, metadata) = match store.head(key).await {
+        Ok(v) => v,
+        Err(StoreError::NotFound { .. }) => {
+            eprintln!("{key}: no such object in {}", store.describe());
+            return Ok(ExitCode::from(EXIT_NOT_FOUND));
+        }
+        Err(e) => return Err(e).with_context(|| format!("looking up {key}")),
+    };
+    let tags = store
+        .tags(key)
+        .await
+        .with_context(|| format!("reading the tags of {key}"))?;
+    // A crash without a dump is its own record; a dump has one beside it.
+    let record_key = if key.ends_with(".json") {
+        key.clone()
+    } else {
+        layout::record_key(key)
+    };
+    let record: Option<serde_json::Value> = match store.open(&record_key).await {
+        Ok(mut r) => {
+            let mut buf = Vec::new();
+            r.read_to_end(&mut buf)
+                .await
+                .with_context(|| format!("reading {record_key}"))?;
+            serde_json::from_slice(&buf).ok()
+        }
+        Err(StoreError::NotFound { .. }) => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {record_key}")),
+    };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let v = serde_json::json!({
+            "key": key,
+            "size": object.size,
+            "last_modified": humantime::format_rfc3339_seconds(object.last_modified).to_string(),
+            "tags": tags,
+            "metadata": metadata,
+            "record": record,
+        });
+        serde_json::to_writer_pretty(&mut out, &v)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(out, "key:           {key}")?;
+    writeln!(out, "size:          {} bytes", object.size)?;
+    writeln!(
+        out,
+        "stored:        {}",
+        humantime::format_rfc3339_seconds(object.last_modified)
+    )?;
+    writeln!(out, "tags:")?;
+    for (k, v) in &tags {
+        writeln!(out, "  {k:<12} {v}")?;
+    }
+    writeln!(out, "metadata:")?;
+    for (k, v) in &metadata {
+        writeln!(out, "  {k:<15} {v}")?;
+    }
+    let parsed = record
+        .as_ref()
+        .and_then(|v| serde_json::from_value::<Record>(v.clone()).ok());
+    if let Some(r) = parsed {
+        writeln!(out, "record:")?;
+        writeln!(
+            out,
+            "  attested:    {} ({})",
+            r.attestation.attested, r.attestation.reason
+        )?;
+        if let Some(c) = &r.crash {
+            writeln!(
+                out,
+                "  crash:       {} pid {} (host {}) tid {} comm {:?} signal {} si_code {}",
+                humantime::format_rfc3339_nanos(c.time),
+                c.visible_pid(),
+                c.host_pid,
+                c.tid.unwrap_or(c.host_tid),
+                c.comm,
+                c.signal,
+                c.si_code.map_or("?".into(), |s| s.to_string())
+            )?;
+            writeln!(out, "  uid/gid:     {}/{}", c.uid, c.gid)?;
+        }
+        let id = &r.identity;
+        for (label, v) in [
+            ("namespace", &id.namespace),
+            ("pod", &id.pod),
+            ("pod uid", &id.pod_uid),
+            ("container", &id.container),
+            ("image", &id.image),
+            ("image id", &id.image_id),
+            ("container id", &id.container_id),
+            ("cgroup", &id.cgroup_path),
+            ("unit", &id.systemd_unit),
+        ] {
+            if let Some(v) = v {
+                writeln!(out, "  {:<12} {v}", format!("{label}:"))?;
+            }
+        }
+        if let Some(p) = &r.process {
+            if let Some(exe) = &p.exe {
+                writeln!(out, "  exe:         {exe}")?;
+            }
+            if !p.cmdline.is_empty() {
+                writeln!(out, "  cmdline:     {}", p.cmdline.join(" "))?;
+            }
+        }
+        if let Some(d) = &r.dump {
+            writeln!(
+                out,
+                "  dump file:   {} ({} bytes, owner uid {})",
+                d.name, d.size, d.owner_uid
+            )?;
+        }
+        writeln!(
+            out,
+            "  node:        {}  agent {} on {}",
+            r.node, r.agent.version, r.agent.kernel
+        )?;
+    } else if record.is_none() {
+        writeln!(out, "record:        none stored beside this object")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,224 @@
+//! identity::resolver: fills an identity's names (namespace, pod, container, image, labels)
+//! from what its cgroup said (pod uid, container id): the API cache first, then the kubelet's
+//! files for whatever is still unknown.
+//!
+//! Runs when the crash event arrives, in the correlate stage, so it never waits: both sources
+//! answer from memory or a directory listing. Unknown stays `None`.
+
+use super::{
+    Identity,
+    kube::{self, PodCache},
+    kubelet::{self, KubeletLogs},
+};
+
+/// Names pods from the sources this agent has. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct PodResolver {
+    api: Option<PodCache>,
+    kubelet: Option<KubeletLogs>,
+}
+
+impl PodResolver {
+    /// A resolver using the API cache and/or the kubelet's files, when given.
+    pub fn new(api: Option<PodCache>, kubelet: Option<KubeletLogs>) -> Self {
+        Self { api, kubelet }
+    }
+
+    /// Fills `namespace`, `pod`, `container`, `image`, `image_id`, `labels` and `source` from
+    /// the identity's cgroup-derived `pod_uid` and `container_id`. `source` names where the pod
+    /// was found; a container name the API did not know yet may still come from the kubelet's
+    /// files. Identities that name neither pod nor container are left alone.
+    pub fn resolve(&self, identity: &mut Identity) {
+        let pod_uid = identity.pod_uid.clone();
+        let container_id = identity.container_id.clone();
+        let (pod_uid, container_id) = (pod_uid.as_deref(), container_id.as_deref());
+        if pod_uid.is_none() && container_id.is_none() {
+            return;
+        }
+
+        let mut images = Default::default();
+        if let Some(found) = self
+            .api
+            .as_ref()
+            .and_then(|c| c.lookup(pod_uid, container_id))
+        {
+            identity.namespace = Some(found.namespace);
+            identity.pod = Some(found.name);
+            identity.labels = found.labels;
+            identity.source = Some(kube::SOURCE.to_owned());
+            if let Some(c) = found.container {
+                identity.container = Some(c.name);
+                identity.image = c.image;
+                identity.image_id = c.image_id;
+            }
+            images = found.images;
+        }
+
+        let container_missing = container_id.is_some() && identity.container.is_none();
+        if identity.pod.is_some() && !container_missing {
+            return;
+        }
+        let Some(kubelet) = &self.kubelet else {
+            return;
+        };
+        let found = kubelet.lookup(pod_uid, container_id);
+        if identity.pod.is_none()
+            && let (Some(namespace), Some(pod)) = (found.namespace.clone(), found.pod.clone())
+        {
+            identity.namespace = Some(namespace);
+            identity.pod = Some(pod);
+            identity.source = Some(kubelet::SOURCE.to_owned());
+        }
+        // Only a container of the pod already named: the two sources must agree.
+        let same_pod = found.namespace == identity.namespace && found.pod == identity.pod;
+        if identity.container.is_none()
+            && same_pod
+            && let Some(container) = found.container
+        {
+            identity.image = images.get(&container).cloned();
+            identity.container = Some(container);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use k8s_openapi::api::core::v1::Pod;
+    use serde_json::json;
+
+    use super::*;
+
+    const UID: &str = "4a1c8f2e-9b3d-4e6f-8a7b-1c2d3e4f5a6b";
+    const GONE_UID: &str = "0e9d8c7b-6a5f-4e3d-8c1b-0a9f8e7d6c5b";
+    const CID: &str = "3c1f9e0a7b2d4c5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6";
+    const NEW_CID: &str = "5555555555555555555555555555555555555555555555555555555555555555";
+    const GONE_CID: &str = "6666666666666666666666666666666666666666666666666666666666666666";
+
+    fn pod() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "api-7f9c6d5b4-qw8zt", "namespace": "payments",
+                "uid": UID, "resourceVersion": "912",
+                "labels": {"app": "api", "team": "payments"}},
+            "spec": {"nodeName": "node-a", "containers": [
+                {"name": "api", "image": "ghcr.io/example/api:2.3.1"},
+                {"name": "envoy-proxy", "image": "envoyproxy/envoy:v1.31.2"}]},
+            "status": {"containerStatuses": [{"name": "api", "ready": true, "restartCount": 0,
+                "image": "ghcr.io/example/api:2.3.1",
+                "imageID": "ghcr.io/example/api@sha256:0123abcd",
+                "containerID": format!("containerd://{CID}")}]}
+        }))
+        .unwrap()
+    }
+
+    /// A kubelet tree: the API's pod (whose sidecar started after the last status update)
+    /// and a pod the API never showed us.
+    fn kubelet_tree(root: &PathBuf) -> KubeletLogs {
+        let _ = std::fs::remove_dir_all(root);
+        let add = |ns: &str, pod: &str, uid: &str, container: &str, id: &str| {
+            let dir = root.join(format!("pods/{ns}_{pod}_{uid}/{container}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::create_dir_all(root.join("containers")).unwrap();
+            std::os::unix::fs::symlink(
+                dir.join("0.log"),
+                root.join(format!("containers/{pod}_{ns}_{container}-{id}.log")),
+            )
+            .unwrap();
+        };
+        add(
+            "payments",
+            "api-7f9c6d5b4-qw8zt",
+            UID,
+            "envoy-proxy",
+            NEW_CID,
+        );
+        add(
+            "batch",
+            "report-29123456-k8x2v",
+            GONE_UID,
+            "report",
+            GONE_CID,
+        );
+        KubeletLogs::new(root.join("pods"), root.join("containers"))
+    }
+
+    fn k8s(uid: Option<&str>, cid: Option<&str>) -> Identity {
+        Identity {
+            pod_uid: uid.map(str::to_owned),
+            container_id: cid.map(str::to_owned),
+            ..Identity::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn api_first_then_kubelet_files() {
+        let root = std::env::temp_dir().join(format!("resolver-{}", std::process::id()));
+        let resolver = PodResolver::new(
+            Some(kube::cache_of(vec![pod()]).await),
+            Some(kubelet_tree(&root)),
+        );
+
+        // In the API cache: everything, from the API.
+        let mut id = k8s(Some(UID), Some(CID));
+        resolver.resolve(&mut id);
+        assert_eq!(id.namespace.as_deref(), Some("payments"));
+        assert_eq!(id.pod.as_deref(), Some("api-7f9c6d5b4-qw8zt"));
+        assert_eq!(id.container.as_deref(), Some("api"));
+        assert_eq!(id.image.as_deref(), Some("ghcr.io/example/api:2.3.1"));
+        assert_eq!(
+            id.image_id.as_deref(),
+            Some("ghcr.io/example/api@sha256:0123abcd")
+        );
+        assert_eq!(id.labels["team"], "payments");
+        assert_eq!(id.source.as_deref(), Some("kubernetes-api"));
+
+        // The pod is in the cache but this container's status is not yet: the kubelet's link
+        // names the container, the API's spec its image.
+        let mut id = k8s(Some(UID), Some(NEW_CID));
+        resolver.resolve(&mut id);
+        assert_eq!(id.container.as_deref(), Some("envoy-proxy"));
+        assert_eq!(id.image.as_deref(), Some("envoyproxy/envoy:v1.31.2"));
+        assert_eq!(id.image_id, None);
+        assert_eq!(id.source.as_deref(), Some("kubernetes-api"));
+
+        // A pod the API never showed (deleted before the watch saw it): the kubelet's files.
+        let mut id = k8s(Some(GONE_UID), Some(GONE_CID));
+        resolver.resolve(&mut id);
+        assert_eq!(id.namespace.as_deref(), Some("batch"));
+        assert_eq!(id.pod.as_deref(), Some("report-29123456-k8x2v"));
+        assert_eq!(id.container.as_deref(), Some("report"));
+        assert_eq!((id.image, id.image_id), (None, None));
+        assert!(id.labels.is_empty());
+        assert_eq!(id.source.as_deref(), Some("kubelet-logs"));
+
+        // Unknown everywhere: unknown.
+        let unknown = k8s(
+            Some("11111111-2222-4333-8444-555555555555"),
+            Some(&"a".repeat(64)),
+        );
+        let mut id = unknown.clone();
+        resolver.resolve(&mut id);
+        assert_eq!(id, unknown);
+
+        // Outside Kubernetes: untouched.
+        let mut host = Identity::from_cgroup_path("/system.slice/nginx.service");
+        let before = host.clone();
+        resolver.resolve(&mut host);
+        assert_eq!(host, before);
+
+        // No sources at all.
+        let mut id = k8s(Some(UID), Some(CID));
+        PodResolver::default().resolve(&mut id);
+        assert_eq!(id, k8s(Some(UID), Some(CID)));
+
+        // Kubelet files only (no API access).
+        let mut id = k8s(Some(UID), Some(NEW_CID));
+        PodResolver::new(None, Some(kubelet_tree(&root))).resolve(&mut id);
+        assert_eq!(id.pod.as_deref(), Some("api-7f9c6d5b4-qw8zt"));
+        assert_eq!(id.container.as_deref(), Some("envoy-proxy"));
+        assert_eq!(id.image, None);
+        assert_eq!(id.source.as_deref(), Some("kubelet-logs"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,1322 @@
+//! store::s3: the S3 store, for AWS S3 and S3-compatible servers (MinIO, Ceph, moto, …).
+//!
+//! A put reads its body through [`BodyReader`] into part-sized buffers. A body that fits in one
+//! part goes up as one `PutObject`; a larger one as a multipart upload, with the tags and user
+//! metadata given at `CreateMultipartUpload`, a part size that grows with the file so no dump
+//! needs more than 10,000 parts, and a few parts in flight at once. Memory holds at most
+//! [`Tuning::buffer_budget`] of parts whatever the size of the dump.
+//!
+//! Every part and object carries a checksum the store verifies ([`ChecksumMode`]). After the
+//! upload, `HeadObject` confirms the stored size, and the tags are read back and set again if
+//! the store dropped them (some do at `CreateMultipartUpload`). Only then does a put succeed,
+//! and only then may the caller delete the dump.
+//!
+//! A failed multipart upload is aborted. Each one is recorded in `<state dir>/uploads/` while
+//! it runs, so that one left by a crash, or whose abort failed because the store was down, is
+//! aborted later: by [`S3Store::recover_uploads`] at start, and after each completed upload.
+//! (A bucket lifecycle rule `AbortIncompleteMultipartUpload` is the safety net for the rest.)
+//!
+//! SDK errors become [`StoreError`]s that name the cause; retrying is the caller's job (the
+//! deliver stage), beyond the SDK's own few quick retries.
+
+use std::{
+    collections::HashSet,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+pub use aws_sdk_s3 as sdk;
+use aws_sdk_s3::{
+    Client,
+    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
+    primitives::ByteStream,
+    types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Tag, Tagging},
+};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use super::{
+    BoxError, ConnectOptions, Metadata, ObjectInfo, PutReceipt, Store, StoreError, Tags,
+    validate_key,
+};
+use crate::store::{Body, BodyDigest, BodyReader, hex, layout};
+
+const MIB: u64 = 1 << 20;
+/// S3's smallest part (except the last).
+pub const MIN_PART_SIZE: u64 = 5 * MIB;
+/// S3's largest part.
+pub const MAX_PART_SIZE: u64 = 5 << 30;
+/// S3 allows 10,000 parts. Plan for fewer: a compressed body can come out slightly larger than
+/// the file it was planned for.
+const PLANNED_PARTS: u64 = 9000;
+/// S3's part numbers are 1 to 10,000.
+const MAX_PARTS: i32 = 10_000;
+/// Key segment of the object `check` writes: not a namespace (those never start with `_`).
+const CHECK_SEGMENT: &str = "_agent-check";
+
+/// Which checksums requests carry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChecksumMode {
+    /// A CRC32C per part and per object, which the store verifies (AWS S3, MinIO, moto, s3s).
+    #[default]
+    WhenSupported,
+    /// Only checksums an operation requires, plus a Content-MD5 per request: for S3-compatible
+    /// stores that reject or corrupt the SDK's default streaming checksums (Ceph radosgw,
+    /// Garage, s3rver).
+    WhenRequired,
+}
+
+/// Part sizes, parallelism and logging of uploads. The defaults suit production; tests use
+/// smaller parts to exercise multipart uploads with small files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tuning {
+    /// Smallest part size (S3 refuses parts under 5 MiB but the last). A body no larger goes up
+    /// in one `PutObject`.
+    pub min_part_size: u64,
+    /// Bytes of parts held in memory at once: the one being filled and those in flight.
+    pub buffer_budget: u64,
+    /// Most parts uploading at once.
+    pub max_parts_in_flight: usize,
+    /// How often a long upload logs its progress.
+    pub progress_interval: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            min_part_size: 8 * MIB,
+            buffer_budget: 40 * MIB,
+            max_parts_in_flight: 4,
+            progress_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Tuning {
+    /// Part size for a body of `size` bytes: at least [`Tuning::min_part_size`], large enough
+    /// that the body takes at most 9,000 parts, in whole MiB.
+    pub fn part_size(&self, size: u64) -> u64 {
+        size.div_ceil(PLANNED_PARTS)
+            .next_multiple_of(MIB)
+            .max(self.min_part_size)
+            .min(MAX_PART_SIZE)
+    }
+
+    /// Parts uploading at once with parts of `part_size`, within the memory budget (one more
+    /// buffer is being filled meanwhile).
+    pub fn parts_in_flight(&self, part_size: u64) -> usize {
+        let buffers = usize::try_from(self.buffer_budget / part_size.max(1)).unwrap_or(usize::MAX);
+        buffers
+            .saturating_sub(1)
+            .clamp(1, self.max_parts_in_flight.max(1))
+    }
+}
+
+/// A bucket (and key prefix) on S3 or an S3-compatible server. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    client: Client,
+    bucket: Arc<str>,
+    prefix: Arc<str>,
+    describe: Arc<str>,
+    node: Option<Arc<str>>,
+    checksum: ChecksumMode,
+    /// Hash the payload into the signature: only over plain HTTP, where TLS does not protect
+    /// it (as the AWS CLI does). The per-part checksum covers integrity either way.
+    sign_payload: bool,
+    tuning: Tuning,
+    uploads: Option<Arc<UploadLog>>,
+    /// The store answered 501 to tagging once: warn once, not for every dump.
+    tags_unsupported: Arc<AtomicBool>,
+}
+
+impl S3Store {
+    /// Loads credentials and region the way the AWS CLI does (environment, profile, web
+    /// identity/IRSA, EKS Pod Identity, instance metadata), then [`S3Store::with_config`].
+    ///
+    /// With a custom endpoint the region comes from the environment or profile only, else
+    /// `us-east-1`: S3-compatible stores mostly ignore it, and asking the instance metadata
+    /// service off EC2 only waits for a timeout.
+    pub async fn connect(
+        bucket: &str,
+        prefix: &str,
+        options: &ConnectOptions,
+    ) -> Result<Self, StoreError> {
+        use aws_config::{
+            environment::region::EnvironmentVariableRegionProvider,
+            meta::region::RegionProviderChain, profile::ProfileFileRegionProvider,
+        };
+        let endpoint = options.s3_endpoint.clone().or_else(|| {
+            ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+                .into_iter()
+                .find_map(|var| std::env::var(var).ok().filter(|v| !v.is_empty()))
+        });
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if endpoint.is_some() {
+            loader = loader.region(
+                RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                    .or_else(ProfileFileRegionProvider::new())
+                    .or_else(sdk::config::Region::from_static("us-east-1")),
+            );
+        }
+        let shared = loader.load().await;
+        let options = ConnectOptions {
+            s3_endpoint: endpoint,
+            ..options.clone()
+        };
+        Self::with_config(
+            sdk::config::Builder::from(&shared),
+            bucket,
+            prefix,
+            &options,
+        )
+    }
+
+    /// A store using `config` for credentials, region and HTTP, with the endpoint, addressing
+    /// and checksum settings of `options` applied on top.
+    pub fn with_config(
+        config: sdk::config::Builder,
+        bucket: &str,
+        prefix: &str,
+        options: &ConnectOptions,
+    ) -> Result<Self, StoreError> {
+        let prefix = prefix.trim_matches('/');
+        let url = if prefix.is_empty() {
+            format!("s3://{bucket}")
+        } else {
+            format!("s3://{bucket}/{prefix}")
+        };
+        let mut config = config.force_path_style(options.s3_path_style);
+        let describe = match &options.s3_endpoint {
+            Some(endpoint) => {
+                config = config.endpoint_url(endpoint);
+                format!("{url} at {endpoint}")
+            }
+            None => url,
+        };
+        if options.s3_checksum == ChecksumMode::WhenRequired {
+            config = config
+                .request_checksum_calculation(sdk::config::RequestChecksumCalculation::WhenRequired)
+                .response_checksum_validation(
+                    sdk::config::ResponseChecksumValidation::WhenRequired,
+                );
+        }
+        let config = config.build();
+        if config.region().is_none() {
+            return Err(StoreError::Config {
+                dest: describe,
+                what: "no AWS region: set AWS_REGION (or a region in the AWS profile), or run \
+                       where the instance metadata service answers"
+                    .into(),
+            });
+        }
+        let sign_payload = options.s3_endpoint.as_deref().is_some_and(|e| {
+            e.get(..7)
+                .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
+        });
+        Ok(Self {
+            client: Client::from_conf(config),
+            bucket: bucket.into(),
+            prefix: prefix.into(),
+            describe: describe.into(),
+            node: options.node.as_deref().map(Into::into),
+            checksum: options.s3_checksum,
+            sign_payload,
+            tuning: Tuning::default(),
+            uploads: options
+                .state_dir
+                .as_ref()
+                .map(|dir| Arc::new(UploadLog::new(dir.join("uploads")))),
+            tags_unsupported: Arc::default(),
+        })
+    }
+
+    /// The same store with other part sizes and parallelism.
+    pub fn with_tuning(mut self, tuning: Tuning) -> Self {
+        self.tuning = tuning;
+        self
+    }
+
+    /// The SDK client, for what the [`Store`] trait does not cover.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// The bucket.
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Aborts the multipart uploads recorded under `<state dir>/uploads/` that no put of this
+    /// process is running: those a crash or a shutdown cut short, and those whose abort failed.
+    /// Returns how many were aborted; one that cannot be aborted now stays recorded for the
+    /// next call. Call at start, once the store is reachable.
+    pub async fn recover_uploads(&self) -> Result<usize, StoreError> {
+        let Some(log) = &self.uploads else {
+            return Ok(0);
+        };
+        let mut aborted = 0;
+        for (path, record) in log.stale().await? {
+            let op = "abort a stale multipart upload";
+            match self
+                .abort(&record.bucket, &record.key, &record.upload_id)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(key = record.key, upload_id = record.upload_id, started = %humantime::format_rfc3339_seconds(record.started), "aborted a multipart upload left unfinished");
+                    log.forget(&path).await;
+                    aborted += 1;
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(key = record.key, error = %format!("{:#}", anyhow::Error::new(e)), "could not {op} yet; will try again");
+                }
+                Err(e) => {
+                    tracing::warn!(key = record.key, upload_id = record.upload_id, error = %format!("{:#}", anyhow::Error::new(e)), "could not {op}; forgetting it (a lifecycle rule can remove it)");
+                    log.forget(&path).await;
+                }
+            }
+        }
+        Ok(aborted)
+    }
+
+    /// `AbortMultipartUpload`; an upload that is already gone counts as aborted.
+    async fn abort(&self, bucket: &str, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("NoSuchUpload") => Ok(()),
+            Err(e) => Err(self.error("abort a multipart upload", Some(key), e)),
+        }
+    }
+
+    /// Key of the object [`Store::check`] writes: `<prefix>/_agent-check/<node>`.
+    fn check_key(&self) -> String {
+        let node = layout::sanitize_part(self.node.as_deref(), 64);
+        if self.prefix.is_empty() {
+            format!("{CHECK_SEGMENT}/{node}")
+        } else {
+            format!("{}/{CHECK_SEGMENT}/{node}", self.prefix)
+        }
+    }
+
+    /// One `PutObject` of a whole body, with its tags, metadata and checksum.
+    async fn put_object(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+        tags: &Tags,
+        metadata: &Metadata,
+    ) -> Result<(), StoreError> {
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .content_length(i64::try_from(data.len()).unwrap_or(i64::MAX))
+            .set_metadata(Some(metadata.clone().into_iter().collect()));
+        if !tags.is_empty() {
+            request = request.tagging(encode_tags(tags));
+        }
+        request = match self.checksum {
+            ChecksumMode::WhenSupported => request.checksum_algorithm(ChecksumAlgorithm::Crc32C),
+            ChecksumMode::WhenRequired => request.content_md5(content_md5(&data)),
+        };
+        let request = request.body(ByteStream::from(data));
+        let result = if self.sign_payload {
+            request.send().await
+        } else {
+            request.customize().disable_payload_signing().send().await
+        };
+        result.map_err(|e| self.error("upload an object (PutObject)", Some(key), e))?;
+        Ok(())
+    }
+
+    /// Starts a multipart upload with the object's tags and metadata, and records it.
+    async fn start_multipart(
+        &self,
+        key: &str,
+        tags: &Tags,
+        metadata: &Metadata,
+        part_size: u64,
+    ) -> Result<Multipart, StoreError> {
+        let mut request = self
+            .client
+            .create_multipart_upload()
+            .bucket(&*self.bucket)
+            .key(key)
+            .set_metadata(Some(metadata.clone().into_iter().collect()));
+        if !tags.is_empty() {
+            request = request.tagging(encode_tags(tags));
+        }
+        if self.checksum == ChecksumMode::WhenSupported {
+            request = request.checksum_algorithm(ChecksumAlgorithm::Crc32C);
+        }
+        let op = "start a multipart upload (CreateMultipartUpload)";
+        let created = request
+            .send()
+            .await
+            .map_err(|e| self.error(op, Some(key), e))?;
+        let upload_id = created
+            .upload_id()
+            .ok_or_else(|| StoreError::Other {
+                dest: self.describe(),
+                op,
+                transient: true,
+                source: "the store returned no upload id".into(),
+            })?
+            .to_owned();
+        let mut upload = Multipart {
+            store: self.clone(),
+            key: key.to_owned(),
+            upload_id,
+            record: None,
+            parts: JoinSet::new(),
+            done: Vec::new(),
+            next_part: 1,
+            in_flight: self.tuning.parts_in_flight(part_size),
+            finished: false,
+        };
+        if let Some(log) = &self.uploads {
+            // Should the record fail, the upload is aborted (by `Multipart`'s drop) right away.
+            upload.record = Some(log.record(&self.bucket, key, &upload.upload_id).await?);
+        }
+        tracing::debug!(
+            key,
+            upload_id = upload.upload_id,
+            part_size,
+            "multipart upload started"
+        );
+        Ok(upload)
+    }
+
+    /// `UploadPart` with its checksum; the part as `CompleteMultipartUpload` wants it.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: i32,
+        data: Vec<u8>,
+    ) -> Result<CompletedPart, StoreError> {
+        let mut request = self
+            .client
+            .upload_part()
+            .bucket(&*self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part_number)
+            .content_length(i64::try_from(data.len()).unwrap_or(i64::MAX));
+        request = match self.checksum {
+            ChecksumMode::WhenSupported => request.checksum_algorithm(ChecksumAlgorithm::Crc32C),
+            ChecksumMode::WhenRequired => request.content_md5(content_md5(&data)),
+        };
+        let request = request.body(ByteStream::from(data));
+        let result = if self.sign_payload {
+            request.send().await
+        } else {
+            request.customize().disable_payload_signing().send().await
+        };
+        let uploaded =
+            result.map_err(|e| self.error("upload a part (UploadPart)", Some(key), e))?;
+        Ok(CompletedPart::builder()
+            .part_number(part_number)
+            .set_e_tag(uploaded.e_tag().map(str::to_owned))
+            .set_checksum_crc32_c(uploaded.checksum_crc32_c().map(str::to_owned))
+            .build())
+    }
+
+    /// Confirms what was stored: the size, then the tags, setting them if the store dropped
+    /// them at upload.
+    async fn confirm(&self, key: &str, size: u64, tags: &Tags) -> Result<(), StoreError> {
+        let op = "confirm the stored size (HeadObject)";
+        let head = self
+            .client
+            .head_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error(op, Some(key), e))?;
+        let stored = head.content_length().and_then(|n| u64::try_from(n).ok());
+        if stored != Some(size) {
+            return Err(StoreError::Other {
+                dest: self.describe(),
+                op,
+                transient: true,
+                source: format!("the store holds {stored:?} bytes where {size} were sent").into(),
+            });
+        }
+        if tags.is_empty() || self.tags_unsupported.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let stored = match self.get_tags(key).await {
+            Ok(stored) => stored,
+            Err(TagsError::Unsupported) => {
+                self.warn_no_tags();
+                return Ok(());
+            }
+            Err(TagsError::Store(e)) => return Err(e),
+        };
+        if &stored == tags {
+            return Ok(());
+        }
+        tracing::info!(
+            key,
+            stored = stored.len(),
+            wanted = tags.len(),
+            "the store did not keep the tags given at upload: setting them"
+        );
+        let tagging = Tagging::builder()
+            .set_tag_set(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| StoreError::Other {
+                        dest: self.describe(),
+                        op: "build the tag set",
+                        transient: false,
+                        source: Box::new(e),
+                    })?,
+            ))
+            .build()
+            .map_err(|e| StoreError::Other {
+                dest: self.describe(),
+                op: "build the tag set",
+                transient: false,
+                source: Box::new(e),
+            })?;
+        let result = self
+            .client
+            .put_object_tagging()
+            .bucket(&*self.bucket)
+            .key(key)
+            .tagging(tagging)
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if not_implemented(&e) => {
+                self.warn_no_tags();
+                Ok(())
+            }
+            Err(e) => Err(self.error("set the tags (PutObjectTagging)", Some(key), e)),
+        }
+    }
+
+    fn warn_no_tags(&self) {
+        if !self.tags_unsupported.swap(true, Ordering::Relaxed) {
+            tracing::warn!(dest = %self.describe, "this store does not support object tags: dumps are stored without them, and cannot be found by pod");
+        }
+    }
+
+    /// `GetObjectTagging`.
+    async fn get_tags(&self, key: &str) -> Result<Tags, TagsError> {
+        let result = self
+            .client
+            .get_object_tagging()
+            .bucket(&*self.bucket)
+            .key(key)
+            .send()
+            .await;
+        match result {
+            Ok(out) => Ok(out
+                .tag_set()
+                .iter()
+                .map(|t| (t.key().to_owned(), t.value().to_owned()))
+                .collect()),
+            Err(e) if not_implemented(&e) => Err(TagsError::Unsupported),
+            Err(e) => Err(TagsError::Store(self.error(
+                "read the tags (GetObjectTagging)",
+                Some(key),
+                e,
+            ))),
+        }
+    }
+
+    /// A [`StoreError`] naming the cause of an SDK error.
+    fn error<E>(&self, op: &'static str, key: Option<&str>, err: SdkError<E>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let dest = self.describe();
+        let source = describe_sdk_error(&err);
+        if caused_by::<aws_credential_types::provider::error::CredentialsError>(&err) {
+            return StoreError::NoCredentials { dest, op, source };
+        }
+        let status = err.raw_response().map(|r| r.status().as_u16());
+        match (&err, err.code(), status) {
+            (SdkError::TimeoutError(_), ..) => StoreError::Unreachable { dest, op, source },
+            (SdkError::DispatchFailure(f), ..) if f.is_io() || f.is_timeout() => {
+                StoreError::Unreachable { dest, op, source }
+            }
+            (_, Some("NoSuchBucket"), _) => StoreError::BucketNotFound {
+                dest,
+                bucket: self.bucket.to_string(),
+                op,
+            },
+            (_, Some("NoSuchKey" | "NotFound"), _) | (_, None, Some(404)) if key.is_some() => {
+                StoreError::NotFound {
+                    key: key.unwrap_or_default().to_owned(),
+                }
+            }
+            (_, Some(code), _) if DENIED.contains(&code) => {
+                StoreError::AccessDenied { dest, op, source }
+            }
+            (_, None, Some(401 | 403)) => StoreError::AccessDenied { dest, op, source },
+            (_, code, status) => StoreError::Other {
+                dest,
+                op,
+                // A garbled response (cut off by a proxy) is worth another try, too.
+                transient: code.is_some_and(|c| TRANSIENT.contains(&c))
+                    || status.is_some_and(|s| s >= 500 || s == 429)
+                    || matches!(err, SdkError::ResponseError(_)),
+                source,
+            },
+        }
+    }
+}
+
+/// Error codes that mean the credentials or permissions are wrong.
+const DENIED: &[&str] = &[
+    "AccessDenied",
+    "AllAccessDisabled",
+    "AccountProblem",
+    "ExpiredToken",
+    "InvalidAccessKeyId",
+    "InvalidClientTokenId",
+    "InvalidToken",
+    "SignatureDoesNotMatch",
+    "TokenRefreshRequired",
+];
+
+/// Error codes that say to try again later.
+const TRANSIENT: &[&str] = &[
+    "InternalError",
+    "OperationAborted",
+    "RequestTimeTooSkewed",
+    "RequestTimeout",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+];
+
+/// What went wrong reading tags: an error, or a store without tagging.
+enum TagsError {
+    Unsupported,
+    Store(StoreError),
+}
+
+/// Whether a `T` is among the causes of `err`.
+fn caused_by<T: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.is::<T>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Whether the store says it does not implement the operation (HTTP 501).
+fn not_implemented<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
+    err.code() == Some("NotImplemented")
+        || err
+            .raw_response()
+            .is_some_and(|r| r.status().as_u16() == 501)
+}
+
+/// A one-line cause: `Code: message (HTTP status)` for an answer of the store, the chain of
+/// causes (`dispatch failure: io error: … Connection refused`) otherwise.
+fn describe_sdk_error<E>(err: &SdkError<E>) -> BoxError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    match (err.code(), err.raw_response()) {
+        (Some(code), Some(response)) => format!(
+            "{code}: {} (HTTP {})",
+            err.message().unwrap_or("no message"),
+            response.status().as_u16()
+        )
+        .into(),
+        (None, Some(response)) if matches!(err, SdkError::ServiceError(_)) => {
+            format!("HTTP {} with no error code", response.status().as_u16()).into()
+        }
+        _ => DisplayErrorContext(err).to_string().into(),
+    }
+}
+
+/// Tags as the `x-amz-tagging` header wants them: `k1=v1&k2=v2`, URL-encoded.
+fn encode_tags(tags: &Tags) -> String {
+    let mut out = String::new();
+    for (i, (k, v)) in tags.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        percent_encode(k, &mut out);
+        out.push('=');
+        percent_encode(v, &mut out);
+    }
+    out
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(s: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+/// Base64 of the MD5 of `data`: the `Content-MD5` header.
+fn content_md5(data: &[u8]) -> String {
+    use md5::Digest as _;
+    aws_smithy_types::base64::encode(md5::Md5::digest(data))
+}
+
+/// A multipart upload in progress: its parts in flight and those done.
+struct Multipart {
+    store: S3Store,
+    key: String,
+    upload_id: String,
+    /// Its record in the upload log, removed once it is completed or aborted.
+    record: Option<PathBuf>,
+    parts: JoinSet<Result<CompletedPart, StoreError>>,
+    done: Vec<CompletedPart>,
+    next_part: i32,
+    in_flight: usize,
+    /// Completed or aborted: nothing for `Drop` to clean up.
+    finished: bool,
+}
+
+impl Multipart {
+    /// Sends a part, after waiting for a slot among those in flight.
+    async fn send(&mut self, data: Vec<u8>) -> Result<(), StoreError> {
+        while self.parts.len() >= self.in_flight {
+            self.reap().await?;
+        }
+        if self.next_part > MAX_PARTS {
+            return Err(StoreError::Other {
+                dest: self.store.describe(),
+                op: "upload a part",
+                transient: false,
+                source: format!("the body needs more than {MAX_PARTS} parts").into(),
+            });
+        }
+        let (store, key, upload_id) =
+            (self.store.clone(), self.key.clone(), self.upload_id.clone());
+        let part_number = self.next_part;
+        self.next_part += 1;
+        self.parts
+            .spawn(async move { store.upload_part(&key, &upload_id, part_number, data).await });
+        Ok(())
+    }
+
+    /// Waits for one part in flight to finish.
+    async fn reap(&mut self) -> Result<(), StoreError> {
+        match self.parts.join_next().await {
+            None => Ok(()),
+            Some(Ok(part)) => {
+                self.done.push(part?);
+                Ok(())
+            }
+            Some(Err(e)) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(e) => Err(StoreError::Other {
+                    dest: self.store.describe(),
+                    op: "upload a part",
+                    transient: true,
+                    source: Box::new(e),
+                }),
+            },
+        }
+    }
+
+    /// Waits for every part, then `CompleteMultipartUpload`.
+    async fn complete(&mut self) -> Result<(), StoreError> {
+        while !self.parts.is_empty() {
+            self.reap().await?;
+        }
+        let mut parts = std::mem::take(&mut self.done);
+        parts.sort_by_key(|p| p.part_number());
+        let store = &self.store;
+        store
+            .client
+            .complete_multipart_upload()
+            .bucket(&*store.bucket)
+            .key(&self.key)
+            .upload_id(&self.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| {
+                store.error(
+                    "complete a multipart upload (CompleteMultipartUpload)",
+                    Some(&self.key),
+                    e,
+                )
+            })?;
+        self.finished = true;
+        self.forget().await;
+        Ok(())
+    }
+
+    /// Stops the parts in flight and aborts the upload. If the abort fails, the upload stays
+    /// recorded, for a later [`S3Store::recover_uploads`].
+    async fn abort(mut self) {
+        self.parts.abort_all();
+        while self.parts.join_next().await.is_some() {}
+        self.finished = true;
+        let store = self.store.clone();
+        match store.abort(&store.bucket, &self.key, &self.upload_id).await {
+            Ok(()) => {
+                tracing::debug!(
+                    key = self.key,
+                    upload_id = self.upload_id,
+                    "multipart upload aborted"
+                );
+                self.forget().await;
+            }
+            Err(e) => {
+                tracing::warn!(key = self.key, upload_id = self.upload_id, error = %format!("{:#}", anyhow::Error::new(e)), "could not abort the failed multipart upload now; it stays recorded and is aborted later");
+                self.leave();
+            }
+        }
+    }
+
+    /// The upload is completed or aborted: its record goes.
+    async fn forget(&mut self) {
+        if let (Some(log), Some(path)) = (&self.store.uploads, self.record.take()) {
+            log.forget(&path).await;
+        }
+    }
+
+    /// The upload is left unfinished: its record stays, as stale, for a later
+    /// [`S3Store::recover_uploads`].
+    fn leave(&mut self) {
+        if let (Some(log), Some(path)) = (&self.store.uploads, self.record.take()) {
+            log.release(&path);
+        }
+    }
+}
+
+impl Drop for Multipart {
+    /// A put that was cancelled (shutdown) leaves its upload: abort it in the background if
+    /// the runtime still runs; else it stays recorded for the next start.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.leave();
+            return;
+        };
+        let (store, key, upload_id, record) = (
+            self.store.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.upload_id),
+            self.record.take(),
+        );
+        runtime.spawn(async move {
+            let aborted = store.abort(&store.bucket, &key, &upload_id).await.is_ok();
+            if let (Some(log), Some(path)) = (&store.uploads, record) {
+                if aborted {
+                    log.forget(&path).await;
+                } else {
+                    log.release(&path);
+                }
+            }
+        });
+    }
+}
+
+/// Logs an upload's progress every [`Tuning::progress_interval`].
+struct Progress<'k> {
+    key: &'k str,
+    total: u64,
+    started: Instant,
+    next: Instant,
+    interval: Duration,
+}
+
+impl<'k> Progress<'k> {
+    fn new(key: &'k str, total: u64, interval: Duration) -> Self {
+        let started = Instant::now();
+        Self {
+            key,
+            total,
+            started,
+            next: started + interval,
+            interval,
+        }
+    }
+
+    /// `done` bytes of the source were read (and are uploaded or in flight).
+    fn update(&mut self, done: u64) {
+        let now = Instant::now();
+        if now < self.next {
+            return;
+        }
+        self.next = now + self.interval;
+        let seconds = now.duration_since(self.started).as_secs_f64();
+        let rate = done as f64 / seconds.max(1e-3);
+        let eta = (self.total.saturating_sub(done)) as f64 / rate.max(1.0);
+        tracing::info!(
+            key = self.key,
+            bytes = done,
+            total = self.total,
+            mib_per_s = (rate / MIB as f64 * 10.0).round() / 10.0,
+            eta_s = eta.round(),
+            "uploading"
+        );
+    }
+}
+
+impl Store for S3Store {
+    fn describe(&self) -> String {
+        self.describe.to_string()
+    }
+
+    /// Writes (with a tag) and deletes a small object under `<prefix>/_agent-check/`: that
+    /// proves credentials, bucket and permissions, and names what is wrong otherwise.
+    async fn check(&self) -> Result<(), StoreError> {
+        let key = self.check_key();
+        let tags = Tags::from([("check".to_owned(), "write".to_owned())]);
+        self.put_object(
+            &key,
+            b"coredump-agent write check\n".to_vec(),
+            &tags,
+            &Metadata::new(),
+        )
+        .await?;
+        // Deleting needs a permission the agent does not otherwise need: fine if refused.
+        if let Err(e) = self.delete(&key).await {
+            tracing::debug!(key, error = %e, "could not delete the check object");
+        }
+        Ok(())
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Body<'_>,
+        tags: &Tags,
+        metadata: &Metadata,
+    ) -> Result<PutReceipt, StoreError> {
+        validate_key(key)?;
+        let reader = BodyReader::open(body).await?;
+        let mut upload = None;
+        let digest = match self.stream(key, reader, tags, metadata, &mut upload).await {
+            Ok(digest) => digest,
+            Err(e) => {
+                if let Some(upload) = upload {
+                    upload.abort().await;
+                }
+                return Err(e);
+            }
+        };
+        self.confirm(key, digest.size, tags).await?;
+        if upload.is_some() {
+            // The store answers again: a good time to abort what an outage left behind.
+            if let Err(e) = self.recover_uploads().await {
+                tracing::warn!(error = %e, "could not look for unfinished multipart uploads");
+            }
+        }
+        Ok(PutReceipt {
+            key: key.to_owned(),
+            size: digest.size,
+            sha256: digest.sha256,
+            source_size: digest.source_size,
+        })
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&*self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        let mut objects = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.error("list objects (ListObjectsV2)", None, e))?;
+            objects.extend(page.contents().iter().filter_map(|o| {
+                Some(ObjectInfo {
+                    key: o.key()?.to_owned(),
+                    size: o.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                    last_modified: system_time(o.last_modified()),
+                })
+            }));
+        }
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(objects)
+    }
+
+    async fn tags(&self, key: &str) -> Result<Tags, StoreError> {
+        validate_key(key)?;
+        match self.get_tags(key).await {
+            Ok(tags) => Ok(tags),
+            Err(TagsError::Unsupported) => Ok(Tags::new()),
+            Err(TagsError::Store(e)) => Err(e),
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<(ObjectInfo, Metadata), StoreError> {
+        validate_key(key)?;
+        let head = self
+            .client
+            .head_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error("read an object's metadata (HeadObject)", Some(key), e))?;
+        let info = ObjectInfo {
+            key: key.to_owned(),
+            size: head
+                .content_length()
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(0),
+            last_modified: system_time(head.last_modified()),
+        };
+        let metadata = head
+            .metadata()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        Ok((info, metadata))
+    }
+
+    async fn open(
+        &self,
+        key: &str,
+    ) -> Result<Box<dyn tokio::io::AsyncRead + Send + Unpin>, StoreError> {
+        validate_key(key)?;
+        let object = self
+            .client
+            .get_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error("download an object (GetObject)", Some(key), e))?;
+        Ok(Box::new(Box::pin(object.body.into_async_read())))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        validate_key(key)?;
+        self.client
+            .delete_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| self.error("delete an object (DeleteObject)", Some(key), e))?;
+        Ok(())
+    }
+}
+
+impl S3Store {
+    /// Reads the body into parts: one `PutObject` if it fits in one, else a multipart upload
+    /// (left in `upload`, so the caller can abort it if this fails). The body is checked to be
+    /// whole before the object is committed: a file that shrank is not stored cut short.
+    async fn stream(
+        &self,
+        key: &str,
+        mut reader: BodyReader<'_>,
+        tags: &Tags,
+        metadata: &Metadata,
+        upload: &mut Option<Multipart>,
+    ) -> Result<BodyDigest, StoreError> {
+        let part_size = self.tuning.part_size(reader.size());
+        let capacity = usize::try_from(part_size).unwrap_or(usize::MAX);
+        // A record of a few KiB gets a buffer of its size, not a part's.
+        let first = usize::try_from(reader.size())
+            .unwrap_or(usize::MAX)
+            .saturating_add(64 << 10)
+            .min(capacity);
+        let mut part = Vec::with_capacity(first);
+        let mut progress = Progress::new(key, reader.size(), self.tuning.progress_interval);
+        while let Some(mut chunk) = reader.next_chunk().await? {
+            while !chunk.is_empty() {
+                if part.len() == capacity {
+                    // A full part, and more to come: it goes as a part of a multipart upload.
+                    let full = std::mem::replace(&mut part, Vec::with_capacity(capacity));
+                    let multipart = match upload {
+                        Some(m) => m,
+                        None => upload
+                            .insert(self.start_multipart(key, tags, metadata, part_size).await?),
+                    };
+                    multipart.send(full).await?;
+                }
+                let take = chunk.len().min(capacity - part.len());
+                part.extend_from_slice(&chunk[..take]);
+                chunk = &chunk[take..];
+            }
+            progress.update(reader.source_read());
+        }
+        let digest = reader.finish()?;
+        match upload {
+            None => self.put_object(key, part, tags, metadata).await?,
+            Some(multipart) => {
+                multipart.send(part).await?;
+                multipart.complete().await?;
+            }
+        }
+        Ok(digest)
+    }
+}
+
+/// An SDK time as a `SystemTime` (the epoch if missing or out of range).
+fn system_time(t: Option<&aws_smithy_types::DateTime>) -> SystemTime {
+    t.and_then(|t| SystemTime::try_from(*t).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// The multipart uploads this node has in progress, one small JSON file each, so that those a
+/// crash or an outage left unfinished can be aborted later.
+#[derive(Debug)]
+struct UploadLog {
+    dir: PathBuf,
+    /// Records of uploads running in this process: not stale.
+    active: Mutex<HashSet<PathBuf>>,
+}
+
+/// One recorded multipart upload.
+#[derive(Debug, Serialize, Deserialize)]
+struct UploadRecord {
+    bucket: String,
+    key: String,
+    upload_id: String,
+    #[serde(with = "crate::crash::rfc3339")]
+    started: SystemTime,
+}
+
+impl UploadLog {
+    fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            active: Mutex::default(),
+        }
+    }
+
+    fn active(&self) -> std::sync::MutexGuard<'_, HashSet<PathBuf>> {
+        // A panic while holding it cannot leave the set half-changed.
+        self.active
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Records an upload that just started; returns its record's path.
+    async fn record(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> Result<PathBuf, StoreError> {
+        use sha2::Digest as _;
+        let name = hex(&sha2::Sha256::digest(format!(
+            "{bucket}\n{key}\n{upload_id}"
+        )));
+        let path = self.dir.join(format!("{}.json", &name[..32]));
+        let record = UploadRecord {
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+            upload_id: upload_id.to_owned(),
+            started: SystemTime::now(),
+        };
+        let json = serde_json::to_vec(&record).map_err(|e| StoreError::Io {
+            op: "serialize an upload record",
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(StoreError::io("create the upload log", &self.dir))?;
+        let temp = path.with_extension("tmp");
+        tokio::fs::write(&temp, json)
+            .await
+            .map_err(StoreError::io("write an upload record", &temp))?;
+        tokio::fs::rename(&temp, &path)
+            .await
+            .map_err(StoreError::io("rename an upload record into place", &path))?;
+        self.active().insert(path.clone());
+        Ok(path)
+    }
+
+    /// Marks a record stale: its upload is no longer running here, but is not finished.
+    fn release(&self, path: &Path) {
+        self.active().remove(path);
+    }
+
+    /// Removes a record (the upload was completed or aborted).
+    async fn forget(&self, path: &Path) {
+        self.active().remove(path);
+        if let Err(e) = tokio::fs::remove_file(path).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not remove an upload record");
+        }
+    }
+
+    /// Recorded uploads that no put of this process is running.
+    async fn stale(&self) -> Result<Vec<(PathBuf, UploadRecord)>, StoreError> {
+        let mut entries = match tokio::fs::read_dir(&self.dir).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    op: "list the upload log",
+                    path: self.dir.clone(),
+                    source,
+                });
+            }
+        };
+        let mut stale = Vec::new();
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(StoreError::io("list the upload log", &self.dir))?
+        {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") || self.active().contains(&path) {
+                continue;
+            }
+            let parsed = tokio::fs::read(&path)
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()));
+            match parsed {
+                Ok(record) => stale.push((path, record)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = e, "unreadable upload record: removed");
+                    let _ = tokio::fs::remove_file(&path).await;
+                }
+            }
+        }
+        Ok(stale)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_grows_so_that_any_dump_fits_in_ten_thousand_parts() {
+        let t = Tuning::default();
+        assert_eq!(t.part_size(0), 8 * MIB);
+        assert_eq!(t.part_size(1 << 30), 8 * MIB);
+        assert_eq!(t.part_size(50 << 30), 8 * MIB);
+        for size in [64u64 << 30, 100 << 30, 1 << 40, 5 << 40] {
+            let part = t.part_size(size);
+            assert_eq!(part % MIB, 0);
+            assert!(size.div_ceil(part) <= PLANNED_PARTS, "{size}: {part}");
+            // Room for a compressed body up to 10% larger than planned.
+            assert!((size + size / 10).div_ceil(part) <= MAX_PARTS as u64);
+        }
+        assert_eq!(t.part_size(100 << 30), 12 * MIB);
+        assert_eq!(t.part_size(u64::MAX), MAX_PART_SIZE);
+    }
+
+    #[test]
+    fn parts_in_flight_stay_within_the_memory_budget() {
+        let t = Tuning::default();
+        assert_eq!(t.parts_in_flight(8 * MIB), 4);
+        assert_eq!(t.parts_in_flight(12 * MIB), 2);
+        assert_eq!(t.parts_in_flight(100 * MIB), 1);
+        for part in [5 * MIB, 8 * MIB, 12 * MIB, 20 * MIB] {
+            let buffers = t.parts_in_flight(part) as u64 + 1;
+            assert!(buffers * part <= t.buffer_budget, "{part}");
+        }
+    }
+
+    #[test]
+    fn tags_are_url_encoded() {
+        let tags = Tags::from([
+            ("pod".to_owned(), "web-1".to_owned()),
+            ("comm".to_owned(), "my app+x=y/z:@".to_owned()),
+        ]);
+        assert_eq!(
+            encode_tags(&tags),
+            "comm=my%20app%2Bx%3Dy%2Fz%3A%40&pod=web-1"
+        );
+        assert_eq!(encode_tags(&Tags::new()), "");
+    }
+
+    #[test]
+    fn content_md5_is_base64() {
+        // RFC 1321 test vector: MD5("") = d41d8cd98f00b204e9800998ecf8427e.
+        assert_eq!(content_md5(b""), "1B2M2Y8AsgTpgAmY7PhCfg==");
+    }
+
+    #[tokio::test]
+    async fn the_upload_log_keeps_what_runs_out_of_the_stale_list() {
+        let dir = std::env::temp_dir().join(format!("coredump-uploads-{}", std::process::id()));
+        let log = UploadLog::new(dir.clone());
+        assert!(log.stale().await.unwrap().is_empty(), "no directory yet");
+        let running = log.record("b", "k1", "u1").await.unwrap();
+        let left = log.record("b", "k2", "u2").await.unwrap();
+        log.active().remove(&left); // as after a restart
+        let stale = log.stale().await.unwrap();
+        assert_eq!(stale.len(), 1);
+        assert_eq!(
+            (stale[0].1.key.as_str(), stale[0].1.upload_id.as_str()),
+            ("k2", "u2")
+        );
+        log.forget(&left).await;
+        log.forget(&running).await;
+        assert!(log.stale().await.unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn describe_names_the_endpoint_and_payload_signing_follows_tls() {
+        let config = || {
+            sdk::config::Builder::new()
+                .behavior_version(sdk::config::BehaviorVersion::latest())
+                .region(sdk::config::Region::from_static("us-east-1"))
+        };
+        let options = ConnectOptions {
+            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            ..ConnectOptions::default()
+        };
+        let store = S3Store::with_config(config(), "b", "/p/q/", &options).unwrap();
+        assert_eq!(store.describe(), "s3://b/p/q at http://127.0.0.1:9000");
+        assert!(store.sign_payload);
+        let store = S3Store::with_config(config(), "b", "", &ConnectOptions::default()).unwrap();
+        assert_eq!(store.describe(), "s3://b");
+        assert!(!store.sign_payload);
+        assert_eq!(store.check_key(), "_agent-check/unknown");
+
+        let err = S3Store::with_config(
+            sdk::config::Builder::new().behavior_version(sdk::config::BehaviorVersion::latest()),
+            "b",
+            "",
+            &ConnectOptions::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no AWS region"), "{err}");
+    }
+}

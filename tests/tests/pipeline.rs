@@ -1,0 +1,554 @@
+//! The dump pipeline end to end: real crashes, the real kernel writing cores through
+//! core_pattern, the agent binary, and its local store (root; CI=true forbids skipping).
+//!
+//! Every test sets core_pattern through `CorePatternGuard`, which serializes them (one lock
+//! for all test binaries) and restores the previous pattern even when a test fails.
+
+use std::{
+    os::unix::{ffi::OsStrExt as _, fs::symlink},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use coredump_tests::{
+    Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, require_root, store_keys,
+    store_records, wait_for_store,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+const NODE: &str = "test-node";
+
+struct Node {
+    tmp: TempDir,
+    dumps: PathBuf,
+    state: PathBuf,
+    store: PathBuf,
+    _pattern: CorePatternGuard,
+}
+
+/// A fresh dump dir, state dir and store, with core_pattern set to `template` in the dump
+/// dir (`{dumps}` in a pipe pattern stands for the dump dir).
+fn node(tag: &str, template: &str) -> Node {
+    let tmp = TempDir::new(tag);
+    let dumps = tmp.join("dumps");
+    std::fs::create_dir_all(&dumps).unwrap();
+    let pattern = if template.starts_with('|') {
+        template.replace("{dumps}", dumps.to_str().unwrap())
+    } else {
+        format!("{}/{template}", dumps.display())
+    };
+    let guard = CorePatternGuard::set(&pattern);
+    Node {
+        state: tmp.join("state"),
+        store: tmp.join("store"),
+        dumps,
+        tmp,
+        _pattern: guard,
+    }
+}
+
+impl Node {
+    fn start(&self, extra: &[&str]) -> Agent {
+        let (dumps, state, store) = (
+            self.dumps.to_str().unwrap(),
+            self.state.to_str().unwrap(),
+            self.store.to_str().unwrap(),
+        );
+        let mut args = vec![
+            "run",
+            "--dump-dir",
+            dumps,
+            "--state-dir",
+            state,
+            "--dest",
+            store,
+            "--node-name",
+            NODE,
+            "--event-wait",
+            "2s",
+            "--dump-wait",
+            "3s",
+            "--min-free-disk",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        Agent::start(
+            &args,
+            self.tmp.join(&format!("agent-{}.log", rand_suffix())),
+        )
+    }
+
+    /// Names left in the dump dir (not the agent's own sub-folders).
+    fn leftovers(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.dumps)
+            .unwrap()
+            .flatten()
+            .filter(|e| !e.file_type().unwrap().is_dir())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn spool_entries(&self) -> usize {
+        std::fs::read_dir(self.state.join("spool")).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+    }
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn dumping() -> CrasherOpts<'static> {
+    CrasherOpts {
+        core_limit: u64::MAX,
+        ..Default::default()
+    }
+}
+
+/// Crashes a crasher with a core file; returns its host pid.
+fn crash(mode: &str, opts: &CrasherOpts<'_>) -> u32 {
+    let c = Crasher::spawn_with(mode, None, opts);
+    let pid = c.host_pid;
+    let st = c.go();
+    assert!(!st.success(), "{mode} should have crashed");
+    pid
+}
+
+fn record_of(records: &[(String, Value)], host_pid: u32) -> (String, Value) {
+    records
+        .iter()
+        .find(|(_, r)| r["crash"]["host_pid"] == host_pid)
+        .cloned()
+        .unwrap_or_else(|| panic!("no record for host pid {host_pid}: {records:#?}"))
+}
+
+#[test]
+fn crash_is_stored_locally_with_its_record_and_removed() {
+    if !require_root("pipeline") {
+        return;
+    }
+    let n = node("basic", "core.%P.%I.%s.%t.%e");
+    let agent = n.start(&[]);
+    let pid = crash("segv", &dumping());
+    let keys = wait_for_store(&n.store, WAIT, |k| k.len() == 2);
+    let (key, record) = record_of(&store_records(&n.store), pid);
+    let core_key = key.strip_suffix(".json").unwrap();
+    assert!(
+        core_key.starts_with(&format!("_host/{NODE}/")),
+        "{core_key}"
+    );
+    assert!(
+        core_key.ends_with(&format!("___crasher_{pid}_SIGSEGV.core.zst")),
+        "{core_key}"
+    );
+    assert!(keys.contains(&core_key.to_owned()));
+    // Compressed with zstd by default; the record says what it was.
+    assert_eq!(
+        &std::fs::read(n.store.join(core_key)).unwrap()[..4],
+        b"\x28\xb5\x2f\xfd"
+    );
+    assert_eq!(record["attestation"]["attested"], true, "{record:#}");
+    assert_eq!(record["crash"]["signal"], "SIGSEGV");
+    assert_eq!(record["crash"]["comm"], "crasher");
+    assert_eq!(record["node"], NODE);
+    // /proc is read best effort (a small core is written before the event is read, and the
+    // process's memory is gone by then), but its status outlives the memory.
+    assert!(
+        record["process"]["status"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["Name", "crasher"])),
+        "{record:#}"
+    );
+    assert!(record["identity"]["cgroup_path"].is_string(), "{record:#}");
+    assert!(record["dump"]["size"].as_u64().unwrap() > 0);
+    assert_eq!(n.leftovers(), Vec::<String>::new(), "the dump is gone");
+    assert_eq!(n.spool_entries(), 0);
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn seed_pattern_without_host_pid_joins_by_namespace_pid() {
+    if !require_root("pipeline") {
+        return;
+    }
+    let n = node("seed", "core-%e-%t-%p-%s");
+    let agent = n.start(&[]);
+    let pid = crash("abort", &dumping());
+    wait_for_store(&n.store, WAIT, |k| k.len() == 2);
+    let (_, record) = record_of(&store_records(&n.store), pid);
+    assert_eq!(record["attestation"]["attested"], true, "{record:#}");
+    assert!(
+        record["attestation"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("namespace pid")
+    );
+    assert_eq!(record["dump"]["fields"]["pid"], pid);
+    assert_eq!(record["crash"]["signal"], "SIGABRT");
+    assert!(n.leftovers().is_empty());
+    agent.terminate();
+}
+
+#[test]
+fn gzip_pipe_pattern_is_understood() {
+    if !require_root("pipeline") {
+        return;
+    }
+    // The Amazon Linux setup of the seed project: a shell pipe helper compressing the core.
+    let n = node(
+        "gzip",
+        "|/bin/sh -c $@ -- eval exec gzip > {dumps}/core-%e-%t-%p-%s.gz",
+    );
+    let agent = n.start(&[]);
+    // A pipe helper receives the core whatever RLIMIT_CORE says (unless it is 1).
+    let pid = crash("segv", &dumping());
+    let keys = wait_for_store(&n.store, WAIT, |k| k.len() == 2);
+    let (key, record) = record_of(&store_records(&n.store), pid);
+    let core_key = key.strip_suffix(".json").unwrap();
+    assert!(core_key.ends_with("_SIGSEGV.core.gz"), "{keys:?}");
+    assert_eq!(record["dump"]["compression"], "gzip");
+    assert_eq!(record["attestation"]["attested"], true, "{record:#}");
+    assert_eq!(
+        &std::fs::read(n.store.join(core_key)).unwrap()[..2],
+        b"\x1f\x8b"
+    );
+    assert!(n.leftovers().is_empty());
+    agent.terminate();
+}
+
+#[test]
+fn pid_namespace_crash_joins_without_host_pid_in_pattern() {
+    if !require_root("pipeline") {
+        return;
+    }
+    let n = node("pidns", "core-%e-%t-%p-%s");
+    let agent = n.start(&[]);
+    let c = Crasher::spawn_with("pidns", Some("segv"), &dumping());
+    let (host_pid, ns_pid) = (c.host_pid, c.ns_pid);
+    c.go();
+    wait_for_store(&n.store, WAIT, |k| k.len() == 2);
+    let (key, record) = record_of(&store_records(&n.store), host_pid);
+    assert_eq!(record["attestation"]["attested"], true, "{record:#}");
+    assert_eq!(record["crash"]["pid"], ns_pid);
+    assert_eq!(record["dump"]["fields"]["pid"], ns_pid);
+    assert!(
+        key.contains(&format!("_crasher_{ns_pid}_SIGSEGV.core")),
+        "{key}"
+    );
+    agent.terminate();
+}
+
+#[test]
+fn fifty_same_comm_crashes_are_never_mixed_up() {
+    if !require_root("pipeline") {
+        return;
+    }
+    let n = node("fifty", "core-%e-%t-%p-%s");
+    let agent = n.start(&["--max-dumps-per-hour", "0"]);
+    let opts = CrasherOpts {
+        comm: Some("samecomm"),
+        ..dumping()
+    };
+    let mut crashers: Vec<Crasher> = (0..50)
+        .map(|_| Crasher::spawn_with("segv", None, &opts))
+        .collect();
+    let pids: Vec<u32> = crashers.iter().map(|c| c.host_pid).collect();
+    let start = std::time::Instant::now();
+    for c in &mut crashers {
+        c.release();
+    }
+    for c in crashers {
+        c.wait();
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "50 crashes within a second"
+    );
+    wait_for_store(&n.store, Duration::from_secs(60), |k| k.len() == 100);
+    let records = store_records(&n.store);
+    let mut joined = Vec::new();
+    for (key, r) in &records {
+        // Never mixed up: an attested record's kernel pid is the pid in its file name.
+        if r["attestation"]["attested"] == true {
+            assert_eq!(
+                r["crash"]["host_pid"], r["dump"]["fields"]["pid"],
+                "{key}: {r:#}"
+            );
+            joined.push(r["crash"]["host_pid"].as_u64().unwrap() as u32);
+        } else {
+            assert!(
+                r["crash"].is_null(),
+                "{key}: unattested records carry no crash"
+            );
+        }
+    }
+    joined.sort_unstable();
+    let mut expected = pids.clone();
+    expected.sort_unstable();
+    // In the host pid namespace nothing is ambiguous: every crash is joined to its own file.
+    assert_eq!(joined, expected);
+    agent.terminate();
+}
+
+#[test]
+fn backlog_present_before_start_is_processed() {
+    if !require_root("pipeline") {
+        return;
+    }
+    let n = node("backlog", "core.%P.%I.%s.%t.%e");
+    // A real crash while no agent runs: the kernel writes the core, nobody sees the event.
+    let pid = crash("segv", &dumping());
+    std::fs::write(
+        n.dumps.join("core.999999.999999.11.1700000000.planted"),
+        b"not a core",
+    )
+    .unwrap();
+    assert_eq!(n.leftovers().len(), 2);
+    let agent = n.start(&[]);
+    wait_for_store(&n.store, WAIT, |k| k.len() == 4);
+    for (key, r) in store_records(&n.store) {
+        assert!(key.starts_with(&format!("_unattested/{NODE}/")), "{key}");
+        assert_eq!(r["attestation"]["attested"], false);
+        assert!(
+            r["attestation"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("no kernel crash event"),
+            "{r:#}"
+        );
+    }
+    assert!(
+        store_keys(&n.store)
+            .iter()
+            .any(|k| k.ends_with(&format!("_crasher_{pid}_SIGSEGV.core.zst")))
+    );
+    assert!(n.leftovers().is_empty());
+    agent.terminate();
+}
+
+#[test]
+fn kill_9_between_spool_and_store_resumes_with_full_identity() {
+    if !require_root("pipeline") {
+        return;
+    }
+    let n = node("restart", "core.%P.%I.%s.%t.%e");
+    let agent = n.start(&[]);
+    // The store breaks after start-up: its folder becomes a file, so every put fails.
+    std::fs::remove_dir_all(&n.store).unwrap();
+    std::fs::write(&n.store, b"not a directory").unwrap();
+    let pid = crash("segv", &dumping());
+    let mut agent = agent;
+    agent.wait_for_log("store failed", WAIT);
+    assert_eq!(n.spool_entries(), 1, "the joined record is spooled");
+    assert_eq!(n.leftovers().len(), 1, "the dump is still there");
+    agent.kill9();
+
+    std::fs::remove_file(&n.store).unwrap();
+    let agent = n.start(&[]);
+    let keys = wait_for_store(&n.store, WAIT, |k| k.len() == 2);
+    assert_eq!(
+        keys.iter().filter(|k| k.ends_with(".core.zst")).count(),
+        1,
+        "{keys:?}"
+    );
+    let (_, record) = record_of(&store_records(&n.store), pid);
+    assert_eq!(record["attestation"]["attested"], true, "{record:#}");
+    assert_eq!(record["crash"]["comm"], "crasher");
+    assert!(record["process"]["status"].is_array(), "{record:#}");
+    assert!(record["identity"]["cgroup_path"].is_string(), "{record:#}");
+    assert!(n.leftovers().is_empty());
+    assert_eq!(n.spool_entries(), 0);
+    agent.terminate();
+}
+
+fn sha256_of(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_default()
+}
+
+#[test]
+fn hostile_files_are_never_read_and_never_block() {
+    if !require_root("pipeline") {
+        return;
+    }
+    let n = node("hostile", "core.%P.%I.%s.%t.%e");
+    let secret = n.tmp.join("secret");
+    std::fs::write(&secret, b"top secret bytes").unwrap();
+    let shadow_before = sha256_of(Path::new("/etc/shadow"));
+    let agent = n.start(&[]);
+    let d = &n.dumps;
+    symlink("/etc/shadow", d.join("core.1.1.11.1700000000.shadow")).unwrap();
+    std::fs::hard_link(&secret, d.join("core.2.2.11.1700000000.hard")).unwrap();
+    let fifo = std::ffi::CString::new(d.join("core.3.3.11.1700000000.fifo").as_os_str().as_bytes())
+        .unwrap();
+    // SAFETY (test): mkfifo/mknod with valid NUL-terminated paths.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o666) }, 0);
+    std::fs::create_dir(d.join("core.4.4.11.1700000000.dir")).unwrap();
+    let dev = std::ffi::CString::new(d.join("core.5.5.11.1700000000.dev").as_os_str().as_bytes())
+        .unwrap();
+    // SAFETY (test): as above; /dev/null's numbers (1, 3).
+    assert_eq!(
+        unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+        0
+    );
+    let non_utf8 = d.join(std::ffi::OsStr::from_bytes(
+        b"core.6.6.11.1700000000.\xff\xfe",
+    ));
+    std::fs::write(&non_utf8, b"x").unwrap();
+    let long = d.join("x".repeat(255));
+    std::fs::write(&long, b"x").unwrap();
+    let too_long = d.join("y".repeat(4000));
+    assert!(
+        std::fs::write(&too_long, b"x").is_err(),
+        "4,000-byte names cannot exist"
+    );
+    std::fs::write(d.join("core.7.7.11.1700000000.unvouched"), b"not a core").unwrap();
+
+    // The agent is not blocked: a real crash afterwards is stored, attested.
+    let pid = crash("segv", &dumping());
+    wait_for_store(&n.store, WAIT, |k| k.len() == 4);
+    let records = store_records(&n.store);
+    let (_, real) = record_of(&records, pid);
+    assert_eq!(real["attestation"]["attested"], true);
+    let (unvouched_key, unvouched) = records
+        .iter()
+        .find(|(k, _)| k.contains("_unvouched_"))
+        .cloned()
+        .or_else(|| records.iter().find(|(_, r)| r["crash"].is_null()).cloned())
+        .expect("the unvouched file is stored");
+    assert!(
+        unvouched_key.starts_with(&format!("_unattested/{NODE}/")),
+        "{unvouched_key}"
+    );
+    assert_eq!(unvouched["attestation"]["attested"], false);
+
+    // Nothing outside the dump dir was read into the store.
+    for key in store_keys(&n.store) {
+        let bytes = std::fs::read(n.store.join(&key)).unwrap();
+        assert!(
+            !bytes.windows(16).any(|w| w == b"top secret bytes"),
+            "{key}"
+        );
+        if !shadow_before.is_empty() {
+            assert_ne!(bytes, shadow_before, "{key}");
+        }
+    }
+    assert_eq!(sha256_of(Path::new("/etc/shadow")), shadow_before);
+    assert_eq!(std::fs::read(&secret).unwrap(), b"top secret bytes");
+
+    // Symlink, hard link, FIFO and device were moved aside; the rest left alone.
+    let mut quarantined: Vec<String> = std::fs::read_dir(d.join("quarantine"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    quarantined.sort();
+    assert_eq!(
+        quarantined,
+        [
+            "core.1.1.11.1700000000.shadow",
+            "core.2.2.11.1700000000.hard",
+            "core.3.3.11.1700000000.fifo",
+            "core.5.5.11.1700000000.dev",
+        ]
+    );
+    assert!(d.join("core.4.4.11.1700000000.dir").is_dir());
+    assert!(non_utf8.exists() && long.exists());
+    let log = agent.log_text();
+    for reason in ["symbolic link", "hard links", "FIFO", "character device"] {
+        assert!(log.contains(reason), "log names {reason:?}");
+    }
+    agent.terminate();
+}
+
+#[test]
+fn crash_without_a_dump_is_recorded() {
+    if !require_root("pipeline") {
+        return;
+    }
+    let n = node("nodump", "core.%P.%I.%s.%t.%e");
+    let agent = n.start(&[]);
+    // RLIMIT_CORE 0: the kernel reports the crash but writes no file pattern dump.
+    let pid = crash("quit", &CrasherOpts::default());
+    let keys = wait_for_store(&n.store, WAIT, |k| !k.is_empty());
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(
+        keys[0].ends_with(&format!("___crasher_{pid}_SIGQUIT.crash.json")),
+        "{keys:?}"
+    );
+    let (_, record) = record_of(&store_records(&n.store), pid);
+    assert!(record["dump"].is_null());
+    assert!(
+        record["attestation"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no dump file appeared")
+    );
+    agent.terminate();
+}
+
+#[test]
+fn crash_loop_is_rate_limited_but_every_crash_is_recorded() {
+    if !require_root("pipeline") {
+        return;
+    }
+    let n = node("ratelimit", "core.%P.%I.%s.%t.%e");
+    let agent = n.start(&["--max-dumps-per-hour", "1"]);
+    let first = crash("segv", &dumping());
+    let second = crash("segv", &dumping());
+    let keys = wait_for_store(&n.store, WAIT, |k| k.len() == 3);
+    assert!(
+        keys.iter()
+            .any(|k| k.ends_with(&format!("_{first}_SIGSEGV.core.zst"))),
+        "{keys:?}"
+    );
+    assert!(
+        keys.iter()
+            .any(|k| k.ends_with(&format!("_{second}_SIGSEGV.crash.json"))),
+        "{keys:?}"
+    );
+    let (_, limited) = record_of(&store_records(&n.store), second);
+    assert!(
+        limited["dump"]["size"].as_u64().unwrap() > 0,
+        "the record says what was dropped"
+    );
+    wait_for_store(&n.store, WAIT, |_| n.leftovers().is_empty());
+    agent.terminate();
+}
+
+#[test]
+fn sigterm_restores_core_pattern_installed_by_the_agent() {
+    if !require_root("pipeline") {
+        return;
+    }
+    let n = node("install", "core");
+    std::fs::write("/proc/sys/kernel/core_pattern", "|/bin/false previous").unwrap();
+    let agent = n.start(&["--install-core-pattern"]);
+    let live = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    assert_eq!(
+        live.trim(),
+        format!("{}/core.%P.%I.%s.%t.%e", n.dumps.display())
+    );
+    assert!(n.state.join("core_pattern.backup").exists());
+    assert!(agent.terminate().success());
+    let live = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    assert_eq!(live.trim(), "|/bin/false previous");
+    assert!(!n.state.join("core_pattern.backup").exists());
+
+    // kill -9: the next start keeps the original backup and restores it on exit.
+    let agent = n.start(&["--install-core-pattern"]);
+    agent.kill9();
+    let agent = n.start(&["--install-core-pattern"]);
+    assert!(agent.terminate().success());
+    let live = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    assert_eq!(live.trim(), "|/bin/false previous");
+}

@@ -1,0 +1,733 @@
+//! The S3 store against a real S3 server: moto on 127.0.0.1, started by each test (see
+//! `coredump_tests::moto`). First the store itself: small and multipart uploads (plain and
+//! zstd) read back byte for byte, tags and metadata read back exactly, errors that name their
+//! cause, and the server going down in the middle of a multipart upload. Then the agent
+//! binary: it refuses to start without a usable bucket and keeps the dump, rides out an outage,
+//! and stores a real crash with the pod identity tags.
+//!
+//! Without moto_server these tests skip (and fail under CI=true); the crash test needs root.
+
+use std::{
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use coredump_agent::store::{
+    Body, BodyReader, ChecksumMode, ConnectOptions, Metadata, S3Store, Store, StoreError, Tags,
+    Zstd, compress, layout,
+};
+use coredump_tests::{
+    Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, agent_path,
+    moto::{BUCKET, Moto, free_port},
+    require_root,
+};
+use serde_json::Value;
+
+const MIB: usize = 1 << 20;
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Bytes like a core: zero pages with stretches of random data (a third), from a fixed seed.
+fn core_like(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|i| {
+            if (i / 65536) % 3 == 1 {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            } else {
+                0
+            }
+        })
+        .collect()
+}
+
+/// Random bytes (incompressible), from a fixed seed.
+fn random(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Tags {
+    list.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// The store's own checksum of `bytes` (what a receipt reports).
+async fn sha256(bytes: &[u8]) -> String {
+    let mut reader = BodyReader::open(Body::Bytes(bytes)).await.unwrap();
+    while reader.next_chunk().await.unwrap().is_some() {}
+    reader.finish().unwrap().sha256
+}
+
+async fn read_object(store: &impl Store, key: &str) -> Vec<u8> {
+    let mut reader = store.open(key).await.unwrap();
+    let mut out = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut out)
+        .await
+        .unwrap();
+    out
+}
+
+fn unzstd(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    compress::decoder(bytes)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+/// An error and its causes, as one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
+/// Multipart uploads the server has in progress in [`BUCKET`], asked directly (not through
+/// the relay, so this works while "the server" is down).
+async fn uploads_in_progress(moto: &Moto) -> usize {
+    moto.direct_client()
+        .list_multipart_uploads()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap()
+        .uploads()
+        .len()
+}
+
+/// Upload records the store keeps under `<state>/uploads/`.
+fn records(state: &Path) -> usize {
+    std::fs::read_dir(state.join("uploads")).map_or(0, Iterator::count)
+}
+
+fn keys(objects: &[coredump_agent::store::ObjectInfo]) -> Vec<&str> {
+    objects.iter().map(|o| o.key.as_str()).collect()
+}
+
+#[tokio::test]
+async fn small_objects_round_trip_with_tags_and_metadata() {
+    let Some(moto) = Moto::launch("small_objects_round_trip_with_tags_and_metadata") else {
+        return;
+    };
+    let store = moto.store(BUCKET, ConnectOptions::default());
+    store.check().await.unwrap();
+
+    let key = "p/prod/web-1/a.core";
+    let tags = pairs(&[("namespace", "prod"), ("pod", "web-1"), ("comm", "my app")]);
+    let metadata = pairs(&[("exe", "/usr/bin/web --x=1"), ("original-size", "5")]);
+    let receipt = store
+        .put(key, Body::Bytes(b"hello"), &tags, &metadata)
+        .await
+        .unwrap();
+    assert_eq!(
+        (receipt.key.as_str(), receipt.size, receipt.source_size),
+        (key, 5, 5)
+    );
+    assert_eq!(receipt.sha256, sha256(b"hello").await);
+    assert_eq!(store.tags(key).await.unwrap(), tags);
+    let (info, stored_metadata) = store.head(key).await.unwrap();
+    assert_eq!((info.key.as_str(), info.size), (key, 5));
+    assert_eq!(stored_metadata, metadata);
+    assert_eq!(read_object(&store, key).await, b"hello");
+
+    // zstd on the way up: the object holds the compressed bytes the receipt describes.
+    let data = core_like(3 * MIB + 12345);
+    let plain = Body::Bytes(&data);
+    let zkey = "p/prod/web-1/b.core.zst";
+    let body = Body::Zstd {
+        body: &plain,
+        settings: Zstd::default(),
+    };
+    let receipt = store.put(zkey, body, &tags, &metadata).await.unwrap();
+    assert_eq!(receipt.source_size, data.len() as u64);
+    assert!(receipt.size < data.len() as u64 / 2, "{receipt:?}");
+    let stored = read_object(&store, zkey).await;
+    assert_eq!(stored.len() as u64, receipt.size);
+    assert_eq!(sha256(&stored).await, receipt.sha256);
+    assert!(unzstd(&stored) == data, "decompressed bytes differ");
+
+    // The check's own object is gone; listing is by plain prefix, sorted.
+    assert_eq!(keys(&store.list("").await.unwrap()), [key, zkey]);
+    assert_eq!(keys(&store.list("p/prod/web-1/b").await.unwrap()), [zkey]);
+    assert!(store.list("q").await.unwrap().is_empty());
+
+    store.delete(key).await.unwrap();
+    store.delete(key).await.unwrap();
+    for missing in [
+        store.head(key).await.map(drop),
+        store.tags(key).await.map(drop),
+        store.open(key).await.map(drop),
+    ] {
+        assert!(
+            matches!(missing, Err(StoreError::NotFound { .. })),
+            "{missing:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn multipart_uploads_round_trip_in_both_checksum_modes() {
+    let Some(moto) = Moto::launch("multipart_uploads_round_trip_in_both_checksum_modes") else {
+        return;
+    };
+    let tmp = TempDir::new("s3-multipart");
+    let data = core_like(18 * MIB + 4321);
+    let file = tmp.join("core.1");
+    std::fs::write(&file, &data).unwrap();
+    let tags = pairs(&[("pod", "web-1"), ("signal", "SIGSEGV")]);
+    let metadata = pairs(&[("original-size", "18878753"), ("compression", "none")]);
+
+    for mode in [ChecksumMode::WhenSupported, ChecksumMode::WhenRequired] {
+        let state = tmp.join(&format!("{mode:?}"));
+        let store = moto.store(
+            BUCKET,
+            ConnectOptions {
+                s3_checksum: mode,
+                state_dir: Some(state.clone()),
+                ..ConnectOptions::default()
+            },
+        );
+        let key = format!("mp/{mode:?}/plain.core");
+        let receipt = store
+            .put(&key, Body::File(&file), &tags, &metadata)
+            .await
+            .unwrap();
+        assert_eq!(receipt.size, data.len() as u64, "{mode:?}");
+        // 5 MiB parts: an S3 multipart ETag ends in the number of parts.
+        let head = store
+            .client()
+            .head_object()
+            .bucket(BUCKET)
+            .key(&key)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            head.e_tag().unwrap_or_default().ends_with("-4\""),
+            "{mode:?}: {:?}",
+            head.e_tag()
+        );
+        let stored = read_object(&store, &key).await;
+        assert!(stored == data, "{mode:?}: stored bytes differ");
+        assert_eq!(sha256(&stored).await, receipt.sha256);
+        assert_eq!(store.tags(&key).await.unwrap(), tags, "{mode:?}");
+        assert_eq!(store.head(&key).await.unwrap().1, metadata, "{mode:?}");
+
+        let zkey = format!("mp/{mode:?}/z.core.zst");
+        let plain = Body::File(&file);
+        let body = Body::Zstd {
+            body: &plain,
+            settings: Zstd::level(3),
+        };
+        let receipt = store.put(&zkey, body, &tags, &metadata).await.unwrap();
+        assert_eq!(receipt.source_size, data.len() as u64);
+        let stored = read_object(&store, &zkey).await;
+        assert_eq!(sha256(&stored).await, receipt.sha256);
+        assert!(
+            unzstd(&stored) == data,
+            "{mode:?}: decompressed bytes differ"
+        );
+
+        assert_eq!(uploads_in_progress(&moto).await, 0, "{mode:?}");
+        assert_eq!(records(&state), 0, "{mode:?}: upload records left");
+    }
+}
+
+#[tokio::test]
+async fn tag_values_with_forbidden_characters_are_sanitized_and_findable() {
+    let Some(moto) =
+        Moto::launch("tag_values_with_forbidden_characters_are_sanitized_and_findable")
+    else {
+        return;
+    };
+    let store = moto.store(BUCKET, ConnectOptions::default());
+    let raw = [
+        ("comm", "my app*"),
+        ("pod", "w\u{e9}b\n1\"x<y>&z"),
+        ("container", "a/b:c@d e+f=g.h_i-j"),
+        ("image", "%41%zz?#[]{}|\\^~`'"),
+    ];
+    let tags: Tags = raw
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), layout::sanitize_tag_value(v)))
+        .collect();
+    assert_eq!(
+        tags["container"], "a/b:c@d e+f=g.h_i-j",
+        "allowed characters stay"
+    );
+    for (i, key) in ["ns/a/1.core", "ns/a/2.core"].into_iter().enumerate() {
+        let mut t = tags.clone();
+        if i == 1 {
+            t.insert("comm".into(), "other".into());
+        }
+        store
+            .put(key, Body::Bytes(b"x"), &t, &Metadata::new())
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.tags("ns/a/1.core").await.unwrap(), tags);
+
+    // Find by what the user types: the filter is sanitized the same way as the tag.
+    let wanted = layout::sanitize_tag_value("my app*");
+    let mut found = Vec::new();
+    for object in store.list("ns/").await.unwrap() {
+        if store.tags(&object.key).await.unwrap().get("comm") == Some(&wanted) {
+            found.push(object.key);
+        }
+    }
+    assert_eq!(found, ["ns/a/1.core"]);
+}
+
+#[tokio::test]
+async fn errors_name_their_cause() {
+    let Some(moto) = Moto::launch("errors_name_their_cause") else {
+        return;
+    };
+    let store = moto.store(BUCKET, ConnectOptions::default());
+    store.check().await.unwrap();
+
+    // No such bucket.
+    let missing = moto.store("no-such-bucket", ConnectOptions::default());
+    let err = missing.check().await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::BucketNotFound { bucket, .. } if bucket == "no-such-bucket"),
+        "{}",
+        chain(&err)
+    );
+    assert!(chain(&err).contains("does not exist"), "{}", chain(&err));
+    assert!(!err.is_transient());
+    let err = missing
+        .put("k", Body::Bytes(b"x"), &Tags::new(), &Metadata::new())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::BucketNotFound { .. }),
+        "{}",
+        chain(&err)
+    );
+
+    // Nobody listening.
+    let endpoint = format!("http://127.0.0.1:{}", free_port());
+    let options = ConnectOptions {
+        s3_endpoint: Some(endpoint.clone()),
+        s3_path_style: true,
+        ..ConnectOptions::default()
+    };
+    let down = S3Store::with_config(Moto::sdk_config(), BUCKET, "", &options).unwrap();
+    let err = down.check().await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::Unreachable { .. }),
+        "{}",
+        chain(&err)
+    );
+    assert!(err.is_transient());
+    let text = chain(&err);
+    assert!(
+        text.contains("cannot reach") && text.contains(&endpoint),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("connection refused"), "{text}");
+
+    // Credentials the server does not know.
+    let Some(strict) = Moto::launch_with_auth("errors_name_their_cause") else {
+        return;
+    };
+    let err = strict
+        .store(BUCKET, ConnectOptions::default())
+        .check()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::AccessDenied { .. }),
+        "{}",
+        chain(&err)
+    );
+    assert!(
+        chain(&err).contains("InvalidAccessKeyId"),
+        "{}",
+        chain(&err)
+    );
+    assert!(!err.is_transient());
+}
+
+#[tokio::test]
+async fn server_down_mid_multipart_then_back_uploads_once_and_leaves_no_orphan() {
+    let test = "server_down_mid_multipart_then_back_uploads_once_and_leaves_no_orphan";
+    let Some(moto) = Moto::launch(test) else {
+        return;
+    };
+    let tmp = TempDir::new("s3-outage");
+    let state = tmp.join("state");
+    let options = ConnectOptions {
+        state_dir: Some(state.clone()),
+        ..ConnectOptions::default()
+    };
+    let store = moto.store(BUCKET, options.clone());
+    let data = random(18 * MIB);
+    let file = tmp.join("core.2");
+    std::fs::write(&file, &data).unwrap();
+    let (key, tags, metadata) = ("ns/pod/big.core", pairs(&[("pod", "pod")]), Metadata::new());
+
+    // Down in the middle of the second part.
+    moto.stop_after(8 * MIB as u64);
+    let err = store
+        .put(key, Body::File(&file), &tags, &metadata)
+        .await
+        .unwrap_err();
+    assert!(moto.stopped());
+    assert!(err.is_transient(), "{}", chain(&err));
+    // The half-done upload is on the server; its abort failed while the server was down, so
+    // it stays recorded.
+    assert_eq!(uploads_in_progress(&moto).await, 1);
+    assert_eq!(records(&state), 1);
+    assert!(store.list("").await.unwrap_err().is_transient());
+
+    // Back up. A new process (a restart) aborts what the old one left…
+    moto.start();
+    let restarted = moto.store(BUCKET, options);
+    assert_eq!(restarted.recover_uploads().await.unwrap(), 1);
+    assert_eq!(uploads_in_progress(&moto).await, 0);
+    assert_eq!(records(&state), 0);
+    // …and the retried put stores the dump once, completely.
+    let receipt = restarted
+        .put(key, Body::File(&file), &tags, &metadata)
+        .await
+        .unwrap();
+    assert_eq!(receipt.size, data.len() as u64);
+    assert_eq!(keys(&restarted.list("").await.unwrap()), [key]);
+    assert!(
+        read_object(&restarted, key).await == data,
+        "stored bytes differ"
+    );
+    assert_eq!(restarted.tags(key).await.unwrap(), tags);
+    assert_eq!(uploads_in_progress(&moto).await, 0);
+    assert_eq!(records(&state), 0);
+}
+
+/// A dump dir holding one dump named as `core.%P.%I.%s.%t.%e` would name it, a state dir, and
+/// the agent's arguments for them (no probe: these tests are about the store).
+struct Node {
+    tmp: TempDir,
+    dumps: PathBuf,
+    state: PathBuf,
+    dump: PathBuf,
+}
+
+impl Node {
+    fn new(tag: &str, data: &[u8]) -> Self {
+        let tmp = TempDir::new(tag);
+        let dumps = tmp.join("dumps");
+        std::fs::create_dir_all(&dumps).unwrap();
+        let dump = dumps.join("core.4242.4242.11.1795681587.fake");
+        // Written beside, then renamed in: the agent only ever sees the whole file.
+        let temp = tmp.join("dump.tmp");
+        std::fs::write(&temp, data).unwrap();
+        std::fs::rename(&temp, &dump).unwrap();
+        let state = tmp.join("state");
+        Self {
+            tmp,
+            dumps,
+            state,
+            dump,
+        }
+    }
+
+    fn args(&self, dest: &str, endpoint: &str) -> Vec<String> {
+        [
+            "run",
+            "--dump-dir",
+            self.dumps.to_str().unwrap(),
+            "--state-dir",
+            self.state.to_str().unwrap(),
+            "--core-pattern",
+            &format!("{}/core.%P.%I.%s.%t.%e", self.dumps.display()),
+            "--no-probe",
+            "--node-name",
+            "test-node",
+            "--min-free-disk",
+            "0",
+            "--dest",
+            dest,
+            "--s3-endpoint",
+            endpoint,
+            "--s3-path-style",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+    }
+}
+
+/// Waits until a log line satisfies `pred`; panics with the log on timeout.
+fn wait_for_line(agent: &Agent, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(line) = agent.logs().into_iter().find(&pred) {
+            return line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} in the agent log within {WAIT:?}:\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn message_is(line: &Value, message: &str) -> bool {
+    line["message"] == message
+}
+
+#[test]
+fn agent_refuses_to_start_without_a_usable_bucket_and_keeps_the_dump() {
+    let test = "agent_refuses_to_start_without_a_usable_bucket_and_keeps_the_dump";
+    let (Some(moto), Some(strict)) = (Moto::launch(test), Moto::launch_with_auth(test)) else {
+        return;
+    };
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let no_credentials = vec![
+        ("AWS_REGION", "us-east-1".to_owned()),
+        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
+    ];
+    let cases = [
+        (
+            "no such bucket",
+            moto.endpoint(),
+            "s3://no-such-bucket/p",
+            moto.env(),
+            "does not exist",
+        ),
+        (
+            "wrong credentials",
+            strict.endpoint(),
+            "s3://dumps/p",
+            strict.env(),
+            "InvalidAccessKeyId",
+        ),
+        (
+            "no credentials",
+            moto.endpoint(),
+            "s3://dumps/p",
+            no_credentials,
+            "no credentials",
+        ),
+        (
+            "endpoint down",
+            closed.clone(),
+            "s3://dumps/p",
+            moto.env(),
+            "cannot reach",
+        ),
+    ];
+    for (case, endpoint, dest, env, cause) in cases {
+        let node = Node::new("s3-refuse", b"not really a core");
+        // A clean environment: no AWS profile or credentials of the machine's own.
+        let out = Command::new(agent_path())
+            .args(node.args(dest, &endpoint))
+            .env_clear()
+            .envs(env)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{case}: the agent started:\n{stderr}"
+        );
+        assert!(
+            stderr.contains(cause),
+            "{case}: {cause:?} not said:\n{stderr}"
+        );
+        assert!(stderr.contains("is writable"), "{case}:\n{stderr}");
+        assert_eq!(
+            std::fs::read(&node.dump).unwrap(),
+            b"not really a core",
+            "{case}: the dump was touched"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_keeps_the_dump_through_an_outage_then_uploads_it_once() {
+    let test = "agent_keeps_the_dump_through_an_outage_then_uploads_it_once";
+    let Some(moto) = Moto::launch(test) else {
+        return;
+    };
+    let data = random(20 * MIB);
+    let node = Node::new("s3-agent-outage", &data);
+    // Down in the middle of the second 8 MiB part.
+    moto.stop_after(10 * MIB as u64);
+    let env: Vec<(&str, String)> = moto.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = node.args("s3://dumps/pre/fix", &moto.endpoint());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start_with_env(&args, node.tmp.join("agent.log"), &env);
+
+    let failed = wait_for_line(&agent, "a failed upload", |l| {
+        message_is(l, "store failed; the dump stays on disk")
+    });
+    assert_eq!(failed["transient"], true, "{failed}");
+    assert!(moto.stopped());
+    assert!(
+        node.dump.exists(),
+        "the dump was deleted before it was stored"
+    );
+    assert_eq!(uploads_in_progress(&moto).await, 1);
+
+    moto.start();
+    let stored = wait_for_line(&agent, "the upload", |l| {
+        message_is(l, "stored") && l["bytes"] != 0
+    });
+    let key = stored["key"].as_str().unwrap().to_owned();
+    assert!(
+        key.starts_with("pre/fix/_unattested/test-node/")
+            && key.ends_with("_fake_4242_SIGSEGV.core.zst"),
+        "{key}"
+    );
+    let deadline = Instant::now() + WAIT;
+    while node.dump.exists() {
+        assert!(Instant::now() < deadline, "the stored dump was not deleted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.terminate();
+
+    let store = moto.store(BUCKET, ConnectOptions::default());
+    let listed = store.list("pre/").await.unwrap();
+    assert_eq!(keys(&listed), [key.clone(), format!("{key}.json")]);
+    assert!(
+        unzstd(&read_object(&store, &key).await) == data,
+        "stored bytes differ"
+    );
+    let metadata = store.head(&key).await.unwrap().1;
+    assert_eq!(metadata["compression"], "zstd");
+    assert_eq!(metadata["original-size"], data.len().to_string());
+    assert_eq!(store.tags(&key).await.unwrap()["attested"], "false");
+    assert_eq!(
+        uploads_in_progress(&moto).await,
+        0,
+        "an orphan upload is left"
+    );
+    assert_eq!(records(&node.state), 0, "upload records are left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_crash_ends_in_the_bucket_with_its_tags_and_metadata() {
+    let test = "a_real_crash_ends_in_the_bucket_with_its_tags_and_metadata";
+    if !require_root(test) {
+        return;
+    }
+    let Some(moto) = Moto::launch(test) else {
+        return;
+    };
+    let tmp = TempDir::new("s3-crash");
+    let (dumps, state) = (tmp.join("dumps"), tmp.join("state"));
+    std::fs::create_dir_all(&dumps).unwrap();
+    let _pattern = CorePatternGuard::set(&format!("{}/core.%P.%I.%s.%t.%e", dumps.display()));
+    let env: Vec<(&str, String)> = moto.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let endpoint = moto.endpoint();
+    let agent = Agent::start_with_env(
+        &[
+            "run",
+            "--dump-dir",
+            dumps.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--dest",
+            "s3://dumps/crashes",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-path-style",
+            "--node-name",
+            "test-node",
+            "--event-wait",
+            "5s",
+            "--min-free-disk",
+            "0",
+        ],
+        tmp.join("agent.log"),
+        &env,
+    );
+
+    let crasher = Crasher::spawn_with(
+        "segv",
+        None,
+        &CrasherOpts {
+            core_limit: u64::MAX,
+            ..CrasherOpts::default()
+        },
+    );
+    let pid = crasher.host_pid;
+    crasher.go();
+    let stored = wait_for_line(&agent, "the dump's upload", |l| {
+        message_is(l, "stored") && l["key"].as_str().is_some_and(|k| k.ends_with(".core.zst"))
+    });
+    let key = stored["key"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + WAIT;
+    while std::fs::read_dir(&dumps)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("core."))
+    {
+        assert!(Instant::now() < deadline, "the stored dump was not deleted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.terminate();
+
+    assert!(
+        key.starts_with("crashes/_host/test-node/")
+            && key.ends_with(&format!("___crasher_{pid}_SIGSEGV.core.zst")),
+        "{key}"
+    );
+    let store = moto.store(BUCKET, ConnectOptions::default());
+    assert_eq!(
+        keys(&store.list("crashes/").await.unwrap()),
+        [key.clone(), format!("{key}.json")]
+    );
+    let tags = store.tags(&key).await.unwrap();
+    for (name, value) in [
+        ("node", "test-node"),
+        ("comm", "crasher"),
+        ("signal", "SIGSEGV"),
+        ("attested", "true"),
+    ] {
+        assert_eq!(tags.get(name).map(String::as_str), Some(value), "{tags:?}");
+    }
+    assert!(tags.contains_key("crash-time"), "{tags:?}");
+    let (info, metadata) = store.head(&key).await.unwrap();
+    assert_eq!(metadata["compression"], "zstd");
+    assert_eq!(metadata["host-pid"], pid.to_string());
+    let core = unzstd(&read_object(&store, &key).await);
+    assert_eq!(metadata["original-size"], core.len().to_string());
+    assert!(core.starts_with(b"\x7fELF"), "not a core file");
+    assert!(
+        info.size < core.len() as u64,
+        "{} vs {}",
+        info.size,
+        core.len()
+    );
+    // The record beside it names the same crash.
+    let record: Value =
+        serde_json::from_slice(&read_object(&store, &format!("{key}.json")).await).unwrap();
+    assert_eq!(record["crash"]["host_pid"], pid);
+    assert_eq!(store.tags(&format!("{key}.json")).await.unwrap(), tags);
+    assert_eq!(uploads_in_progress(&moto).await, 0);
+}
