@@ -45,7 +45,8 @@ const S3_ACTIONS: [&str; 8] = [
     "s3:ListBucketMultipartUploads",
 ];
 /// The pipe pattern docs/operator.md recommends to collect from every pod on AL2023 nodes.
-const AL2023_PIPE_PATTERN: &str = "|/usr/bin/cp /dev/stdin /var/lib/coredump-agent/dumps/core.%P.%I.%s.%t";
+const AL2023_PIPE_PATTERN: &str =
+    "|/usr/bin/cp /dev/stdin /var/lib/coredump-agent/dumps/core.%P.%I.%s.%t";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -302,7 +303,10 @@ fn every_kustomization_renders_and_validates_against_the_api_schemas() {
 
 #[test]
 fn base_daemonset_has_what_the_agent_needs_and_no_more() {
-    if !require("base_daemonset_has_what_the_agent_needs_and_no_more", &[Tool::Kubectl]) {
+    if !require(
+        "base_daemonset_has_what_the_agent_needs_and_no_more",
+        &[Tool::Kubectl],
+    ) {
         return;
     }
     let objects = objects("base");
@@ -310,7 +314,10 @@ fn base_daemonset_has_what_the_agent_needs_and_no_more() {
     let spec = pod_spec(ds);
     let agent = agent_container(ds);
 
-    assert_eq!(spec["hostPID"], true, "hostPID: the agent reads /proc/<pid> of crashes");
+    assert_eq!(
+        spec["hostPID"], true,
+        "hostPID: the agent reads /proc/<pid> of crashes"
+    );
     assert_ne!(spec["hostNetwork"], true, "no host network needed");
     let node_name = env(agent)
         .into_iter()
@@ -338,7 +345,10 @@ fn base_daemonset_has_what_the_agent_needs_and_no_more() {
     );
     let sc = &agent["securityContext"];
     assert_eq!(sc["privileged"], false);
-    assert_eq!(strings(&sc["capabilities"]["drop"]), BTreeSet::from(["ALL".to_owned()]));
+    assert_eq!(
+        strings(&sc["capabilities"]["drop"]),
+        BTreeSet::from(["ALL".to_owned()])
+    );
     let caps = strings(&sc["capabilities"]["add"]);
     let expected: BTreeSet<String> = BASE_CAPS.iter().map(|c| (*c).to_owned()).collect();
     assert_eq!(caps, expected, "the base's capabilities");
@@ -350,7 +360,12 @@ fn base_daemonset_has_what_the_agent_needs_and_no_more() {
     // Bounded resources: a memory limit the agent's buffers fit in, and a CPU limit, which is
     // what bounds the zstd threads (and so the memory) on a large node.
     let resources = &agent["resources"];
-    for (what, key) in [("requests", "cpu"), ("requests", "memory"), ("limits", "cpu"), ("limits", "memory")] {
+    for (what, key) in [
+        ("requests", "cpu"),
+        ("requests", "memory"),
+        ("limits", "cpu"),
+        ("limits", "memory"),
+    ] {
         assert!(
             resources[what][key].is_string(),
             "resources.{what}.{key} is set"
@@ -361,12 +376,14 @@ fn base_daemonset_has_what_the_agent_needs_and_no_more() {
     // On every node, whatever its taints.
     let tolerations = spec["tolerations"].as_array().expect("tolerations");
     assert!(
-        tolerations
-            .iter()
-            .any(|t| t["operator"] == "Exists" && t.get("key").is_none() && t.get("effect").is_none()),
+        tolerations.iter().any(|t| t["operator"] == "Exists"
+            && t.get("key").is_none()
+            && t.get("effect").is_none()),
         "a toleration that matches every taint: {tolerations:?}"
     );
-    let priority = spec["priorityClassName"].as_str().expect("priorityClassName");
+    let priority = spec["priorityClassName"]
+        .as_str()
+        .expect("priorityClassName");
     assert!(
         priority.starts_with("system-")
             || objects
@@ -399,7 +416,9 @@ fn base_daemonset_has_what_the_agent_needs_and_no_more() {
     }
 
     // SIGTERM: the agent's upload grace ends well before the kubelet's SIGKILL.
-    let grace = spec["terminationGracePeriodSeconds"].as_u64().expect("grace period");
+    let grace = spec["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace period");
     let shutdown = env_value(agent, "COREDUMP_SHUTDOWN_GRACE").expect("COREDUMP_SHUTDOWN_GRACE");
     let shutdown = shutdown
         .strip_suffix('s')
@@ -416,11 +435,15 @@ fn base_daemonset_has_what_the_agent_needs_and_no_more() {
         .expect("selector");
     assert!(!selector.is_empty());
     for (k, v) in selector {
-        assert_eq!(&ds["spec"]["template"]["metadata"]["labels"][k], v, "template has {k}");
+        assert_eq!(
+            &ds["spec"]["template"]["metadata"]["labels"][k], v,
+            "template has {k}"
+        );
     }
     for o in &objects {
         assert_eq!(
-            o["metadata"]["labels"]["app.kubernetes.io/name"], "coredump-agent",
+            o["metadata"]["labels"]["app.kubernetes.io/name"],
+            "coredump-agent",
             "{} {} is labelled",
             kind(o),
             o["metadata"]["name"]
@@ -468,18 +491,29 @@ fn base_mounts_match_the_agents_paths() {
     );
 
     let cgroup = env_value(agent, "COREDUMP_CGROUP_ROOT").expect("COREDUMP_CGROUP_ROOT");
-    assert_ne!(cgroup, "/sys/fs/cgroup", "not over the container's own cgroup view");
+    assert_ne!(
+        cgroup, "/sys/fs/cgroup",
+        "not over the container's own cgroup view"
+    );
     assert_eq!(
         mount(&cgroup),
         Some(&(cgroup.clone(), true, "/sys/fs/cgroup".to_owned()))
     );
     for var in ["COREDUMP_POD_LOG_ROOT", "COREDUMP_CONTAINER_LOG_ROOT"] {
         let dir = env_value(agent, var).unwrap_or_else(|| panic!("{var}"));
-        assert_eq!(mount(&dir), Some(&(dir.clone(), true, dir.clone())), "{var}");
+        assert_eq!(
+            mount(&dir),
+            Some(&(dir.clone(), true, dir.clone())),
+            "{var}"
+        );
     }
     assert_eq!(
         mount("/sys/kernel/tracing"),
-        Some(&("/sys/kernel/tracing".to_owned(), true, "/sys/kernel/tracing".to_owned()))
+        Some(&(
+            "/sys/kernel/tracing".to_owned(),
+            true,
+            "/sys/kernel/tracing".to_owned()
+        ))
     );
     // Everything else read-only.
     for (path, read_only, _) in &mounts {
@@ -492,7 +526,10 @@ fn base_mounts_match_the_agents_paths() {
 
 #[test]
 fn base_rbac_binds_pod_reads_to_the_agents_service_account() {
-    if !require("base_rbac_binds_pod_reads_to_the_agents_service_account", &[Tool::Kubectl]) {
+    if !require(
+        "base_rbac_binds_pod_reads_to_the_agents_service_account",
+        &[Tool::Kubectl],
+    ) {
         return;
     }
     let objects = objects("base");
@@ -501,8 +538,20 @@ fn base_rbac_binds_pod_reads_to_the_agents_service_account() {
     let ds = one(&objects, "DaemonSet");
     assert_eq!(pod_spec(ds)["serviceAccountName"], sa["metadata"]["name"]);
     for o in &objects {
-        if !["Namespace", "ClusterRole", "ClusterRoleBinding", "PriorityClass"].contains(&kind(o)) {
-            assert_eq!(o["metadata"]["namespace"], ns, "{} is in the namespace", kind(o));
+        if ![
+            "Namespace",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "PriorityClass",
+        ]
+        .contains(&kind(o))
+        {
+            assert_eq!(
+                o["metadata"]["namespace"],
+                ns,
+                "{} is in the namespace",
+                kind(o)
+            );
         }
     }
     let role = one(&objects, "ClusterRole");
@@ -529,9 +578,13 @@ fn base_rbac_binds_pod_reads_to_the_agents_service_account() {
     let binding = one(&objects, "ClusterRoleBinding");
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
     assert!(
-        binding["subjects"].as_array().unwrap().iter().any(|s| s["kind"] == "ServiceAccount"
-            && s["name"] == sa["metadata"]["name"]
-            && s["namespace"] == ns),
+        binding["subjects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["kind"] == "ServiceAccount"
+                && s["name"] == sa["metadata"]["name"]
+                && s["namespace"] == ns),
         "bound to the agent's service account"
     );
 }
@@ -540,7 +593,10 @@ fn base_rbac_binds_pod_reads_to_the_agents_service_account() {
 
 #[test]
 fn eks_overlays_add_the_role_the_region_and_skip_fargate() {
-    if !require("eks_overlays_add_the_role_the_region_and_skip_fargate", &[Tool::Kubectl]) {
+    if !require(
+        "eks_overlays_add_the_role_the_region_and_skip_fargate",
+        &[Tool::Kubectl],
+    ) {
         return;
     }
     for overlay in ["overlays/eks-al2023", "overlays/bottlerocket"] {
@@ -557,8 +613,8 @@ fn eks_overlays_add_the_role_the_region_and_skip_fargate() {
             env_value(agent_container(ds), "AWS_REGION").is_some(),
             "{overlay}: AWS_REGION"
         );
-        let terms = &pod_spec(ds)["affinity"]["nodeAffinity"]
-            ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
+        let terms = &pod_spec(ds)["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"];
         assert!(
             terms.to_string().contains("fargate"),
             "{overlay}: not scheduled on Fargate"
@@ -573,7 +629,10 @@ fn eks_overlays_add_the_role_the_region_and_skip_fargate() {
 
 #[test]
 fn bottlerocket_overlay_leaves_core_pattern_to_the_host() {
-    if !require("bottlerocket_overlay_leaves_core_pattern_to_the_host", &[Tool::Kubectl]) {
+    if !require(
+        "bottlerocket_overlay_leaves_core_pattern_to_the_host",
+        &[Tool::Kubectl],
+    ) {
         return;
     }
     let objects = objects("overlays/bottlerocket");
@@ -585,7 +644,9 @@ fn bottlerocket_overlay_leaves_core_pattern_to_the_host() {
     );
     assert_eq!(env_value(agent, "COREDUMP_SYSCTL_DIR"), None);
     assert!(
-        host_mounts(ds).iter().all(|(_, _, host)| host != "/proc/sys/kernel"),
+        host_mounts(ds)
+            .iter()
+            .all(|(_, _, host)| host != "/proc/sys/kernel"),
         "no writable sysctl mount when the host owns core_pattern"
     );
     assert!(
@@ -626,7 +687,10 @@ fn bottlerocket_overlay_leaves_core_pattern_to_the_host() {
 
 #[test]
 fn every_coredump_variable_is_a_flag_of_the_agent() {
-    if !require("every_coredump_variable_is_a_flag_of_the_agent", &[Tool::Kubectl]) {
+    if !require(
+        "every_coredump_variable_is_a_flag_of_the_agent",
+        &[Tool::Kubectl],
+    ) {
         return;
     }
     let help = Command::new(agent_path())
@@ -634,13 +698,20 @@ fn every_coredump_variable_is_a_flag_of_the_agent() {
         .output()
         .expect("running the agent");
     assert!(help.status.success(), "coredump-agent run --help");
-    let help = String::from_utf8_lossy(&help.stdout);
+    // clap wraps long lines, possibly between `[env:` and the name: undo that first.
+    let help = String::from_utf8_lossy(&help.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     let known: BTreeSet<&str> = help
         .split("[env: ")
         .skip(1)
         .filter_map(|s| s.split(['=', ']']).next())
         .collect();
-    assert!(known.contains("COREDUMP_DEST"), "help lists env names: {known:?}");
+    assert!(
+        known.contains("COREDUMP_DEST"),
+        "help lists env names: {known:?}"
+    );
     for dir in kustomizations() {
         let objects = parse(&render(&dir));
         for ds in objects.iter().filter(|o| kind(o) == "DaemonSet") {
@@ -662,10 +733,9 @@ fn every_coredump_variable_is_a_flag_of_the_agent() {
 
 #[test]
 fn iam_policy_allows_what_the_agent_does_under_its_prefix() {
-    let policy: Value = serde_json::from_str(&read(
-        &deploy().join("overlays/eks-al2023/iam-policy.json"),
-    ))
-    .expect("iam-policy.json is JSON");
+    let policy: Value =
+        serde_json::from_str(&read(&deploy().join("overlays/eks-al2023/iam-policy.json")))
+            .expect("iam-policy.json is JSON");
     let statements = policy["Statement"].as_array().expect("statements");
     let mut actions = BTreeSet::new();
     for s in statements {
