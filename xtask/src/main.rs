@@ -123,8 +123,9 @@ fn default_run_args(dev: &Path) -> Vec<String> {
     vec![
         "run".into(),
         format!("--dump-dir={dev}/dumps"),
+        // The default store: a local folder in the state dir (`find --state-dir` finds it).
         format!("--state-dir={dev}/state"),
-        format!("--dest=file://{dev}/store"),
+        "--node-name=dev-node".into(),
         "--install-core-pattern".into(),
     ]
 }
