@@ -75,7 +75,7 @@ fn record(pod: Option<(&str, &str, &str)>, crash: Crash) -> Record {
 async fn seed(store: &LocalStore, r: &Record, core: Option<&[u8]>) -> String {
     let tags = layout::tags(r);
     let meta = Metadata::new();
-    let key = match core {
+    match core {
         Some(bytes) => {
             let compressed = zstd::encode_all(bytes, 3).unwrap();
             let key = layout::object_key("", r, Stored::Dump(Some(Compression::Zstd)));
@@ -106,8 +106,7 @@ async fn seed(store: &LocalStore, r: &Record, core: Option<&[u8]>) -> String {
                 .unwrap();
             key
         }
-    };
-    key
+    }
 }
 
 fn cli(store: &std::path::Path, args: &[&str]) -> Output {
@@ -131,6 +130,12 @@ fn keys(o: &Output) -> Vec<String> {
         .iter()
         .map(|v| v["key"].as_str().unwrap().to_owned())
         .collect()
+}
+
+/// The keys a search printed, compared with the expected ones.
+fn assert_keys(o: &Output, expected: &[&String]) {
+    let expected: Vec<&str> = expected.iter().map(|k| k.as_str()).collect();
+    assert_eq!(keys(o), expected, "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 struct Seeded {
@@ -202,11 +207,7 @@ async fn find_filters_combine_and_sort_newest_first() {
         &["find", "--namespace", "shop", "--pod", "web-1", "--json"],
     );
     assert_eq!(o.status.code(), Some(0), "{o:?}");
-    assert_eq!(
-        keys(&o),
-        [s.web_new.clone(), s.web_old.clone()],
-        "newest first"
-    );
+    assert_keys(&o, &[&s.web_new, &s.web_old]); // newest first
     let first = &lines(&o)[0];
     assert_eq!(first["tags"]["pod"], "web-1");
     assert_eq!(first["tags"]["cluster"], "eu-1");
@@ -214,7 +215,7 @@ async fn find_filters_combine_and_sort_newest_first() {
     assert!(first["last_modified"].is_string());
 
     let o = cli(&store, &["find", "--signal", "SIGABRT", "--json"]);
-    assert_eq!(keys(&o), [s.api_abort.clone(), s.host_crash.clone()]);
+    assert_keys(&o, &[&s.api_abort, &s.host_crash]);
     assert_eq!(lines(&o)[1]["kind"], "crash", "a crash without a dump");
     assert!(
         lines(&o)[1]["tags"].get("pod").is_none(),
@@ -225,25 +226,22 @@ async fn find_filters_combine_and_sort_newest_first() {
         &store,
         &["find", "--signal", "6", "--namespace", "shop", "--json"],
     );
-    assert_eq!(keys(&o), [s.api_abort.clone()]);
+    assert_keys(&o, &[&s.api_abort]);
     let o = cli(
         &store,
         &["find", "--container", "app", "--since", "10h", "--json"],
     );
-    assert_eq!(keys(&o), [s.web_new.clone()], "time window");
+    assert_keys(&o, &[&s.web_new]);
     let o = cli(&store, &["find", "--until", "2d", "--json"]);
-    assert_eq!(keys(&o), [s.web_old.clone()]);
+    assert_keys(&o, &[&s.web_old]);
     let o = cli(&store, &["find", "--comm", "my app*", "--json"]);
-    assert_eq!(
-        keys(&o),
-        [s.odd.clone()],
-        "sanitized values are found by their real spelling"
-    );
+    // Sanitized values are found by their real spelling.
+    assert_keys(&o, &[&s.odd]);
     let o = cli(
         &store,
         &["find", "--tag", "node=node-a", "--limit", "2", "--json"],
     );
-    assert_eq!(keys(&o), [s.web_new.clone(), s.api_abort.clone()]);
+    assert_keys(&o, &[&s.web_new, &s.api_abort]);
     let o = cli(
         &store,
         &[
@@ -255,7 +253,7 @@ async fn find_filters_combine_and_sort_newest_first() {
             "--json",
         ],
     );
-    assert_eq!(keys(&o), [s.api_abort.clone()]);
+    assert_keys(&o, &[&s.api_abort]);
 
     // The table for people.
     let o = cli(&store, &["find", "--namespace", "shop"]);
@@ -367,7 +365,7 @@ async fn an_object_whose_tags_were_removed_out_of_band_is_reported() {
     .unwrap();
     let o = cli(&store, &["find", "--namespace", "shop", "--json"]);
     assert_eq!(o.status.code(), Some(0));
-    assert_eq!(keys(&o), [s.web_new.clone(), s.web_old.clone()]);
+    assert_keys(&o, &[&s.web_new, &s.web_old]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains(&s.api_abort) && err.contains("could not read the tags"),
