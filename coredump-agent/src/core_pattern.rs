@@ -83,6 +83,15 @@ fn write(path: &Path, value: &str) -> Result<(), CorePatternError> {
 }
 
 impl Sysctl {
+    /// The files in a directory laid out like `/proc/sys/kernel` (the host's, mounted into a
+    /// container elsewhere).
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            core_pattern: dir.join("core_pattern"),
+            core_uses_pid: dir.join("core_uses_pid"),
+        }
+    }
+
     /// The live pattern.
     pub fn pattern(&self) -> Result<String, CorePatternError> {
         read(&self.core_pattern)

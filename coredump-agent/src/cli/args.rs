@@ -181,12 +181,20 @@ pub struct CheckArgs {
     /// The agent will install its own core_pattern (so the live one need not fit).
     #[arg(long, env = "COREDUMP_INSTALL_CORE_PATTERN")]
     pub install_core_pattern: bool,
+    /// Directory holding core_pattern and core_uses_pid. In a pod: the host's
+    /// /proc/sys/kernel mounted read-write elsewhere (e.g. /host/proc/sys/kernel), since
+    /// container runtimes mount /proc/sys read-only and refuse mounts inside /proc.
+    #[arg(long, env = "COREDUMP_SYSCTL_DIR", default_value = "/proc/sys/kernel")]
+    pub sysctl_dir: PathBuf,
     /// Free space wanted on the dump directory's filesystem.
     #[arg(long, env = "COREDUMP_MIN_FREE_DISK", value_parser = parse_bytes, default_value = "1GiB")]
     pub min_free_disk: u64,
     /// Kernel hook to try.
     #[arg(long, env = "COREDUMP_HOOK", value_enum, default_value_t = HookChoice::Auto)]
     pub hook: HookChoice,
+    /// Where the host's cgroup v2 hierarchy is mounted (default: found in mountinfo).
+    #[arg(long, env = "COREDUMP_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
     /// The kubelet's pod log directories.
     #[arg(long, env = "COREDUMP_POD_LOG_ROOT", default_value = kubelet::DEFAULT_POD_LOG_ROOT)]
     pub pod_log_root: PathBuf,
@@ -260,6 +268,11 @@ pub struct RunArgs {
     /// restart after a crash keeps the original backup.
     #[arg(long, env = "COREDUMP_INSTALL_CORE_PATTERN")]
     pub install_core_pattern: bool,
+    /// Directory holding core_pattern and core_uses_pid. In a pod: the host's
+    /// /proc/sys/kernel mounted read-write elsewhere (e.g. /host/proc/sys/kernel), since
+    /// container runtimes mount /proc/sys read-only and refuse mounts inside /proc.
+    #[arg(long, env = "COREDUMP_SYSCTL_DIR", default_value = "/proc/sys/kernel")]
+    pub sysctl_dir: PathBuf,
     /// Keep stored dumps in `<dump-dir>/stored/` instead of deleting them.
     #[arg(long, env = "COREDUMP_KEEP_LOCAL")]
     pub keep_local: bool,

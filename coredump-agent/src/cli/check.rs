@@ -74,7 +74,7 @@ fn kernel_checks(args: &CheckArgs, out: &mut Vec<Line>) {
         Ok(p) => line(Level::Ok, "crash probe", format!("attached {}", p.hook()), None),
         Err(e) => line(Level::Fail, "crash probe", format!("{:#}", anyhow::Error::new(e)), Some("run as root or with CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH; or run the agent with --no-probe (dumps not attested)")),
     });
-    let sysctl = Sysctl::default();
+    let sysctl = Sysctl::in_dir(&args.sysctl_dir);
     match sysctl.pattern() {
         Err(e) => out.push(line(Level::Fail, "core_pattern", e.to_string(), Some("mount the host's /proc/sys/kernel"))),
         Ok(raw) => match CorePattern::parse(&raw, sysctl.uses_pid()) {
@@ -84,10 +84,10 @@ fn kernel_checks(args: &CheckArgs, out: &mut Vec<Line>) {
             Ok(p) => {
                 out.push(line(Level::Ok, "core_pattern", format!("{raw:?} → {}", p.dir().display()), None));
                 if !p.is_pipe()
-                    && let Some(limit) = core_limit("1")
+                    && let Some(limit) = core_limit("self")
                     && limit == "0"
                 {
-                    out.push(line(Level::Warn, "RLIMIT_CORE", "0 for pid 1: processes started without a core limit write no file-pattern dump (the crash is still recorded)", Some("raise the container runtime's default core limit (containerd: LimitCORE=infinity; Bottlerocket: settings.oci-defaults.resource-limits.max-core-file-size)")));
+                    out.push(line(Level::Warn, "RLIMIT_CORE", "0 here: processes started like this one (the container runtime's default) write no file-pattern dump (the crash is still recorded)", Some("raise the container runtime's default core limit (containerd: LimitCORE=infinity; Bottlerocket: settings.oci-defaults.resource-limits.max-core-file-size)")));
                 }
             }
         },
@@ -134,7 +134,7 @@ fn node_checks(args: &CheckArgs, out: &mut Vec<Line>) {
             )
         });
     }
-    match cgroup2_mount() {
+    match args.cgroup_root.clone().or_else(cgroup2_mount) {
         None => out.push(line(
             Level::Warn,
             "cgroup v2",

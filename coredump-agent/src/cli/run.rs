@@ -58,8 +58,19 @@ pub fn node_name(arg: Option<String>) -> String {
 /// Creates the dump directory if missing: mode 1733, like a drop box, so crashing processes
 /// of any user can write their dump but cannot list or remove anyone else's.
 fn ensure_dump_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    if dir.is_dir() {
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _};
+    const DROP_BOX: u32 = 0o1733;
+    if let Ok(meta) = std::fs::metadata(dir) {
+        // A directory made for us with default permissions (a hostPath `DirectoryOrCreate`
+        // is 0755) would keep non-root processes from writing their dumps.
+        if meta.is_dir()
+            && meta.uid() == crate::sys::euid()
+            && meta.permissions().mode() & 0o7777 == 0o755
+        {
+            tracing::info!(dir = %dir.display(), "making the dump directory writable for every user (mode 1733)");
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DROP_BOX))
+                .with_context(|| format!("setting the mode of {}", dir.display()))?;
+        }
         return Ok(());
     }
     std::fs::DirBuilder::new()
@@ -67,7 +78,7 @@ fn ensure_dump_dir(dir: &Path) -> anyhow::Result<()> {
         .mode(0o755)
         .create(dir)
         .with_context(|| format!("creating the dump directory {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1733))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DROP_BOX))
         .with_context(|| format!("setting the mode of {}", dir.display()))
 }
 
@@ -184,7 +195,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let store = Arc::new(store);
 
-    let sysctl = Sysctl::default();
+    let sysctl = Sysctl::in_dir(&args.sysctl_dir);
     let installed = if args.install_core_pattern {
         Some(core_pattern::install(
             sysctl.clone(),
