@@ -569,3 +569,74 @@ fn sigterm_restores_core_pattern_installed_by_the_agent() {
     let live = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
     assert_eq!(live.trim(), "|/bin/false previous");
 }
+
+/// One HTTP GET over a plain TCP connection: (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(addr).expect("connect to the health endpoint");
+    write!(c, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+#[test]
+fn health_endpoints_follow_the_store() {
+    if !require_root("pipeline") {
+        return;
+    }
+    let n = node("health", "core.%P.%I.%s.%t.%e");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let agent = n.start(&["--listen", &addr, "--store-check-interval", "200ms"]);
+    assert_eq!(http_get(&addr, "/healthz").0, "HTTP/1.1 200 OK");
+    assert_eq!(http_get(&addr, "/readyz").0, "HTTP/1.1 200 OK");
+    let pid = crash("segv", &dumping());
+    wait_for_store(&n.store, WAIT, |k| k.len() == 2);
+    // Counted right after the store confirmed, so a moment after the objects appear.
+    let deadline = std::time::Instant::now() + WAIT;
+    let metrics = loop {
+        let (status, metrics) = http_get(&addr, "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        if metrics.contains("coredump_dumps_stored_total 1") {
+            break metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        metrics.contains("coredump_crashes_seen_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("coredump_probe_attached 1"), "{metrics}");
+    // The store becomes unusable: readiness turns false, and back once it is fixed.
+    std::fs::remove_dir_all(&n.store).unwrap();
+    std::fs::write(&n.store, b"not a directory").unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    while http_get(&addr, "/readyz").0 != "HTTP/1.1 503 Service Unavailable" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readiness never turned false"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(http_get(&addr, "/readyz").1.contains("store unreachable"));
+    std::fs::remove_file(&n.store).unwrap();
+    while http_get(&addr, "/readyz").0 != "HTTP/1.1 200 OK" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "readiness never came back"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = pid;
+    assert!(agent.terminate().success());
+}
