@@ -34,12 +34,35 @@ pub enum Bench {
         #[arg(long, default_value_t = 3)]
         level: i32,
     },
+    /// `find` at scale: a store of 10,000 dumps over 500 pods; one pod's dumps (narrowed by
+    /// key prefix) and one signal over everything, each against reading every object's tags.
+    Find {
+        /// Dumps to seed.
+        #[arg(long, default_value_t = 10_000)]
+        dumps: u32,
+        /// Pods they belong to.
+        #[arg(long, default_value_t = 500)]
+        pods: u32,
+    },
 }
 
 pub fn run(root: &Path, which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Probe { signals, rounds } => probe(root, signals, rounds),
         Bench::Upload { sizes, level } => upload::run(root, &sizes, level),
+        Bench::Find { dumps, pods } => status(cargo(root).args([
+            "run",
+            "--release",
+            "--package",
+            "coredump-agent",
+            "--example",
+            "bench_find",
+            "--",
+            "--dumps",
+            &dumps.to_string(),
+            "--pods",
+            &pods.to_string(),
+        ])),
     }
 }
 
