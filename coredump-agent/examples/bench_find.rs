@@ -36,7 +36,7 @@ struct Args {
 
 fn record(i: u32, pods: u32) -> Record {
     let pod = i % pods;
-    let signal = if i % 10 == 0 { 6 } else { 11 };
+    let signal = if i.is_multiple_of(10) { 6 } else { 11 };
     Record {
         schema: SCHEMA,
         id: format!("bench-{i}"),
