@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     correlate::{Claims, Job},
+    identity::events::PodEvents,
     intake,
     metrics::METRICS,
     pattern::Compression,
@@ -43,6 +44,10 @@ pub struct Config {
     /// Compress dumps with zstd while uploading them (`None`: store them as they are). A dump
     /// that already is compressed (gzip, zstd, xz, lz4) is stored as it is either way.
     pub compress: Option<Zstd>,
+    /// What an object's URI starts with (`s3://bucket/`, `file:///root/`), for Events.
+    pub uri_base: String,
+    /// Posts a `CoreDumpStored` Event on the crashed pod, when the API is available.
+    pub events: Option<PodEvents>,
 }
 
 /// First retry delay.
@@ -162,6 +167,13 @@ async fn deliver<S: Store>(
                     attested = record.attestation.attested,
                     "stored"
                 );
+                if dump.is_some()
+                    && let Some(events) = &cfg.events
+                {
+                    events
+                        .dump_stored(&record, &format!("{}{key}", cfg.uri_base))
+                        .await;
+                }
                 break;
             }
             Err(e) => {

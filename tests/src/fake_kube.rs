@@ -57,6 +57,8 @@ struct State {
     /// Live pods by (namespace, name), with `kind` and `apiVersion`.
     pods: BTreeMap<(String, String), Value>,
     history: Vec<Change>,
+    /// Events posted, in order.
+    events: Vec<Value>,
     /// Watches from a version older than this get `410 Gone`.
     oldest_watchable: u64,
     /// Bumped by `drop_watches`: watches started under an older generation hang up.
@@ -106,6 +108,11 @@ impl FakeKube {
             }
         });
         Self { addr, shared }
+    }
+
+    /// The Events posted so far.
+    pub fn events(&self) -> Vec<Value> {
+        self.shared.lock().events.clone()
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -231,7 +238,7 @@ fn pod_key(pod: &Value) -> (String, String) {
 
 /// Handles one connection: one request (every response closes the connection).
 fn serve(shared: &Shared, mut conn: TcpStream) {
-    let Some(target) = read_request_target(&conn) else {
+    let Some((method, target, body)) = read_request(&conn) else {
         return;
     };
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
@@ -243,6 +250,23 @@ fn serve(shared: &Shared, mut conn: TcpStream) {
         resource_version: param("resourceVersion"),
         field_selector: param("fieldSelector"),
     };
+    // Events the agent posts about stored dumps (`POST /api/v1/namespaces/<ns>/events`),
+    // kept apart from the pod requests the tests count.
+    if method == "POST" && path.starts_with("/api/v1/namespaces/") && path.ends_with("/events") {
+        let mut event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let name = format!(
+            "{}{}",
+            event["metadata"]["generateName"]
+                .as_str()
+                .unwrap_or("event-"),
+            shared.lock().events.len()
+        );
+        event["metadata"]["name"] = json!(name);
+        shared.lock().events.push(event.clone());
+        shared.changed.notify_all();
+        respond(&mut conn, "201 Created", &event);
+        return;
+    }
     // The generation a watch belongs to is the one current when its request arrived, so a
     // `drop_watches` right after a request was seen always cuts that watch.
     let (generation, unavailable) = {
@@ -259,7 +283,7 @@ fn serve(shared: &Shared, mut conn: TcpStream) {
         respond(&mut conn, "503 Service Unavailable", &status);
         return;
     }
-    if path != "/api/v1/pods" {
+    if method != "GET" || path != "/api/v1/pods" {
         let status = status_json(
             404,
             "NotFound",
@@ -379,20 +403,28 @@ fn watch(
     }
 }
 
-/// Reads the request head; returns the request target of a GET.
-fn read_request_target(conn: &TcpStream) -> Option<String> {
+/// Reads a request: its method, target and body (`Content-Length` bytes).
+fn read_request(conn: &TcpStream) -> Option<(String, String, Vec<u8>)> {
     let mut reader = BufReader::new(conn.try_clone().ok()?);
     let mut first = String::new();
     reader.read_line(&mut first).ok()?;
+    let mut length = 0usize;
     loop {
         let mut header = String::new();
         if reader.read_line(&mut header).ok()? == 0 || header == "\r\n" || header == "\n" {
             break;
         }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
     }
+    let mut body = vec![0u8; length.min(1 << 20)];
+    std::io::Read::read_exact(&mut reader, &mut body).ok()?;
     let mut parts = first.split_whitespace();
-    (parts.next()? == "GET").then_some(())?;
-    parts.next().map(str::to_owned)
+    let method = parts.next()?.to_owned();
+    Some((method, parts.next()?.to_owned(), body))
 }
 
 fn respond(conn: &mut TcpStream, status: &str, body: &Value) {

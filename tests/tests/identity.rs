@@ -413,10 +413,38 @@ fn every_runtime_and_cgroup_driver_is_named_from_the_api() {
         .iter()
         .map(|p| TempCgroup::create(&p.cgroup()))
         .collect();
+    let mut keys = Vec::new();
     for (pod, cgroup) in pods.iter().zip(&cgroups) {
         let pid = crash_in(cgroup, "segv", None);
         let (key, record) = stored_record(&node, pid);
         assert_named(&key, &record, pod, "kubernetes-api");
+        keys.push((key, record));
+    }
+
+    // Each crashed pod got a CoreDumpStored Event naming where its dump is.
+    for (key, record) in &keys {
+        let dump_key = key.strip_suffix(".json").unwrap_or(key);
+        let pod_name = record["identity"]["pod"].as_str().unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let events = api.events();
+            let found = events.iter().find(|e| {
+                e["reason"] == "CoreDumpStored"
+                    && e["involvedObject"]["name"] == pod_name
+                    && e["message"].as_str().is_some_and(|m| m.contains(dump_key))
+            });
+            if let Some(e) = found {
+                assert_eq!(e["involvedObject"]["kind"], "Pod");
+                assert_eq!(e["involvedObject"]["uid"], record["identity"]["pod_uid"]);
+                assert_eq!(e["metadata"]["namespace"], record["identity"]["namespace"]);
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no CoreDumpStored event for {pod_name}: {events:#?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
     }
 
     // Only this node's pods were asked for, in one list and one watch.

@@ -26,6 +26,7 @@ use crate::{
     deliver,
     enrich::ProcFs,
     health::{self, Health},
+    identity::events::PodEvents,
     identity::{
         PodResolver,
         cgroup::{CgroupResolver, cgroup2_mount},
@@ -129,7 +130,7 @@ async fn pod_resolver(
     node: &str,
     tracker: &TaskTracker,
     cancel: CancellationToken,
-) -> anyhow::Result<PodResolver> {
+) -> anyhow::Result<(PodResolver, Option<PodEvents>)> {
     let required = args.kube == KubeMode::On;
     let client = match args.kube {
         KubeMode::Off => None,
@@ -154,12 +155,15 @@ async fn pod_resolver(
             }
         },
     };
+    let events = client
+        .clone()
+        .map(|client| PodEvents::new(client, node.to_owned()));
     let api = client.map(|client| {
         tracing::info!(node, "watching this node's pods");
         kube::spawn_watch(client, node, tracker, cancel)
     });
     let kubelet = KubeletLogs::new(&args.pod_log_root, &args.container_log_root);
-    Ok(PodResolver::new(api, Some(kubelet)))
+    Ok((PodResolver::new(api, Some(kubelet)), events))
 }
 
 /// Runs the agent until a shutdown signal.
@@ -266,7 +270,7 @@ async fn run_pipeline(
         ));
     }
     // Before any stage runs: `--kube on` without a configuration must stop the start here.
-    let pods = pod_resolver(args, &node, &tracker, cancel.clone()).await?;
+    let (pods, events) = pod_resolver(args, &node, &tracker, cancel.clone()).await?;
     let (crash_tx, crash_rx) = mpsc::channel(CRASH_CAPACITY);
     let (file_tx, file_rx) = mpsc::channel(FILE_CAPACITY);
     let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
@@ -280,6 +284,11 @@ async fn run_pipeline(
             keep_local: args.keep_local,
             concurrency: args.uploads,
             shutdown_grace: args.shutdown_grace,
+            uri_base: match &dest {
+                Dest::S3 { bucket, .. } => format!("s3://{bucket}/"),
+                Dest::Local(root) => format!("file://{}/", root.display()),
+            },
+            events,
             compress: args.zstd(),
         },
         store.clone(),
