@@ -356,21 +356,21 @@ impl Correlator {
         self.look(name, parses, out);
     }
 
+    /// Follows a file that is still being written (looked at again on the timer).
+    fn follow_writing(&mut self, name: OsString, parses: Vec<NameFields>) {
+        let state = FileState::Writing {
+            since: Instant::now(),
+        };
+        self.files.insert(name, Followed { parses, state });
+    }
+
     /// Inspects a (probably finished) file and moves it on.
     fn look(&mut self, name: OsString, parses: Vec<NameFields>, out: &mut Vec<Job>) {
         let inspected = intake::inspect(&self.cfg.dump_dir, &name, self.cfg.max_dump_size);
         let dump = match inspected {
             Ok(Inspect::Ready(dump)) => dump,
             Ok(Inspect::Writing) => {
-                self.files.insert(
-                    name,
-                    Followed {
-                        parses,
-                        state: FileState::Writing {
-                            since: Instant::now(),
-                        },
-                    },
-                );
+                self.follow_writing(name, parses);
                 return;
             }
             Ok(Inspect::Gone) => {
@@ -390,15 +390,7 @@ impl Correlator {
         if dump.meta.len() == 0 {
             // The kernel creates the file before writing; an empty file is not finished yet
             // (or a failed dump, which a later close event or rescan settles).
-            self.files.insert(
-                name,
-                Followed {
-                    parses,
-                    state: FileState::Writing {
-                        since: Instant::now(),
-                    },
-                },
-            );
+            self.follow_writing(name, parses);
             return;
         }
         if self.cfg.min_free_disk > 0

@@ -59,6 +59,17 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SpoolError
     move |source| SpoolError::Io { op, path, source }
 }
 
+/// Creates `<state_dir>/<name>`, readable by the agent only (records name processes and pods).
+fn private_dir(state_dir: &Path, name: &str) -> Result<PathBuf, SpoolError> {
+    let dir = state_dir.join(name);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .map_err(io_err("creating", &dir))?;
+    Ok(dir)
+}
+
 /// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync dir.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -80,13 +91,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 impl Spool {
     /// Opens (creating) `<state_dir>/spool`.
     pub fn open(state_dir: &Path) -> Result<Self, SpoolError> {
-        let dir = state_dir.join("spool");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io_err("creating", &dir))?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir: private_dir(state_dir, "spool")?,
+        })
     }
 
     fn path(&self, id: &str) -> PathBuf {
@@ -214,13 +221,9 @@ pub struct CrashJournal {
 impl CrashJournal {
     /// Opens (creating) `<state_dir>/crashes`.
     pub fn open(state_dir: &Path) -> Result<Self, SpoolError> {
-        let dir = state_dir.join("crashes");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io_err("creating", &dir))?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir: private_dir(state_dir, "crashes")?,
+        })
     }
 
     fn path(&self, id: &str) -> PathBuf {

