@@ -35,8 +35,11 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // Progress of long uploads at info, like the agent; RUST_LOG changes that.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();

@@ -25,7 +25,7 @@ use std::{
 
 use coredump_agent::store::{
     ConnectOptions, S3Store,
-    s3::{Tuning, sdk},
+    s3::{MIN_PART_SIZE, Tuning, sdk},
 };
 
 use crate::ci;
@@ -134,7 +134,7 @@ impl Moto {
         S3Store::with_config(Self::sdk_config(), bucket, "", &options)
             .expect("store")
             .with_tuning(Tuning {
-                min_part_size: 5 << 20,
+                min_part_size: MIN_PART_SIZE,
                 buffer_budget: 20 << 20,
                 ..Tuning::default()
             })

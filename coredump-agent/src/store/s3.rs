@@ -3,8 +3,9 @@
 //! A put reads its body through [`BodyReader`] into part-sized buffers. A body that fits in one
 //! part goes up as one `PutObject`; a larger one as a multipart upload, with the tags and user
 //! metadata given at `CreateMultipartUpload`, a part size that grows with the file so no dump
-//! needs more than 10,000 parts, and a few parts in flight at once. Memory holds at most
-//! [`Tuning::buffer_budget`] of parts whatever the size of the dump.
+//! needs more than 10,000 parts, and a few parts in flight at once. Parts in memory
+//! take at most [`Tuning::buffer_budget`] for any dump up to 70 GiB (8 MiB parts); beyond that,
+//! parts grow, and at least two are held.
 //!
 //! Every part and object carries a checksum the store verifies ([`ChecksumMode`]). After the
 //! upload, `HeadObject` confirms the stored size, and the tags are read back and set again if
@@ -32,10 +33,11 @@ use std::{
 pub use aws_sdk_s3 as sdk;
 use aws_sdk_s3::{
     Client,
-    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
+    error::{BuildError, ProvideErrorMetadata, SdkError},
     primitives::ByteStream,
     types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Tag, Tagging},
 };
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
@@ -57,6 +59,26 @@ const PLANNED_PARTS: u64 = 9000;
 const MAX_PARTS: i32 = 10_000;
 /// Key segment of the object `check` writes: not a namespace (those never start with `_`).
 const CHECK_SEGMENT: &str = "_agent-check";
+
+/// Adds a body and its checksum to a `PutObject` or `UploadPart` request and sends it, with the
+/// payload signed or not (see `S3Store::sign_payload`). A macro because the two request
+/// builders have these methods in common but no trait.
+macro_rules! send_body {
+    ($store:expr, $request:expr, $data:expr) => {{
+        let (store, data): (&S3Store, Bytes) = (&$store, $data);
+        let request = match store.checksum {
+            ChecksumMode::WhenSupported => $request.checksum_algorithm(ChecksumAlgorithm::Crc32C),
+            ChecksumMode::WhenRequired => $request.content_md5(content_md5(&data)),
+        }
+        .content_length(i64::try_from(data.len()).unwrap_or(i64::MAX))
+        .body(ByteStream::from(data));
+        if store.sign_payload {
+            request.send().await
+        } else {
+            request.customize().disable_payload_signing().send().await
+        }
+    }};
+}
 
 /// Which checksums requests carry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -89,7 +111,9 @@ impl Default for Tuning {
     fn default() -> Self {
         Self {
             min_part_size: 8 * MIB,
-            buffer_budget: 40 * MIB,
+            // Three 8 MiB parts in flight and one being filled: with zstd's own buffers, the
+            // agent stays under 64 MiB of RSS (`cargo xtask bench upload`).
+            buffer_budget: 32 * MIB,
             max_parts_in_flight: 4,
             progress_interval: Duration::from_secs(10),
         }
@@ -323,22 +347,12 @@ impl S3Store {
             .put_object()
             .bucket(&*self.bucket)
             .key(key)
-            .content_length(i64::try_from(data.len()).unwrap_or(i64::MAX))
             .set_metadata(Some(metadata.clone().into_iter().collect()));
         if !tags.is_empty() {
             request = request.tagging(encode_tags(tags));
         }
-        request = match self.checksum {
-            ChecksumMode::WhenSupported => request.checksum_algorithm(ChecksumAlgorithm::Crc32C),
-            ChecksumMode::WhenRequired => request.content_md5(content_md5(&data)),
-        };
-        let request = request.body(ByteStream::from(data));
-        let result = if self.sign_payload {
-            request.send().await
-        } else {
-            request.customize().disable_payload_signing().send().await
-        };
-        result.map_err(|e| self.error("upload an object (PutObject)", Some(key), e))?;
+        send_body!(self, request, Bytes::from(data))
+            .map_err(|e| self.error("upload an object (PutObject)", Some(key), e))?;
         Ok(())
     }
 
@@ -382,6 +396,7 @@ impl S3Store {
             upload_id,
             record: None,
             parts: JoinSet::new(),
+            buffers: Buffers::default(),
             done: Vec::new(),
             next_part: 1,
             in_flight: self.tuning.parts_in_flight(part_size),
@@ -406,28 +421,17 @@ impl S3Store {
         key: &str,
         upload_id: &str,
         part_number: i32,
-        data: Vec<u8>,
+        data: Bytes,
     ) -> Result<CompletedPart, StoreError> {
-        let mut request = self
+        let request = self
             .client
             .upload_part()
             .bucket(&*self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .part_number(part_number)
-            .content_length(i64::try_from(data.len()).unwrap_or(i64::MAX));
-        request = match self.checksum {
-            ChecksumMode::WhenSupported => request.checksum_algorithm(ChecksumAlgorithm::Crc32C),
-            ChecksumMode::WhenRequired => request.content_md5(content_md5(&data)),
-        };
-        let request = request.body(ByteStream::from(data));
-        let result = if self.sign_payload {
-            request.send().await
-        } else {
-            request.customize().disable_payload_signing().send().await
-        };
-        let uploaded =
-            result.map_err(|e| self.error("upload a part (UploadPart)", Some(key), e))?;
+            .part_number(part_number);
+        let uploaded = send_body!(self, request, data)
+            .map_err(|e| self.error("upload a part (UploadPart)", Some(key), e))?;
         Ok(CompletedPart::builder()
             .part_number(part_number)
             .set_e_tag(uploaded.e_tag().map(str::to_owned))
@@ -476,25 +480,21 @@ impl S3Store {
             wanted = tags.len(),
             "the store did not keep the tags given at upload: setting them"
         );
+        let invalid = |e: BuildError| StoreError::Other {
+            dest: self.describe(),
+            op: "build the tag set",
+            transient: false,
+            source: Box::new(e),
+        };
+        let tag_set = tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect::<Result<_, _>>()
+            .map_err(invalid)?;
         let tagging = Tagging::builder()
-            .set_tag_set(Some(
-                tags.iter()
-                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| StoreError::Other {
-                        dest: self.describe(),
-                        op: "build the tag set",
-                        transient: false,
-                        source: Box::new(e),
-                    })?,
-            ))
+            .set_tag_set(Some(tag_set))
             .build()
-            .map_err(|e| StoreError::Other {
-                dest: self.describe(),
-                op: "build the tag set",
-                transient: false,
-                source: Box::new(e),
-            })?;
+            .map_err(invalid)?;
         let result = self
             .client
             .put_object_tagging()
@@ -638,7 +638,7 @@ fn not_implemented<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
 }
 
 /// A one-line cause: `Code: message (HTTP status)` for an answer of the store, the chain of
-/// causes (`dispatch failure: io error: … Connection refused`) otherwise.
+/// causes (`dispatch failure: io error: … Connection refused (os error 111)`) otherwise.
 fn describe_sdk_error<E>(err: &SdkError<E>) -> BoxError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -653,7 +653,17 @@ where
         (None, Some(response)) if matches!(err, SdkError::ServiceError(_)) => {
             format!("HTTP {} with no error code", response.status().as_u16()).into()
         }
-        _ => DisplayErrorContext(err).to_string().into(),
+        _ => {
+            // The causes' messages, without `DisplayErrorContext`'s Debug dump after them.
+            let mut text = err.to_string();
+            let mut cause = std::error::Error::source(err);
+            while let Some(e) = cause {
+                text.push_str(": ");
+                text.push_str(&e.to_string());
+                cause = e.source();
+            }
+            text.into()
+        }
     }
 }
 
@@ -698,6 +708,8 @@ struct Multipart {
     /// Its record in the upload log, removed once it is completed or aborted.
     record: Option<PathBuf>,
     parts: JoinSet<Result<CompletedPart, StoreError>>,
+    /// Buffers of parts that were sent, for the next parts.
+    buffers: Buffers,
     done: Vec<CompletedPart>,
     next_part: i32,
     in_flight: usize,
@@ -719,12 +731,22 @@ impl Multipart {
                 source: format!("the body needs more than {MAX_PARTS} parts").into(),
             });
         }
-        let (store, key, upload_id) =
-            (self.store.clone(), self.key.clone(), self.upload_id.clone());
+        let (store, key, upload_id, buffers) = (
+            self.store.clone(),
+            self.key.clone(),
+            self.upload_id.clone(),
+            self.buffers.clone(),
+        );
         let part_number = self.next_part;
         self.next_part += 1;
-        self.parts
-            .spawn(async move { store.upload_part(&key, &upload_id, part_number, data).await });
+        self.parts.spawn(async move {
+            let data = Bytes::from(data);
+            let uploaded = store
+                .upload_part(&key, &upload_id, part_number, data.clone())
+                .await;
+            buffers.put(data);
+            uploaded
+        });
         Ok(())
     }
 
@@ -847,6 +869,36 @@ impl Drop for Multipart {
                 }
             }
         });
+    }
+}
+
+/// Part buffers of one upload, reused. With a new buffer for each part, glibc keeps freed ones
+/// (its mmap threshold rises to the part size after the first free), and the process grew by
+/// two or three parts. Reusing those in flight keeps memory at [`Tuning::buffer_budget`].
+#[derive(Clone, Default)]
+struct Buffers(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl Buffers {
+    /// An empty buffer of at least `capacity`.
+    fn get(&self, capacity: usize) -> Vec<u8> {
+        let reused = self.lock().pop().filter(|b| b.capacity() >= capacity);
+        reused.unwrap_or_else(|| Vec::with_capacity(capacity))
+    }
+
+    /// Takes back a sent part's buffer, if the SDK let go of it (it does once the request is
+    /// done); otherwise it is simply freed.
+    fn put(&self, data: Bytes) {
+        if let Ok(buffer) = data.try_into_mut() {
+            let mut buffer = Vec::from(buffer);
+            buffer.clear();
+            self.lock().push(buffer);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -1061,13 +1113,15 @@ impl S3Store {
             while !chunk.is_empty() {
                 if part.len() == capacity {
                     // A full part, and more to come: it goes as a part of a multipart upload.
-                    let full = std::mem::replace(&mut part, Vec::with_capacity(capacity));
+                    let full = std::mem::take(&mut part);
                     let multipart = match upload {
                         Some(m) => m,
                         None => upload
                             .insert(self.start_multipart(key, tags, metadata, part_size).await?),
                     };
+                    // Sending waits for a slot first, which frees a buffer to fill next.
                     multipart.send(full).await?;
+                    part = multipart.buffers.get(capacity);
                 }
                 let take = chunk.len().min(capacity - part.len());
                 part.extend_from_slice(&chunk[..take]);
@@ -1242,10 +1296,10 @@ mod tests {
     #[test]
     fn parts_in_flight_stay_within_the_memory_budget() {
         let t = Tuning::default();
-        assert_eq!(t.parts_in_flight(8 * MIB), 4);
-        assert_eq!(t.parts_in_flight(12 * MIB), 2);
+        assert_eq!(t.parts_in_flight(8 * MIB), 3);
+        assert_eq!(t.parts_in_flight(12 * MIB), 1);
         assert_eq!(t.parts_in_flight(100 * MIB), 1);
-        for part in [5 * MIB, 8 * MIB, 12 * MIB, 20 * MIB] {
+        for part in [5 * MIB, 8 * MIB, 10 * MIB, 16 * MIB] {
             let buffers = t.parts_in_flight(part) as u64 + 1;
             assert!(buffers * part <= t.buffer_budget, "{part}");
         }
