@@ -1,26 +1,81 @@
-//! core_pattern: reads the live `kernel.core_pattern`, and with `--install-core-pattern`
-//! points it at the agent's dump directory, restoring the previous value on shutdown.
+//! The kernel's core dump settings: reads the live `kernel.core_pattern`, and with
+//! `--install-core-pattern`, `--core-pipe-limit` and `--suid-dumpable` sets them for the
+//! agent, restoring each previous value on shutdown.
 //!
-//! Install is idempotent across restarts: the previous value is backed up in the state dir
-//! before it is replaced, and a start that finds the agent's own pattern already installed
-//! (the last run was killed) keeps the existing backup instead of backing up itself.
+//! Every setting the agent manages is backed up in the state dir before it is written, even
+//! when it already holds the wanted value, so a restore always has something to put back.
+//! Install is idempotent across restarts: a start that finds the agent's own value already in
+//! place (the last run was killed) keeps the existing backup instead of backing up itself.
+//! Restore only writes a setting that still holds the agent's value: an operator's change
+//! since then wins.
 
 use std::{
     io,
     path::{Path, PathBuf},
 };
 
-/// The live pattern.
-pub const CORE_PATTERN: &str = "/proc/sys/kernel/core_pattern";
-/// Whether the kernel appends `.%p` to file patterns without `%p`.
-pub const CORE_USES_PID: &str = "/proc/sys/kernel/core_uses_pid";
+/// The host's sysctl tree, where the files below live.
+pub const PROC_SYS: &str = "/proc/sys";
 /// The kernel ignores patterns longer than this (`CORENAME_MAX_SIZE` - 1).
 pub const MAX_LEN: usize = 127;
 /// File template the agent installs: host pid and tid first (exact join), comm last (it may
 /// contain dots and dashes).
 pub const TEMPLATE: &str = "core.%P.%I.%s.%t.%e";
 
-/// Why core_pattern could not be read or managed.
+/// A core dump sysctl.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// `kernel.core_pattern`: where dumps go.
+    CorePattern,
+    /// `kernel.core_uses_pid`: whether `.%p` is appended to patterns without `%p` (read only).
+    CoreUsesPid,
+    /// `kernel.core_pipe_limit`: how many pipe helpers may run at once; non-zero also makes
+    /// the kernel keep `/proc/<pid>` until the helper finishes.
+    CorePipeLimit,
+    /// `fs.suid_dumpable`: whether processes that changed credentials (setuid programs,
+    /// daemons that drop privileges) dump at all; 2 writes their dumps readable by root only.
+    SuidDumpable,
+}
+
+impl Setting {
+    /// The sysctl's name, as `sysctl -w` takes it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::CorePattern => "kernel.core_pattern",
+            Self::CoreUsesPid => "kernel.core_uses_pid",
+            Self::CorePipeLimit => "kernel.core_pipe_limit",
+            Self::SuidDumpable => "fs.suid_dumpable",
+        }
+    }
+
+    /// The file under `/proc/sys`.
+    const fn file(self) -> &'static str {
+        match self {
+            Self::CorePattern => "kernel/core_pattern",
+            Self::CoreUsesPid => "kernel/core_uses_pid",
+            Self::CorePipeLimit => "kernel/core_pipe_limit",
+            Self::SuidDumpable => "fs/suid_dumpable",
+        }
+    }
+
+    /// Where the previous value is kept while the agent's is in place. Plain text, so an
+    /// operator can restore by hand: `sysctl -w kernel.core_pattern="$(cat <state>/core_pattern.backup)"`.
+    pub fn backup(self, state_dir: &Path) -> PathBuf {
+        let file = self.file();
+        let base = file.rsplit('/').next().unwrap_or(file);
+        state_dir.join(format!("{base}.backup"))
+    }
+}
+
+/// The settings the agent can manage, in the order they are installed (restored in reverse:
+/// `fs.suid_dumpable=2` is only safe with an absolute pattern, which core_pattern gives).
+pub const MANAGED: [Setting; 3] = [
+    Setting::CorePattern,
+    Setting::CorePipeLimit,
+    Setting::SuidDumpable,
+];
+
+/// Why a setting could not be read or managed.
 #[derive(Debug, thiserror::Error)]
 pub enum CorePatternError {
     /// Reading or writing a file failed.
@@ -46,25 +101,19 @@ pub enum CorePatternError {
     },
 }
 
-/// The files this module reads and writes (a seam for tests).
+/// The host's sysctl files (a seam for tests: any directory laid out like `/proc/sys`).
 #[derive(Debug, Clone)]
 pub struct Sysctl {
-    /// `core_pattern` file.
-    pub core_pattern: PathBuf,
-    /// `core_uses_pid` file.
-    pub core_uses_pid: PathBuf,
+    root: PathBuf,
 }
 
 impl Default for Sysctl {
     fn default() -> Self {
-        Self {
-            core_pattern: CORE_PATTERN.into(),
-            core_uses_pid: CORE_USES_PID.into(),
-        }
+        Self::under(Path::new(PROC_SYS))
     }
 }
 
-fn read(path: &Path) -> Result<String, CorePatternError> {
+fn read_file(path: &Path) -> Result<String, CorePatternError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim_end_matches('\n').to_owned())
         .map_err(|source| CorePatternError::Io {
@@ -74,7 +123,7 @@ fn read(path: &Path) -> Result<String, CorePatternError> {
         })
 }
 
-fn write(path: &Path, value: &str) -> Result<(), CorePatternError> {
+fn write_file(path: &Path, value: &str) -> Result<(), CorePatternError> {
     std::fs::write(path, value).map_err(|source| CorePatternError::Io {
         op: "writing",
         path: path.to_owned(),
@@ -83,23 +132,36 @@ fn write(path: &Path, value: &str) -> Result<(), CorePatternError> {
 }
 
 impl Sysctl {
-    /// The files in a directory laid out like `/proc/sys/kernel` (the host's, mounted into a
-    /// container elsewhere).
-    pub fn in_dir(dir: &Path) -> Self {
+    /// The files under `root`: `/proc/sys`, or the host's, mounted into a container elsewhere.
+    pub fn under(root: &Path) -> Self {
         Self {
-            core_pattern: dir.join("core_pattern"),
-            core_uses_pid: dir.join("core_uses_pid"),
+            root: root.to_owned(),
         }
+    }
+
+    /// A setting's file.
+    pub fn path(&self, setting: Setting) -> PathBuf {
+        self.root.join(setting.file())
+    }
+
+    /// A setting's live value, without the trailing newline.
+    pub fn read(&self, setting: Setting) -> Result<String, CorePatternError> {
+        read_file(&self.path(setting))
+    }
+
+    fn write(&self, setting: Setting, value: &str) -> Result<(), CorePatternError> {
+        write_file(&self.path(setting), value)
     }
 
     /// The live pattern.
     pub fn pattern(&self) -> Result<String, CorePatternError> {
-        read(&self.core_pattern)
+        self.read(Setting::CorePattern)
     }
 
     /// The live `core_uses_pid` (false when unreadable).
     pub fn uses_pid(&self) -> bool {
-        read(&self.core_uses_pid).is_ok_and(|v| v.trim() == "1")
+        self.read(Setting::CoreUsesPid)
+            .is_ok_and(|v| v.trim() == "1")
     }
 }
 
@@ -115,118 +177,298 @@ pub fn agent_pattern(dump_dir: &Path) -> Result<String, CorePatternError> {
     Ok(pattern)
 }
 
-/// An installed pattern; [`Installed::restore`] puts the previous one back.
+/// Whether `value` is a value the agent installs for `setting`, whatever its configuration
+/// was then: a core_pattern ending in the agent's template (a restart may have moved the dump
+/// dir; the backup from before the agent's first install must survive that).
+fn is_agents(setting: Setting, value: &str, ours: &str) -> bool {
+    value == ours || (setting == Setting::CorePattern && value.ends_with(&format!("/{TEMPLATE}")))
+}
+
+/// One setting the agent put in place.
 #[derive(Debug)]
-pub struct Installed {
-    sysctl: Sysctl,
+struct Managed {
+    setting: Setting,
     backup: PathBuf,
     ours: String,
 }
 
-/// Points core_pattern at `dump_dir`, backing up the previous value in `state_dir`.
+/// Settings put in place; [`Installed::restore`] puts the previous values back.
+#[derive(Debug)]
+pub struct Installed {
+    sysctl: Sysctl,
+    managed: Vec<Managed>,
+}
+
+/// Sets each `(setting, value)`, in order, backing up the previous values in `state_dir`. On
+/// an error the settings already set are restored before it is returned.
 pub fn install(
     sysctl: Sysctl,
-    dump_dir: &Path,
+    wanted: &[(Setting, String)],
     state_dir: &Path,
 ) -> Result<Installed, CorePatternError> {
-    let ours = agent_pattern(dump_dir)?;
-    let backup = state_dir.join("core_pattern.backup");
-    let current = sysctl.pattern()?;
-    if current == ours && backup.exists() {
-        tracing::info!(backup = %backup.display(), "core_pattern already ours (previous run did not restore): keeping the existing backup");
-    } else {
-        crate::spool::write_atomic(&backup, current.as_bytes()).map_err(|source| {
-            CorePatternError::Io {
-                op: "backing up core_pattern to",
-                path: backup.clone(),
-                source,
-            }
-        })?;
-        tracing::info!(previous = %current, backup = %backup.display(), "backed up core_pattern");
-    }
-    if current != ours {
-        write(&sysctl.core_pattern, &ours)?;
-    }
-    tracing::info!(pattern = %ours, "core_pattern installed");
-    Ok(Installed {
+    let mut installed = Installed {
         sysctl,
-        backup,
-        ours,
-    })
+        managed: Vec::with_capacity(wanted.len()),
+    };
+    for (setting, ours) in wanted {
+        match installed.install_one(*setting, ours, state_dir) {
+            Ok(managed) => installed.managed.push(managed),
+            Err(e) => {
+                if let Err(undo) = installed.restore() {
+                    tracing::error!(error = %format!("{:#}", anyhow::Error::new(undo)), "could not undo the settings already installed");
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(installed)
 }
 
 impl Installed {
-    /// The pattern installed.
-    pub fn pattern(&self) -> &str {
-        &self.ours
+    fn install_one(
+        &self,
+        setting: Setting,
+        ours: &str,
+        state_dir: &Path,
+    ) -> Result<Managed, CorePatternError> {
+        let name = setting.name();
+        let backup = setting.backup(state_dir);
+        let current = self.sysctl.read(setting)?;
+        if backup.exists() && is_agents(setting, &current, ours) {
+            tracing::info!(sysctl = name, backup = %backup.display(), "already the agent's (the previous run did not restore it): keeping the existing backup");
+        } else {
+            crate::spool::write_atomic(&backup, current.as_bytes()).map_err(|source| {
+                CorePatternError::Io {
+                    op: "backing up to",
+                    path: backup.clone(),
+                    source,
+                }
+            })?;
+            tracing::info!(sysctl = name, previous = %current, backup = %backup.display(), "backed up");
+        }
+        if current != ours {
+            self.sysctl.write(setting, ours)?;
+        }
+        tracing::info!(sysctl = name, value = %ours, "installed");
+        Ok(Managed {
+            setting,
+            backup,
+            ours: ours.to_owned(),
+        })
     }
 
-    /// Restores the backed-up pattern (only if ours is still in place: an operator's change
-    /// since then wins) and removes the backup.
-    pub fn restore(self) -> Result<(), CorePatternError> {
-        let previous = read(&self.backup)?;
-        let current = self.sysctl.pattern()?;
-        if current == self.ours {
-            write(&self.sysctl.core_pattern, &previous)?;
-            tracing::info!(pattern = %previous, "core_pattern restored");
-        } else {
-            tracing::warn!(current = %current, "core_pattern was changed by someone else: left as is");
+    /// The value installed for `setting`, if the agent manages it.
+    pub fn value(&self, setting: Setting) -> Option<&str> {
+        self.managed
+            .iter()
+            .find(|m| m.setting == setting)
+            .map(|m| m.ours.as_str())
+    }
+
+    /// Restores every backed-up value, in reverse order, and removes the backups. Goes on
+    /// after a failure, and returns the first.
+    pub fn restore(mut self) -> Result<(), CorePatternError> {
+        let mut first = None;
+        while let Some(m) = self.managed.pop() {
+            if let Err(e) = self.restore_one(&m) {
+                tracing::error!(
+                    sysctl = m.setting.name(),
+                    error = &e as &dyn std::error::Error,
+                    "could not restore"
+                );
+                first.get_or_insert(e);
+            }
         }
-        std::fs::remove_file(&self.backup).map_err(|source| CorePatternError::Io {
+        first.map_or(Ok(()), Err)
+    }
+
+    fn restore_one(&self, m: &Managed) -> Result<(), CorePatternError> {
+        let name = m.setting.name();
+        let previous = read_file(&m.backup)?;
+        let current = self.sysctl.read(m.setting)?;
+        if current == m.ours {
+            if previous != current {
+                self.sysctl.write(m.setting, &previous)?;
+            }
+            tracing::info!(sysctl = name, value = %previous, "restored");
+        } else {
+            tracing::warn!(sysctl = name, current = %current, "changed by someone else since the agent set it: left as is");
+        }
+        std::fs::remove_file(&m.backup).map_err(|source| CorePatternError::Io {
             op: "removing",
-            path: self.backup.clone(),
+            path: m.backup.clone(),
             source,
         })
     }
+}
+
+/// A backup left by a run that was killed, for a setting this run does not manage: its
+/// previous value was never put back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct StaleBackup {
+    /// The setting.
+    pub setting: Setting,
+    /// The backup file.
+    pub backup: PathBuf,
+    /// The value it holds (what the setting was before the agent changed it).
+    pub previous: String,
+}
+
+impl StaleBackup {
+    /// How to put the previous value back by hand.
+    pub fn fix(&self) -> String {
+        format!(
+            "sysctl -w {}={:?} && rm {}; or run once more with the flag that set it, and stop the agent gracefully",
+            self.setting.name(),
+            self.previous,
+            self.backup.display()
+        )
+    }
+}
+
+/// Backups in `state_dir` of settings `wanted` (what [`install`] is given) leaves out. They
+/// are reported, never acted on: the live value may since have been set on purpose (e.g. by
+/// the node's own configuration).
+pub fn stale_backups(state_dir: &Path, wanted: &[(Setting, String)]) -> Vec<StaleBackup> {
+    MANAGED
+        .iter()
+        .filter(|s| !wanted.iter().any(|(w, _)| w == *s))
+        .filter_map(|&setting| {
+            let backup = setting.backup(state_dir);
+            let previous = read_file(&backup).ok()?;
+            Some(StaleBackup {
+                setting,
+                backup,
+                previous,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A `/proc/sys` look-alike with `initial` as the pattern, plus a state dir.
     fn fixture(tag: &str, initial: &str) -> (Sysctl, PathBuf) {
         let d = std::env::temp_dir().join(format!("corepattern-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("core_pattern"), format!("{initial}\n")).unwrap();
-        std::fs::write(d.join("core_uses_pid"), "0\n").unwrap();
-        let sysctl = Sysctl {
-            core_pattern: d.join("core_pattern"),
-            core_uses_pid: d.join("core_uses_pid"),
-        };
-        (sysctl, d)
+        for sub in ["kernel", "fs", "state"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        std::fs::write(d.join("kernel/core_pattern"), format!("{initial}\n")).unwrap();
+        std::fs::write(d.join("kernel/core_uses_pid"), "0\n").unwrap();
+        std::fs::write(d.join("kernel/core_pipe_limit"), "0\n").unwrap();
+        std::fs::write(d.join("fs/suid_dumpable"), "0\n").unwrap();
+        (Sysctl::under(&d), d.join("state"))
+    }
+
+    fn all(dump_dir: &str) -> Vec<(Setting, String)> {
+        vec![
+            (
+                Setting::CorePattern,
+                agent_pattern(Path::new(dump_dir)).unwrap(),
+            ),
+            (Setting::CorePipeLimit, "16".into()),
+            (Setting::SuidDumpable, "2".into()),
+        ]
+    }
+
+    fn live(sysctl: &Sysctl) -> [String; 3] {
+        MANAGED.map(|s| sysctl.read(s).unwrap())
     }
 
     #[test]
     fn install_then_restore() {
-        let (sysctl, d) = fixture("restore", "|/usr/lib/systemd/systemd-coredump %P");
-        let installed = install(sysctl.clone(), Path::new("/var/dumps"), &d).unwrap();
-        assert_eq!(sysctl.pattern().unwrap(), "/var/dumps/core.%P.%I.%s.%t.%e");
+        let (sysctl, state) = fixture("restore", "|/usr/lib/systemd/systemd-coredump %P");
+        let installed = install(sysctl.clone(), &all("/var/dumps"), &state).unwrap();
+        assert_eq!(live(&sysctl), ["/var/dumps/core.%P.%I.%s.%t.%e", "16", "2"]);
+        assert_eq!(installed.value(Setting::SuidDumpable), Some("2"));
+        assert_eq!(
+            std::fs::read_to_string(state.join("suid_dumpable.backup")).unwrap(),
+            "0"
+        );
         installed.restore().unwrap();
         assert_eq!(
-            sysctl.pattern().unwrap(),
-            "|/usr/lib/systemd/systemd-coredump %P"
+            live(&sysctl),
+            ["|/usr/lib/systemd/systemd-coredump %P", "0", "0"]
         );
-        assert!(!d.join("core_pattern.backup").exists());
+        assert_eq!(
+            std::fs::read_dir(&state).unwrap().count(),
+            0,
+            "no backup left"
+        );
     }
 
     #[test]
-    fn restart_after_kill_keeps_the_original_backup() {
-        let (sysctl, d) = fixture("kill", "core");
-        let first = install(sysctl.clone(), Path::new("/var/dumps"), &d).unwrap();
+    fn a_matching_value_is_backed_up_too() {
+        let (sysctl, state) = fixture("matching", "core");
+        std::fs::write(sysctl.path(Setting::SuidDumpable), "2\n").unwrap();
+        let installed = install(sysctl.clone(), &all("/var/dumps")[2..], &state).unwrap();
+        assert!(state.join("suid_dumpable.backup").exists());
+        installed.restore().unwrap();
+        assert_eq!(sysctl.read(Setting::SuidDumpable).unwrap(), "2");
+    }
+
+    #[test]
+    fn restart_after_kill_keeps_the_original_backups() {
+        let (sysctl, state) = fixture("kill", "core");
+        let first = install(sysctl.clone(), &all("/var/dumps"), &state).unwrap();
         std::mem::forget(first); // killed: never restored
-        let second = install(sysctl.clone(), Path::new("/var/dumps"), &d).unwrap();
+        let second = install(sysctl.clone(), &all("/var/dumps"), &state).unwrap();
+        second.restore().unwrap();
+        assert_eq!(live(&sysctl), ["core", "0", "0"]);
+    }
+
+    #[test]
+    fn restart_with_a_new_dump_dir_after_kill_keeps_the_original_pattern() {
+        let (sysctl, state) = fixture("moved", "core");
+        std::mem::forget(install(sysctl.clone(), &all("/var/dumps"), &state).unwrap());
+        let second = install(sysctl.clone(), &all("/srv/dumps"), &state).unwrap();
+        assert_eq!(sysctl.pattern().unwrap(), "/srv/dumps/core.%P.%I.%s.%t.%e");
         second.restore().unwrap();
         assert_eq!(sysctl.pattern().unwrap(), "core");
     }
 
     #[test]
     fn operator_change_wins_over_restore() {
-        let (sysctl, d) = fixture("operator", "core");
-        let installed = install(sysctl.clone(), Path::new("/var/dumps"), &d).unwrap();
-        std::fs::write(&sysctl.core_pattern, "/elsewhere/core.%p").unwrap();
+        let (sysctl, state) = fixture("operator", "core");
+        let installed = install(sysctl.clone(), &all("/var/dumps"), &state).unwrap();
+        std::fs::write(sysctl.path(Setting::CorePattern), "/elsewhere/core.%p").unwrap();
         installed.restore().unwrap();
-        assert_eq!(sysctl.pattern().unwrap(), "/elsewhere/core.%p");
+        assert_eq!(live(&sysctl), ["/elsewhere/core.%p", "0", "0"]);
+    }
+
+    #[test]
+    fn a_failed_install_undoes_what_it_set() {
+        let (sysctl, state) = fixture("undo", "core");
+        // suid_dumpable cannot be read: the install fails at its last step.
+        std::fs::remove_file(sysctl.path(Setting::SuidDumpable)).unwrap();
+        let err = install(sysctl.clone(), &all("/var/dumps"), &state).unwrap_err();
+        assert!(err.to_string().contains("fs/suid_dumpable"), "{err}");
+        assert_eq!(sysctl.pattern().unwrap(), "core");
+        assert_eq!(sysctl.read(Setting::CorePipeLimit).unwrap(), "0");
+        assert_eq!(
+            std::fs::read_dir(&state).unwrap().count(),
+            0,
+            "no backup left"
+        );
+    }
+
+    #[test]
+    fn backups_of_unmanaged_settings_are_reported() {
+        let (sysctl, state) = fixture("stale", "core");
+        std::mem::forget(install(sysctl.clone(), &all("/var/dumps"), &state).unwrap());
+        let stale = stale_backups(&state, &all("/var/dumps")[..1]);
+        let names: Vec<_> = stale.iter().map(|s| s.setting.name()).collect();
+        assert_eq!(names, ["kernel.core_pipe_limit", "fs.suid_dumpable"]);
+        assert_eq!(stale[1].previous, "0");
+        assert!(
+            stale[1]
+                .fix()
+                .starts_with("sysctl -w fs.suid_dumpable=\"0\"")
+        );
+        assert!(stale_backups(&state, &all("/var/dumps")).is_empty());
     }
 
     #[test]

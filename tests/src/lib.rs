@@ -54,21 +54,36 @@ impl GlobalLock {
 }
 
 const CORE_PATTERN: &str = "/proc/sys/kernel/core_pattern";
+/// The other core dump sysctls the agent may set (`--core-pipe-limit`, `--suid-dumpable`):
+/// saved and restored with the pattern, so a test that fails with the agent's values in
+/// place leaves the host as it found it.
+const OTHER_CORE_SYSCTLS: [&str; 2] = [
+    "/proc/sys/kernel/core_pipe_limit",
+    "/proc/sys/fs/suid_dumpable",
+];
 
-/// Sets `kernel.core_pattern` and restores the previous value on drop, even on panic.
+/// Sets `kernel.core_pattern` and restores it, `kernel.core_pipe_limit` and
+/// `fs.suid_dumpable` on drop, even on panic. Holds the global lock meanwhile.
 pub struct CorePatternGuard {
-    previous: String,
+    previous: Vec<(&'static str, String)>,
     _lock: GlobalLock,
 }
 
 impl CorePatternGuard {
-    /// Takes the global lock, saves the current pattern and installs `pattern`.
+    /// Takes the global lock, saves the current values and installs `pattern`.
     pub fn set(pattern: &str) -> Self {
         let lock = GlobalLock::acquire();
-        let previous = std::fs::read_to_string(CORE_PATTERN).expect("read core_pattern");
+        let previous = std::iter::once(CORE_PATTERN)
+            .chain(OTHER_CORE_SYSCTLS)
+            .map(|path| {
+                let value =
+                    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+                (path, value.trim_end_matches('\n').to_owned())
+            })
+            .collect();
         std::fs::write(CORE_PATTERN, pattern).expect("write core_pattern");
         Self {
-            previous: previous.trim_end_matches('\n').to_owned(),
+            previous,
             _lock: lock,
         }
     }
@@ -76,8 +91,11 @@ impl CorePatternGuard {
 
 impl Drop for CorePatternGuard {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::write(CORE_PATTERN, &self.previous) {
-            eprintln!("could not restore core_pattern to {:?}: {e}", self.previous);
+        // Reverse order: fs.suid_dumpable=2 wants an absolute pattern while it is set.
+        for (path, value) in self.previous.iter().rev() {
+            if let Err(e) = std::fs::write(path, value) {
+                eprintln!("could not restore {path} to {value:?}: {e}");
+            }
         }
     }
 }

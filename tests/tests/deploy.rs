@@ -479,15 +479,20 @@ fn base_mounts_match_the_agents_paths() {
     let pattern = core_pattern::agent_pattern(Path::new(&dumps)).expect("pattern fits");
     assert!(pattern.len() <= core_pattern::MAX_LEN);
 
-    // core_pattern is written through the host's /proc/sys/kernel, read-write.
-    let sysctl = env_value(agent, "COREDUMP_SYSCTL_DIR").expect("COREDUMP_SYSCTL_DIR");
+    // core_pattern and suid_dumpable are written through the host's /proc/sys, read-write.
+    let sysctl = env_value(agent, "COREDUMP_PROC_SYS").expect("COREDUMP_PROC_SYS");
     assert!(
         !sysctl.starts_with("/proc/"),
         "runtimes refuse mounts inside /proc"
     );
     assert_eq!(
         mount(&sysctl),
-        Some(&(sysctl.clone(), false, "/proc/sys/kernel".to_owned()))
+        Some(&(sysctl.clone(), false, "/proc/sys".to_owned()))
+    );
+    assert_eq!(
+        env_value(agent, "COREDUMP_SUID_DUMPABLE").as_deref(),
+        Some("2"),
+        "dumps of privilege-dropping daemons are not lost"
     );
 
     let cgroup = env_value(agent, "COREDUMP_CGROUP_ROOT").expect("COREDUMP_CGROUP_ROOT");
@@ -571,10 +576,7 @@ fn base_rbac_binds_pod_reads_to_the_agents_service_account() {
         .iter()
         .find(|r| strings(&r["resources"]).contains("events"))
         .expect("a rule for events");
-    assert_eq!(
-        strings(&events["verbs"]),
-        BTreeSet::from(["create".into(), "patch".into()])
-    );
+    assert_eq!(strings(&events["verbs"]), BTreeSet::from(["create".into()]));
     let binding = one(&objects, "ClusterRoleBinding");
     assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
     assert!(
@@ -642,11 +644,16 @@ fn bottlerocket_overlay_leaves_core_pattern_to_the_host() {
         env_value(agent, "COREDUMP_INSTALL_CORE_PATTERN").as_deref(),
         Some("false")
     );
-    assert_eq!(env_value(agent, "COREDUMP_SYSCTL_DIR"), None);
+    assert_eq!(env_value(agent, "COREDUMP_PROC_SYS"), None);
+    assert_eq!(
+        env_value(agent, "COREDUMP_SUID_DUMPABLE"),
+        None,
+        "the node sets suid_dumpable, the agent cannot"
+    );
     assert!(
         host_mounts(ds)
             .iter()
-            .all(|(_, _, host)| host != "/proc/sys/kernel"),
+            .all(|(_, _, host)| !host.starts_with("/proc/sys")),
         "no writable sysctl mount when the host owns core_pattern"
     );
     assert!(
@@ -654,7 +661,9 @@ fn bottlerocket_overlay_leaves_core_pattern_to_the_host() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|v| v["hostPath"]["path"] != "/proc/sys/kernel"),
+            .all(|v| !v["hostPath"]["path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/proc/sys"))),
         "no unused sysctl volume"
     );
     let selinux = &agent["securityContext"]["seLinuxOptions"];
@@ -681,6 +690,12 @@ fn bottlerocket_overlay_leaves_core_pattern_to_the_host() {
     assert_eq!(parsed.dir(), Path::new(&dumps));
     assert!(parsed.has_host_pid());
     assert!(settings.contains("[settings.oci-defaults.resource-limits.max-core-file-size]"));
+    assert!(
+        settings
+            .lines()
+            .any(|l| l.replace(' ', "") == "\"fs.suid_dumpable\"=\"2\""),
+        "the node sets what the agent sets elsewhere"
+    );
 }
 
 // ---- the agent accepts what the manifests set -----------------------------------------------

@@ -14,7 +14,7 @@ use coredump_tests::{
     Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, require_root, store_keys,
     store_records, wait_for_store,
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
 const NODE: &str = "test-node";
@@ -542,32 +542,132 @@ fn crash_loop_is_rate_limited_but_every_crash_is_recorded() {
     agent.terminate();
 }
 
+const PIPE_LIMIT: &str = "/proc/sys/kernel/core_pipe_limit";
+const SUID_DUMPABLE: &str = "/proc/sys/fs/suid_dumpable";
+
+fn sysctl(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
 #[test]
-fn sigterm_restores_core_pattern_installed_by_the_agent() {
+fn sigterm_restores_the_core_sysctls_installed_by_the_agent() {
     if !require_root("pipeline") {
         return;
     }
     let n = node("install", "core");
     std::fs::write("/proc/sys/kernel/core_pattern", "|/bin/false previous").unwrap();
-    let agent = n.start(&["--install-core-pattern"]);
-    let live = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    // Values the agent will not set, so that a restore is visible.
+    std::fs::write(PIPE_LIMIT, "3").unwrap();
+    std::fs::write(SUID_DUMPABLE, "0").unwrap();
+    let flags = [
+        "--install-core-pattern",
+        "--core-pipe-limit",
+        "7",
+        "--suid-dumpable",
+        "2",
+    ];
+    let agent = n.start(&flags);
     assert_eq!(
-        live.trim(),
+        sysctl("/proc/sys/kernel/core_pattern"),
         format!("{}/core.%P.%I.%s.%t.%e", n.dumps.display())
     );
-    assert!(n.state.join("core_pattern.backup").exists());
+    assert_eq!(sysctl(PIPE_LIMIT), "7");
+    assert_eq!(sysctl(SUID_DUMPABLE), "2");
+    for backup in [
+        "core_pattern.backup",
+        "core_pipe_limit.backup",
+        "suid_dumpable.backup",
+    ] {
+        assert!(n.state.join(backup).exists(), "{backup}");
+    }
     assert!(agent.terminate().success());
-    let live = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
-    assert_eq!(live.trim(), "|/bin/false previous");
+    let restored = || {
+        [
+            sysctl("/proc/sys/kernel/core_pattern"),
+            sysctl(PIPE_LIMIT),
+            sysctl(SUID_DUMPABLE),
+        ]
+    };
+    assert_eq!(restored(), ["|/bin/false previous", "3", "0"]);
     assert!(!n.state.join("core_pattern.backup").exists());
+    assert!(!n.state.join("suid_dumpable.backup").exists());
 
-    // kill -9: the next start keeps the original backup and restores it on exit.
-    let agent = n.start(&["--install-core-pattern"]);
+    // kill -9: the next start keeps the original backups and restores them on exit.
+    let agent = n.start(&flags);
+    agent.kill9();
+    let agent = n.start(&flags);
+    assert!(agent.terminate().success());
+    assert_eq!(restored(), ["|/bin/false previous", "3", "0"]);
+
+    // kill -9, then a start without the sysctl flags: the leftover backups are reported
+    // (agent log, `check`), and the values left as they are.
+    let agent = n.start(&flags);
     agent.kill9();
     let agent = n.start(&["--install-core-pattern"]);
+    let stale: Vec<_> = agent
+        .logs()
+        .into_iter()
+        .filter(|l| {
+            l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("never restored"))
+        })
+        .map(|l| (l["sysctl"].clone(), l["previous"].clone()))
+        .collect();
+    assert_eq!(
+        stale,
+        [
+            (json!("kernel.core_pipe_limit"), json!("3")),
+            (json!("fs.suid_dumpable"), json!("0"))
+        ],
+        "{}",
+        agent.log_text()
+    );
     assert!(agent.terminate().success());
-    let live = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
-    assert_eq!(live.trim(), "|/bin/false previous");
+    assert_eq!(sysctl(SUID_DUMPABLE), "2", "not the agent's to restore now");
+    assert_eq!(
+        sysctl("/proc/sys/kernel/core_pattern"),
+        "|/bin/false previous"
+    );
+}
+
+/// A daemon that drops root after start is not dumpable at `fs.suid_dumpable=0`: its crash
+/// is recorded without a dump. With `--suid-dumpable 2` the kernel writes its dump (owned by
+/// root), and the agent stores it.
+#[test]
+fn suid_dumpable_2_keeps_dumps_of_processes_that_dropped_privileges() {
+    if !require_root("pipeline") {
+        return;
+    }
+    let n = node("suid", "core.%P.%I.%s.%t.%e");
+    std::fs::write(SUID_DUMPABLE, "0").unwrap();
+    let drop_and_crash = || {
+        let c = Crasher::spawn_with("drop-privileges", Some("65534"), &dumping());
+        let pid = c.host_pid;
+        assert!(!c.go().success());
+        pid
+    };
+
+    let agent = n.start(&[]);
+    let lost = drop_and_crash();
+    let keys = wait_for_store(&n.store, WAIT, |k| !k.is_empty());
+    assert_eq!(keys.len(), 1, "only the crash record: {keys:?}");
+    let (_, record) = record_of(&store_records(&n.store), lost);
+    assert!(record["dump"].is_null(), "{record:#}");
+    assert_eq!(record["crash"]["uid"], 65534, "{record:#}");
+    agent.terminate();
+
+    let agent = n.start(&["--suid-dumpable", "2"]);
+    let kept = drop_and_crash();
+    let keys = wait_for_store(&n.store, WAIT, |k| {
+        k.iter()
+            .any(|k| k.ends_with(&format!("_{kept}_SIGSEGV.core.zst")))
+    });
+    let (_, record) = record_of(&store_records(&n.store), kept);
+    assert!(record["dump"]["size"].as_u64().unwrap() > 0, "{keys:?}");
+    n.wait_until_empty();
+    assert!(agent.terminate().success());
+    assert_eq!(sysctl(SUID_DUMPABLE), "0", "restored");
 }
 
 /// One HTTP GET over a plain TCP connection: (status line, body).

@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
+    core_pattern::{self, Setting, Sysctl},
     crash::Signal,
     identity::kubelet,
     probe::HookChoice,
@@ -81,9 +82,12 @@ pub enum Command {
     ///
     /// Exit codes: 0 shown, 1 no such object, 2 error.
     Info(Box<InfoArgs>),
-    /// Check this node: BPF and BTF, probe attach, core_pattern, RLIMIT_CORE, dump dir and free
-    /// space, cgroup mount, kubelet log dirs, and the store. Each line OK, WARN or FAIL with
-    /// the fix.
+    /// Check this node: BPF and BTF, probe attach, core_pattern, RLIMIT_CORE, suid_dumpable and
+    /// the sysctls the agent would set, dump dir and free space, cgroup mount, kubelet log
+    /// dirs, the Kubernetes API and the agent's RBAC, and the store. Each line OK, WARN or FAIL
+    /// with the fix. Takes the same flags and environment as `run`, so in the DaemonSet it
+    /// checks exactly what the agent will use:
+    ///   kubectl -n coredump-agent exec ds/coredump-agent -- coredump-agent check
     ///
     /// Exit codes: 0 nothing failed, 1 a check failed, 2 error.
     Check(Box<CheckArgs>),
@@ -165,58 +169,24 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
-/// `coredump-agent check`.
+/// `coredump-agent check`: the same node and store settings as `run` (same flags, same
+/// environment), so the DaemonSet's startup probe checks exactly what the agent will use.
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// The store to check.
     #[command(flatten)]
     pub store: StoreArgs,
-    /// The dump directory.
-    #[arg(
-        long,
-        env = "COREDUMP_DUMP_DIR",
-        default_value = "/var/lib/coredump-agent/dumps"
-    )]
-    pub dump_dir: PathBuf,
-    /// The agent will install its own core_pattern (so the live one need not fit).
-    #[arg(long, env = "COREDUMP_INSTALL_CORE_PATTERN")]
-    pub install_core_pattern: bool,
-    /// Directory holding core_pattern and core_uses_pid. In a pod: the host's
-    /// /proc/sys/kernel mounted read-write elsewhere (e.g. /host/proc/sys/kernel), since
-    /// container runtimes mount /proc/sys read-only and refuse mounts inside /proc.
-    #[arg(long, env = "COREDUMP_SYSCTL_DIR", default_value = "/proc/sys/kernel")]
-    pub sysctl_dir: PathBuf,
-    /// Free space wanted on the dump directory's filesystem.
-    #[arg(long, env = "COREDUMP_MIN_FREE_DISK", value_parser = parse_bytes, default_value = "1GiB")]
-    pub min_free_disk: u64,
-    /// Kernel hook to try.
-    #[arg(long, env = "COREDUMP_HOOK", value_enum, default_value_t = HookChoice::Auto)]
-    pub hook: HookChoice,
-    /// Where the host's cgroup v2 hierarchy is mounted (default: found in mountinfo).
-    #[arg(long, env = "COREDUMP_CGROUP_ROOT")]
-    pub cgroup_root: Option<PathBuf>,
-    /// The kubelet's pod log directories.
-    #[arg(long, env = "COREDUMP_POD_LOG_ROOT", default_value = kubelet::DEFAULT_POD_LOG_ROOT)]
-    pub pod_log_root: PathBuf,
-    /// The kubelet's container log links.
-    #[arg(long, env = "COREDUMP_CONTAINER_LOG_ROOT", default_value = kubelet::DEFAULT_CONTAINER_LOG_ROOT)]
-    pub container_log_root: PathBuf,
+    /// This node.
+    #[command(flatten)]
+    pub node: NodeArgs,
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Parses `KEY=VALUE`.
-fn parse_tag(s: &str) -> Result<(String, String), String> {
-    s.split_once('=')
-        .filter(|(k, _)| !k.is_empty())
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
-}
-
-/// `coredump-agent run`.
+/// This node, as `run` and `check` see it.
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub struct NodeArgs {
     /// Directory the kernel writes dumps into (what core_pattern points at). When the agent
     /// creates it, it is made mode 1733: any user can create a dump, none can list or delete
     /// another's.
@@ -226,16 +196,50 @@ pub struct RunArgs {
         default_value = "/var/lib/coredump-agent/dumps"
     )]
     pub dump_dir: PathBuf,
-    /// Where dumps go, and how to reach it.
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// This node's name, for keys and tags. Default: $NODE_NAME (downward API), else the
-    /// hostname.
+    /// While the dump directory's filesystem has less free space, new dumps wait there
+    /// untouched until space is freed (0 disables).
+    #[arg(long, env = "COREDUMP_MIN_FREE_DISK", value_parser = parse_bytes, default_value = "1GiB")]
+    pub min_free_disk: u64,
+    /// This node's name, for keys and tags, and to watch its pods. Default: $NODE_NAME
+    /// (downward API), else the hostname.
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
-    /// Cluster name, stored as the `cluster` tag.
-    #[arg(long, env = "COREDUMP_CLUSTER_NAME")]
-    pub cluster_name: Option<String>,
+    /// Kernel hook for the probe: `auto` tries the BTF tracepoint, then the classic one.
+    #[arg(long, env = "COREDUMP_HOOK", value_enum, default_value_t = HookChoice::Auto)]
+    pub hook: HookChoice,
+    /// The host's sysctl tree, holding kernel/core_pattern, kernel/core_uses_pid,
+    /// kernel/core_pipe_limit and fs/suid_dumpable. In a pod: the host's /proc/sys mounted
+    /// read-write elsewhere (e.g. /host/proc/sys), since container runtimes mount /proc/sys
+    /// read-only and refuse mounts inside /proc.
+    #[arg(long, env = "COREDUMP_PROC_SYS", default_value = core_pattern::PROC_SYS)]
+    pub proc_sys: PathBuf,
+    /// The core_pattern the dump file names come from. Default: the live kernel.core_pattern.
+    /// Needed when a pipe helper's command line does not show the file it writes: give the
+    /// helper's file template, e.g. `/dumps/core-%e-%t-%p-%s.gz`.
+    #[arg(long, env = "COREDUMP_CORE_PATTERN")]
+    pub core_pattern: Option<String>,
+    /// Point kernel.core_pattern at --dump-dir (`<dump-dir>/core.%P.%I.%s.%t.%e`), backing up
+    /// the previous value in the state dir and restoring it on SIGINT/SIGTERM. Idempotent: a
+    /// restart after a crash keeps the original backup.
+    #[arg(long, env = "COREDUMP_INSTALL_CORE_PATTERN")]
+    pub install_core_pattern: bool,
+    /// Set kernel.core_pipe_limit while the agent runs (backed up and restored like
+    /// core_pattern). Only matters for a pipe pattern (`|helper …`): how many helpers run at
+    /// once, and non-zero keeps /proc/<pid> readable until the helper is done.
+    #[arg(long, env = "COREDUMP_CORE_PIPE_LIMIT")]
+    pub core_pipe_limit: Option<u32>,
+    /// Set fs.suid_dumpable while the agent runs (backed up and restored like core_pattern).
+    /// With 0, the kernel's default, processes that changed credentials (setuid programs,
+    /// daemons that drop privileges, like nginx workers) write no dump at all; 2 dumps them
+    /// readable by root only, which is what systemd-coredump sets. 1 is unsafe (dumps owned by
+    /// the process's user may leak another user's memory).
+    #[arg(long, env = "COREDUMP_SUID_DUMPABLE", value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub suid_dumpable: Option<u8>,
+    /// Where the host's cgroup v2 hierarchy is mounted, when the agent's container mounts it
+    /// elsewhere (e.g. /host/sys/fs/cgroup). Default: the first cgroup2 mount of
+    /// /proc/self/mountinfo (/sys/fs/cgroup; /sys/fs/cgroup/unified on hybrid hosts).
+    #[arg(long, env = "COREDUMP_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
     /// Name pods through the Kubernetes API: a watch of this node's pods, kept in memory, so
     /// nothing is asked at crash time. `auto` uses it when KUBECONFIG is set or the agent runs
     /// in a pod (KUBERNETES_SERVICE_HOST), and goes on without it otherwise; `on` refuses to
@@ -253,36 +257,59 @@ pub struct RunArgs {
     /// name a crash's container from its id. Only names are read; links are not followed.
     #[arg(long, env = "COREDUMP_CONTAINER_LOG_ROOT", default_value = kubelet::DEFAULT_CONTAINER_LOG_ROOT)]
     pub container_log_root: PathBuf,
-    /// Where the host's cgroup v2 hierarchy is mounted, when the agent's container mounts it
-    /// elsewhere (e.g. /host/sys/fs/cgroup). Default: the first cgroup2 mount of
-    /// /proc/self/mountinfo (/sys/fs/cgroup; /sys/fs/cgroup/unified on hybrid hosts).
-    #[arg(long, env = "COREDUMP_CGROUP_ROOT")]
-    pub cgroup_root: Option<PathBuf>,
-    /// The core_pattern the dump file names come from. Default: the live
-    /// /proc/sys/kernel/core_pattern. Needed when a pipe helper's command line does not show
-    /// the file it writes: give the helper's file template, e.g. `/dumps/core-%e-%t-%p-%s.gz`.
-    #[arg(long, env = "COREDUMP_CORE_PATTERN")]
-    pub core_pattern: Option<String>,
-    /// Point kernel.core_pattern at --dump-dir (`<dump-dir>/core.%P.%I.%s.%t.%e`), backing up
-    /// the previous value in the state dir and restoring it on SIGINT/SIGTERM. Idempotent: a
-    /// restart after a crash keeps the original backup.
-    #[arg(long, env = "COREDUMP_INSTALL_CORE_PATTERN")]
-    pub install_core_pattern: bool,
-    /// Directory holding core_pattern and core_uses_pid. In a pod: the host's
-    /// /proc/sys/kernel mounted read-write elsewhere (e.g. /host/proc/sys/kernel), since
-    /// container runtimes mount /proc/sys read-only and refuse mounts inside /proc.
-    #[arg(long, env = "COREDUMP_SYSCTL_DIR", default_value = "/proc/sys/kernel")]
-    pub sysctl_dir: PathBuf,
+}
+
+impl NodeArgs {
+    /// The sysctl files.
+    pub fn sysctl(&self) -> Sysctl {
+        Sysctl::under(&self.proc_sys)
+    }
+
+    /// The sysctl values the flags ask the agent to set, in install order.
+    pub fn managed_sysctls(&self) -> anyhow::Result<Vec<(Setting, String)>> {
+        let mut wanted = Vec::new();
+        if self.install_core_pattern {
+            wanted.push((
+                Setting::CorePattern,
+                core_pattern::agent_pattern(&self.dump_dir)?,
+            ));
+        }
+        if let Some(limit) = self.core_pipe_limit {
+            wanted.push((Setting::CorePipeLimit, limit.to_string()));
+        }
+        if let Some(mode) = self.suid_dumpable {
+            wanted.push((Setting::SuidDumpable, mode.to_string()));
+        }
+        Ok(wanted)
+    }
+}
+
+/// Parses `KEY=VALUE`.
+fn parse_tag(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
+}
+
+/// `coredump-agent run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Where dumps go, and how to reach it.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// This node: its dump directory, kernel settings, cgroups, kubelet files and pods.
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Cluster name, stored as the `cluster` tag.
+    #[arg(long, env = "COREDUMP_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
     /// Keep stored dumps in `<dump-dir>/stored/` instead of deleting them.
     #[arg(long, env = "COREDUMP_KEEP_LOCAL")]
     pub keep_local: bool,
     /// Larger dumps are not stored: moved to `<dump-dir>/quarantine/` (e.g. 64GiB, 500M).
     #[arg(long, env = "COREDUMP_MAX_DUMP_SIZE", value_parser = parse_bytes, default_value = "64GiB")]
     pub max_dump_size: u64,
-    /// While the dump directory's filesystem has less free space, new dumps wait there
-    /// untouched until space is freed (0 disables).
-    #[arg(long, env = "COREDUMP_MIN_FREE_DISK", value_parser = parse_bytes, default_value = "1GiB")]
-    pub min_free_disk: u64,
     /// At most this many dumps per container per hour; beyond, the crash is recorded without
     /// its dump and the dump is deleted (crash loops). 0: no limit.
     #[arg(long, env = "COREDUMP_MAX_DUMPS_PER_HOUR", default_value_t = 10)]
@@ -298,9 +325,6 @@ pub struct RunArgs {
         conflicts_with = "require_attestation"
     )]
     pub no_probe: bool,
-    /// Kernel hook for the probe.
-    #[arg(long, env = "COREDUMP_HOOK", value_enum, default_value_t = HookChoice::Auto)]
-    pub hook: HookChoice,
     /// How long a finished dump waits for its crash event before it is stored unattested.
     #[arg(long, env = "COREDUMP_EVENT_WAIT", value_parser = humantime::parse_duration, default_value = "5s")]
     pub event_wait: Duration,
@@ -493,9 +517,12 @@ mod tests {
             panic!("run")
         };
         assert_eq!(r.max_dump_size, 2 << 30);
-        assert_eq!(r.dump_dir, PathBuf::from("/var/lib/coredump-agent/dumps"));
+        assert_eq!(
+            r.node.dump_dir,
+            PathBuf::from("/var/lib/coredump-agent/dumps")
+        );
         assert_eq!(r.event_wait, Duration::from_secs(5));
-        assert!(!r.install_core_pattern);
+        assert!(!r.node.install_core_pattern);
         assert_eq!(parse_bytes("1024"), Ok(1024));
         assert_eq!(parse_bytes("512KiB"), Ok(512 << 10));
         assert!(parse_bytes("12 parsecs").is_err());
@@ -521,10 +548,13 @@ mod tests {
             }
         };
         let r = run(&[]);
-        assert_eq!(r.kube, KubeMode::Auto);
-        assert_eq!(r.pod_log_root, PathBuf::from("/var/log/pods"));
-        assert_eq!(r.container_log_root, PathBuf::from("/var/log/containers"));
-        assert_eq!(r.cgroup_root, None);
+        assert_eq!(r.node.kube, KubeMode::Auto);
+        assert_eq!(r.node.pod_log_root, PathBuf::from("/var/log/pods"));
+        assert_eq!(
+            r.node.container_log_root,
+            PathBuf::from("/var/log/containers")
+        );
+        assert_eq!(r.node.cgroup_root, None);
         let r = run(&[
             "--kube",
             "off",
@@ -535,13 +565,16 @@ mod tests {
             "--cgroup-root",
             "/host/sys/fs/cgroup",
         ]);
-        assert_eq!(r.kube, KubeMode::Off);
-        assert_eq!(r.pod_log_root, PathBuf::from("/host/var/log/pods"));
+        assert_eq!(r.node.kube, KubeMode::Off);
+        assert_eq!(r.node.pod_log_root, PathBuf::from("/host/var/log/pods"));
         assert_eq!(
-            r.container_log_root,
+            r.node.container_log_root,
             PathBuf::from("/host/var/log/containers")
         );
-        assert_eq!(r.cgroup_root, Some(PathBuf::from("/host/sys/fs/cgroup")));
+        assert_eq!(
+            r.node.cgroup_root,
+            Some(PathBuf::from("/host/sys/fs/cgroup"))
+        );
         assert!(Args::try_parse_from(["coredump-agent", "run", "--kube", "maybe"]).is_err());
     }
 

@@ -1,13 +1,25 @@
 //! `coredump-agent check`: a preflight of everything the agent needs on this node, each line
 //! OK, WARN or FAIL with the fix. Exit 0 when nothing failed, 1 otherwise.
+//!
+//! It reads the same flags and environment as `run` and changes nothing on the node (the
+//! probe is attached and detached; the store check writes its own small object).
 
 use std::{io::Write as _, path::Path, process::ExitCode};
 
+use k8s_openapi::api::{
+    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
+    core::v1::Pod,
+};
+use kube::api::{Api, ListParams, PostParams};
 use serde::Serialize;
 
-use super::{EXIT_NOT_FOUND, args::CheckArgs};
+use super::{
+    EXIT_NOT_FOUND,
+    args::{CheckArgs, KubeMode, NodeArgs},
+    run::{KubeAccess, node_name},
+};
 use crate::{
-    core_pattern::Sysctl,
+    core_pattern::{self, Setting},
     identity::cgroup::{CgroupResolver, cgroup2_mount},
     pattern::CorePattern,
     probe::{Probe, btf},
@@ -15,7 +27,7 @@ use crate::{
 };
 
 /// Outcome of one check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Level {
     /// Fine.
@@ -59,7 +71,7 @@ fn core_limit(pid: &str) -> Option<String> {
     Some(soft.to_owned())
 }
 
-fn kernel_checks(args: &CheckArgs, out: &mut Vec<Line>) {
+fn kernel_checks(args: &NodeArgs, out: &mut Vec<Line>) {
     out.push(if Path::new(btf::VMLINUX).exists() {
         line(Level::Ok, "kernel BTF", btf::VMLINUX, None)
     } else {
@@ -74,9 +86,13 @@ fn kernel_checks(args: &CheckArgs, out: &mut Vec<Line>) {
         Ok(p) => line(Level::Ok, "crash probe", format!("attached {}", p.hook()), None),
         Err(e) => line(Level::Fail, "crash probe", format!("{:#}", anyhow::Error::new(e)), Some("run as root or with CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH; or run the agent with --no-probe (dumps not attested)")),
     });
-    let sysctl = Sysctl::in_dir(&args.sysctl_dir);
-    match sysctl.pattern() {
-        Err(e) => out.push(line(Level::Fail, "core_pattern", e.to_string(), Some("mount the host's /proc/sys/kernel"))),
+    let sysctl = args.sysctl();
+    let live = match &args.core_pattern {
+        Some(p) => Ok(p.clone()),
+        None => sysctl.pattern(),
+    };
+    match live {
+        Err(e) => out.push(line(Level::Fail, "core_pattern", format!("{:#}", anyhow::Error::new(e)), Some("mount the host's /proc/sys and point --proc-sys at it"))),
         Ok(raw) => match CorePattern::parse(&raw, sysctl.uses_pid()) {
             Err(e) if args.install_core_pattern => out.push(line(Level::Ok, "core_pattern", format!("{raw:?} (the agent installs its own: {e})"), None)),
             Err(e) => out.push(line(Level::Fail, "core_pattern", format!("{raw:?}: {e}"), Some("run with --install-core-pattern, or set kernel.core_pattern to a file in the dump dir"))),
@@ -94,7 +110,7 @@ fn kernel_checks(args: &CheckArgs, out: &mut Vec<Line>) {
     }
 }
 
-fn node_checks(args: &CheckArgs, out: &mut Vec<Line>) {
+fn node_checks(args: &NodeArgs, out: &mut Vec<Line>) {
     let dir = &args.dump_dir;
     let probe = dir.join(format!(".check-{}", std::process::id()));
     out.push(
@@ -183,11 +199,282 @@ fn node_checks(args: &CheckArgs, out: &mut Vec<Line>) {
     }
 }
 
+/// Whether `path` can be opened for writing (nothing is written): a read-only mount or a
+/// missing permission shows here the way it would on install.
+fn writable(path: &Path) -> std::io::Result<()> {
+    std::fs::OpenOptions::new().write(true).open(path).map(drop)
+}
+
+/// The kernel's core dump settings beyond core_pattern: what the agent will set, whether it
+/// can, backups a killed run left behind, and what the live values mean for dumps.
+fn sysctl_checks(args: &CheckArgs, out: &mut Vec<Line>) {
+    let sysctl = args.node.sysctl();
+    let wanted = match args.node.managed_sysctls() {
+        Ok(w) => w,
+        Err(e) => {
+            out.push(line(
+                Level::Fail,
+                "core_pattern",
+                format!("{e:#}"),
+                Some("use a shorter --dump-dir"),
+            ));
+            Vec::new()
+        }
+    };
+    for (setting, value) in &wanted {
+        let path = sysctl.path(*setting);
+        out.push(match writable(&path) {
+            Ok(()) => line(
+                Level::Ok,
+                "sysctl write",
+                format!("{} can be set to {value:?} ({})", setting.name(), path.display()),
+                None,
+            ),
+            Err(e) => line(
+                Level::Fail,
+                "sysctl write",
+                format!("{}: {}: {e}", setting.name(), path.display()),
+                Some("mount the host's /proc/sys read-write and point --proc-sys at it; run as uid 0 (sysctl files check the uid, not a capability)"),
+            ),
+        });
+    }
+    for stale in core_pattern::stale_backups(&args.store.state_dir, &wanted) {
+        let detail = format!(
+            "{} was set by a run that was killed and not restored; it was {:?} before ({})",
+            stale.setting.name(),
+            stale.previous,
+            stale.backup.display()
+        );
+        out.push(line(
+            Level::Warn,
+            "sysctl backup",
+            detail,
+            Some(&stale.fix()),
+        ));
+    }
+    let managed = |setting| {
+        wanted
+            .iter()
+            .find(|(s, _)| *s == setting)
+            .map(|(_, v)| v.as_str())
+    };
+    let (suid, set_by_agent) = match managed(Setting::SuidDumpable) {
+        Some(v) => (Ok(v.to_owned()), " (set by the agent)"),
+        None => (sysctl.read(Setting::SuidDumpable), ""),
+    };
+    let suid = suid
+        .map(|v| v.trim().to_owned())
+        .map_err(|e| format!("{:#}", anyhow::Error::new(e)));
+    out.push(match suid.as_deref() {
+        Ok("2") => line(
+            Level::Ok,
+            "suid_dumpable",
+            format!("2{set_by_agent}: processes that changed credentials dump too, readable by root only"),
+            None,
+        ),
+        Ok("0") => line(
+            Level::Warn,
+            "suid_dumpable",
+            format!("0{set_by_agent}: processes that changed credentials (setuid programs, daemons that drop privileges, e.g. nginx workers) write no dump"),
+            Some("--suid-dumpable 2 (COREDUMP_SUID_DUMPABLE=2), as systemd-coredump does"),
+        ),
+        Ok(v) => line(
+            Level::Warn,
+            "suid_dumpable",
+            format!("{v}{set_by_agent}: dumps of processes that changed credentials are owned by their user, and may hold privileged memory"),
+            Some("--suid-dumpable 2 (COREDUMP_SUID_DUMPABLE=2)"),
+        ),
+        Err(e) => line(
+            Level::Warn,
+            "suid_dumpable",
+            e.clone(),
+            Some("mount the host's /proc/sys and point --proc-sys at it"),
+        ),
+    });
+    // The pipe limit only means something for a pipe pattern, which the agent's own is not.
+    let pipe = !args.node.install_core_pattern
+        && args
+            .node
+            .core_pattern
+            .clone()
+            .or_else(|| sysctl.pattern().ok())
+            .is_some_and(|p| p.starts_with('|'));
+    if pipe || managed(Setting::CorePipeLimit).is_some() {
+        let limit = managed(Setting::CorePipeLimit)
+            .map(str::to_owned)
+            .or_else(|| sysctl.read(Setting::CorePipeLimit).ok());
+        out.push(match limit.as_deref() {
+            Some("0") => line(
+                Level::Ok,
+                "core_pipe_limit",
+                "0: pipe helpers run without limit, and /proc/<pid> may be gone before the helper reads it (the agent does not need it)",
+                None,
+            ),
+            Some(n) => line(
+                Level::Ok,
+                "core_pipe_limit",
+                format!("{n}: at most {n} pipe helpers at once; beyond, dumps are skipped"),
+                None,
+            ),
+            None => line(
+                Level::Warn,
+                "core_pipe_limit",
+                "unreadable",
+                Some("mount the host's /proc/sys and point --proc-sys at it"),
+            ),
+        });
+    }
+}
+
+/// Pod list requests in a check: one item proves access and that this node has pods.
+const KUBE_PROBE_LIMIT: u32 = 1;
+
+/// The Kubernetes API: configured, reachable, this node's pods listable (and some there: a
+/// wrong node name lists none), and the other permissions the agent uses.
+async fn kube_checks(args: &NodeArgs, out: &mut Vec<Line>) {
+    const CHECK: &str = "kubernetes API";
+    // Without the API the agent still names pods from the kubelet's files: a warning,
+    // unless `--kube on` makes it required.
+    let missing = if args.kube == KubeMode::On {
+        Level::Fail
+    } else {
+        Level::Warn
+    };
+    let client = match KubeAccess::from_args(args.kube).await {
+        KubeAccess::Off => {
+            out.push(line(
+                Level::Ok,
+                CHECK,
+                "off (--kube off): pods are named from the kubelet's log files",
+                None,
+            ));
+            return;
+        }
+        KubeAccess::NotConfigured => {
+            out.push(line(missing, CHECK, "not configured (no KUBECONFIG, no in-cluster service account): pods are named from the kubelet's log files only", Some("run in the DaemonSet's pod (its service account), or set KUBECONFIG")));
+            return;
+        }
+        KubeAccess::Unusable(e) => {
+            out.push(line(
+                missing,
+                CHECK,
+                format!("{:#}", anyhow::Error::new(e)),
+                Some("fix KUBECONFIG or the service account token mount"),
+            ));
+            return;
+        }
+        KubeAccess::Client(client) => client,
+    };
+    let node = node_name(args.node_name.clone());
+    let pods: Api<Pod> = Api::all(client.clone());
+    let params = ListParams::default()
+        .fields(&format!("spec.nodeName={node}"))
+        .limit(KUBE_PROBE_LIMIT);
+    out.push(match pods.list(&params).await {
+        Ok(list) if list.items.is_empty() => line(
+            Level::Warn,
+            CHECK,
+            format!("reachable, but it lists no pods on node {node:?}"),
+            Some("set NODE_NAME (--node-name) to the node's Kubernetes name, from the downward API's spec.nodeName"),
+        ),
+        Ok(_) => line(
+            Level::Ok,
+            CHECK,
+            format!("reachable; pods on node {node:?} listed"),
+            None,
+        ),
+        Err(kube::Error::Api(status)) if status.is_forbidden() => line(
+            missing,
+            CHECK,
+            format!("listing pods is forbidden: {}", status.message),
+            Some("apply deploy/base/rbac.yaml: the agent's ServiceAccount needs get, list and watch on pods"),
+        ),
+        Err(e) => line(
+            missing,
+            CHECK,
+            format!("unreachable: {:#}", anyhow::Error::new(e)),
+            Some("check the API server address and that network policies let the agent reach it"),
+        ),
+    });
+    // Listing worked or not, ask what else is allowed: the answer names what to grant.
+    let mut denied = Vec::new();
+    let mut unknown = None;
+    for (verb, resource, level) in [
+        ("watch", "pods", missing),
+        ("create", "events", Level::Warn),
+    ] {
+        match can_i(&client, verb, resource).await {
+            Ok(true) => {}
+            Ok(false) => denied.push((verb, resource, level)),
+            Err(e) => {
+                unknown = Some(e);
+                break;
+            }
+        }
+    }
+    out.push(match (unknown, denied.as_slice()) {
+        (Some(e), _) => line(
+            Level::Warn,
+            "RBAC",
+            format!("could not ask the API what is allowed: {e:#}"),
+            Some("check the API server is reachable"),
+        ),
+        (None, []) => line(
+            Level::Ok,
+            "RBAC",
+            "watch pods and create events allowed",
+            None,
+        ),
+        (None, denied) => {
+            let level = denied
+                .iter()
+                .map(|(_, _, l)| *l)
+                .max()
+                .unwrap_or(Level::Warn);
+            let what: Vec<String> = denied.iter().map(|(v, r, _)| format!("{v} {r}")).collect();
+            let effect = if denied.iter().any(|(_, r, _)| *r == "pods") {
+                "the pod cache cannot stay current"
+            } else {
+                "no CoreDumpStored Events on crashed pods"
+            };
+            line(
+                level,
+                "RBAC",
+                format!("{} denied: {effect}", what.join(", ")),
+                Some("apply deploy/base/rbac.yaml to the agent's ServiceAccount"),
+            )
+        }
+    });
+}
+
+/// Whether the agent's identity may `verb` `resource` (core API group, any namespace): a
+/// SelfSubjectAccessReview, which every authenticated identity may create.
+async fn can_i(client: &kube::Client, verb: &str, resource: &str) -> anyhow::Result<bool> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.to_owned()),
+                resource: Some(resource.to_owned()),
+                group: Some(String::new()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
 /// Runs every check and prints the report.
 pub async fn execute(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut lines = Vec::new();
-    kernel_checks(&args, &mut lines);
-    node_checks(&args, &mut lines);
+    kernel_checks(&args.node, &mut lines);
+    sysctl_checks(&args, &mut lines);
+    node_checks(&args.node, &mut lines);
+    kube_checks(&args.node, &mut lines).await;
     let store = match args.store.open(None).await {
         Err(e) => Err(e),
         Ok(s) => s

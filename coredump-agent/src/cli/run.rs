@@ -19,7 +19,7 @@ use anyhow::{Context as _, bail};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::args::{KubeMode, RunArgs};
+use super::args::{KubeMode, NodeArgs, RunArgs};
 use crate::{
     core_pattern::{self, Sysctl},
     correlate::{self, Claims, Enricher},
@@ -84,17 +84,17 @@ fn ensure_dump_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Which core_pattern the names come from, and a warning if it does not write into `dump_dir`.
-fn core_pattern(args: &RunArgs, sysctl: &Sysctl) -> anyhow::Result<CorePattern> {
-    let raw = match &args.core_pattern {
+fn core_pattern(node: &NodeArgs, sysctl: &Sysctl) -> anyhow::Result<CorePattern> {
+    let raw = match &node.core_pattern {
         Some(p) => p.clone(),
         None => sysctl.pattern().context("reading the live core_pattern")?,
     };
     let pattern = CorePattern::parse(&raw, sysctl.uses_pid())
         .with_context(|| format!("core_pattern {raw:?}"))?;
-    if pattern.dir() != args.dump_dir {
+    if pattern.dir() != node.dump_dir {
         tracing::warn!(
             pattern_dir = %pattern.dir().display(),
-            dump_dir = %args.dump_dir.display(),
+            dump_dir = %node.dump_dir.display(),
             "core_pattern writes elsewhere than --dump-dir: watching --dump-dir (fine if it is the same directory mounted elsewhere)"
         );
     }
@@ -108,13 +108,13 @@ fn core_pattern(args: &RunArgs, sysctl: &Sysctl) -> anyhow::Result<CorePattern> 
 }
 
 /// The cgroup2 hierarchy crash cgroup ids are resolved in: `--cgroup-root`, else the mount.
-fn cgroup_resolver(args: &RunArgs) -> anyhow::Result<Option<Arc<CgroupResolver>>> {
-    if let Some(root) = &args.cgroup_root
+fn cgroup_resolver(node: &NodeArgs) -> anyhow::Result<Option<Arc<CgroupResolver>>> {
+    if let Some(root) = &node.cgroup_root
         && !root.is_dir()
     {
         bail!("--cgroup-root {}: not a directory", root.display());
     }
-    let root = args.cgroup_root.clone().or_else(cgroup2_mount);
+    let root = node.cgroup_root.clone().or_else(cgroup2_mount);
     if root.is_none() {
         tracing::warn!(
             "no cgroup2 mount found: crashes are placed from /proc/<pid>/cgroup only (see --cgroup-root)"
@@ -123,37 +123,63 @@ fn cgroup_resolver(args: &RunArgs) -> anyhow::Result<Option<Arc<CgroupResolver>>
     Ok(root.map(|root| Arc::new(CgroupResolver::new(root))))
 }
 
+/// What `--kube` and the environment give for the Kubernetes API.
+pub(super) enum KubeAccess {
+    /// `--kube off`.
+    Off,
+    /// Neither KUBECONFIG nor an in-cluster service account.
+    NotConfigured,
+    /// A configuration that cannot be used.
+    Unusable(kube::KubeError),
+    /// A client (not yet used: reachability is not known).
+    Client(::kube::Client),
+}
+
+impl KubeAccess {
+    /// The client `--kube` asks for, if the environment configures one.
+    pub(super) async fn from_args(mode: KubeMode) -> Self {
+        match mode {
+            KubeMode::Off => Self::Off,
+            KubeMode::Auto | KubeMode::On => match kube::client_from_env().await {
+                Ok(Some(client)) => Self::Client(client),
+                Ok(None) => Self::NotConfigured,
+                Err(e) => Self::Unusable(e),
+            },
+        }
+    }
+}
+
 /// What names pods: the API (per `--kube`, its watch started on `tracker`) and the kubelet's
 /// log files.
 async fn pod_resolver(
-    args: &RunArgs,
+    node_args: &NodeArgs,
     node: &str,
     tracker: &TaskTracker,
     cancel: CancellationToken,
 ) -> anyhow::Result<(PodResolver, Option<PodEvents>)> {
-    let required = args.kube == KubeMode::On;
-    let client = match args.kube {
-        KubeMode::Off => None,
-        KubeMode::Auto | KubeMode::On => match kube::client_from_env().await {
-            Ok(Some(client)) => Some(client),
-            Ok(None) if required => bail!(
-                "--kube on: no Kubernetes API configuration (neither KUBECONFIG nor an in-cluster service account)"
-            ),
-            Ok(None) => {
-                tracing::info!(
-                    "no Kubernetes API configuration (KUBECONFIG, in-cluster service account): naming pods from the kubelet's log files only"
-                );
-                None
-            }
-            Err(e) if required => return Err(anyhow::Error::new(e).context("--kube on")),
-            Err(e) => {
-                tracing::warn!(
-                    error = %format!("{:#}", anyhow::Error::new(e)),
-                    "Kubernetes API unusable: naming pods from the kubelet's log files only"
-                );
-                None
-            }
-        },
+    let required = node_args.kube == KubeMode::On;
+    let client = match KubeAccess::from_args(node_args.kube).await {
+        KubeAccess::Off => None,
+        KubeAccess::Client(client) => Some(client),
+        KubeAccess::NotConfigured if required => bail!(
+            "--kube on: no Kubernetes API configuration (neither KUBECONFIG nor an in-cluster service account)"
+        ),
+        KubeAccess::NotConfigured => {
+            tracing::info!(
+                "no Kubernetes API configuration (KUBECONFIG, in-cluster service account): naming pods from the kubelet's log files only"
+            );
+            None
+        }
+        KubeAccess::Unusable(e) if required => {
+            return Err(anyhow::Error::new(e).context("--kube on"));
+        }
+        KubeAccess::Unusable(e) => {
+            tracing::warn!(
+                error = %format!("{:#}", anyhow::Error::new(e)),
+                "Kubernetes API unusable: naming pods from the kubelet's log files only"
+            );
+            None
+        }
     };
     let events = client
         .clone()
@@ -162,14 +188,14 @@ async fn pod_resolver(
         tracing::info!(node, "watching this node's pods");
         kube::spawn_watch(client, node, tracker, cancel)
     });
-    let kubelet = KubeletLogs::new(&args.pod_log_root, &args.container_log_root);
+    let kubelet = KubeletLogs::new(&node_args.pod_log_root, &node_args.container_log_root);
     Ok((PodResolver::new(api, Some(kubelet)), events))
 }
 
 /// Runs the agent until a shutdown signal.
 pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let node = node_name(args.node_name.clone());
-    ensure_dump_dir(&args.dump_dir)?;
+    let node = node_name(args.node.node_name.clone());
+    ensure_dump_dir(&args.node.dump_dir)?;
     std::fs::create_dir_all(&args.store.state_dir).with_context(|| {
         format!(
             "creating the state directory {}",
@@ -199,21 +225,25 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let store = Arc::new(store);
 
-    let sysctl = Sysctl::in_dir(&args.sysctl_dir);
-    let installed = if args.install_core_pattern {
+    let sysctl = args.node.sysctl();
+    let wanted = args.node.managed_sysctls()?;
+    for stale in core_pattern::stale_backups(&args.store.state_dir, &wanted) {
+        tracing::warn!(sysctl = stale.setting.name(), previous = %stale.previous, backup = %stale.backup.display(), fix = %stale.fix(), "a run that was killed set this and never restored it; this run does not manage it, so it is left as is");
+    }
+    let installed = if wanted.is_empty() {
+        None
+    } else {
         Some(core_pattern::install(
             sysctl.clone(),
-            &args.dump_dir,
+            &wanted,
             &args.store.state_dir,
         )?)
-    } else {
-        None
     };
     let result = run_pipeline(&args, node, dest, store, &sysctl).await;
     if let Some(installed) = installed
         && let Err(e) = installed.restore()
     {
-        tracing::error!(error = %format!("{e:#}"), "could not restore core_pattern");
+        tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "could not restore the kernel's core dump settings");
     }
     result
 }
@@ -225,17 +255,17 @@ async fn run_pipeline(
     store: Arc<store::AnyStore>,
     sysctl: &Sysctl,
 ) -> anyhow::Result<ExitCode> {
-    let pattern = core_pattern(args, sysctl)?;
+    let pattern = core_pattern(&args.node, sysctl)?;
     let spool = Spool::open(&args.store.state_dir)?;
     let journal = CrashJournal::open(&args.store.state_dir)?;
     let claims = Claims::default();
-    let resumed = spool.recover(&args.dump_dir, args.max_dump_size, &claims)?;
+    let resumed = spool.recover(&args.node.dump_dir, args.max_dump_size, &claims)?;
 
     let probe = if args.no_probe {
         tracing::warn!("kernel probe disabled (--no-probe): dumps are stored without attestation");
         None
     } else {
-        match Probe::load(args.hook) {
+        match Probe::load(args.node.hook) {
             Ok(p) => Some(p),
             Err(e) if args.require_attestation => {
                 return Err(anyhow::Error::new(e)
@@ -270,7 +300,7 @@ async fn run_pipeline(
         ));
     }
     // Before any stage runs: `--kube on` without a configuration must stop the start here.
-    let (pods, events) = pod_resolver(args, &node, &tracker, cancel.clone()).await?;
+    let (pods, events) = pod_resolver(&args.node, &node, &tracker, cancel.clone()).await?;
     let (crash_tx, crash_rx) = mpsc::channel(CRASH_CAPACITY);
     let (file_tx, file_rx) = mpsc::channel(FILE_CAPACITY);
     let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
@@ -280,7 +310,7 @@ async fn run_pipeline(
     tracker.spawn(deliver::run(
         deliver::Config {
             prefix: dest.key_prefix().to_owned(),
-            dump_dir: args.dump_dir.clone(),
+            dump_dir: args.node.dump_dir.clone(),
             keep_local: args.keep_local,
             concurrency: args.uploads,
             shutdown_grace: args.shutdown_grace,
@@ -303,12 +333,12 @@ async fn run_pipeline(
     let spool_task = tracker.spawn(spool::run(spool.clone(), job_rx, spooled_tx));
     let enricher = Enricher {
         proc: ProcFs::default(),
-        cgroups: cgroup_resolver(args)?,
+        cgroups: cgroup_resolver(&args.node)?,
         pods: Some(pods),
     };
     let correlate_task = tracker.spawn(correlate::run(
         correlate::Config {
-            dump_dir: args.dump_dir.clone(),
+            dump_dir: args.node.dump_dir.clone(),
             pattern,
             node,
             cluster: args.cluster_name.clone(),
@@ -318,7 +348,7 @@ async fn run_pipeline(
             probe_running: probe.is_some(),
             require_attestation: args.require_attestation,
             max_dumps_per_hour: args.max_dumps_per_hour,
-            min_free_disk: args.min_free_disk,
+            min_free_disk: args.node.min_free_disk,
         },
         Some(journal),
         enricher,
@@ -334,11 +364,11 @@ async fn run_pipeline(
             None
         }
     };
-    let watcher = Watcher::new(args.dump_dir.clone())?;
+    let watcher = Watcher::new(args.node.dump_dir.clone())?;
     let watch_task = tracker.spawn(watch::run(watcher, file_tx, cancel.clone()));
     tracker.close();
     health.running.store(true, Ordering::Relaxed);
-    tracing::info!(dest = %store.describe(), dump_dir = %args.dump_dir.display(), "agent running");
+    tracing::info!(dest = %store.describe(), dump_dir = %args.node.dump_dir.display(), "agent running");
 
     let mut failed = false;
     tokio::select! {

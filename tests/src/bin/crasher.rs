@@ -8,7 +8,8 @@
 //! SIG_IGN then sent), thread NAME (a named thread segfaults), pidns MODE (MODE runs as pid 2
 //! of a new pid namespace), signal-loop N (benchmark: prints ns per handled SIGUSR1), sleep,
 //! hostname NAME (segfaults in a new UTS namespace whose hostname is NAME, so a core_pattern's
-//! `%h` says NAME: a container can claim any hostname, e.g. another pod's name).
+//! `%h` says NAME: a container can claim any hostname, e.g. another pod's name),
+//! drop-privileges UID (switches from root to UID, default 65534, then segfaults).
 //!
 //! `CRASHER_CORE_LIMIT` sets RLIMIT_CORE (default 0: the probe tests need no core file).
 //! `CRASHER_COMM` renames the process first (prctl PR_SET_NAME).
@@ -144,6 +145,12 @@ fn act(mode: &str, arg: Option<&str>) {
             assert_eq!(unsafe { HANDLED }, n);
             println!("{ns:.1}");
         }
+        "drop-privileges" => {
+            let uid: libc::uid_t = arg.and_then(|a| a.parse().ok()).unwrap_or(65534);
+            drop_privileges(uid);
+            ready_and_wait(host_tid());
+            segv();
+        }
         "hostname" => {
             set_hostname(arg.unwrap_or("impostor"));
             ready_and_wait(host_tid());
@@ -157,6 +164,19 @@ fn act(mode: &str, arg: Option<&str>) {
             eprintln!("crasher: unknown mode {other:?}");
             std::process::exit(2);
         }
+    }
+}
+
+/// Switches to `uid` (group too), as a daemon that starts as root and drops privileges does.
+/// The kernel then marks the process not dumpable unless `fs.suid_dumpable` says otherwise.
+fn drop_privileges(uid: libc::uid_t) {
+    // SAFETY: setgid/setuid take plain integers; the group goes first, while still root.
+    if unsafe { libc::setgid(uid) } != 0 || unsafe { libc::setuid(uid) } != 0 {
+        eprintln!(
+            "crasher: setuid({uid}): {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(3);
     }
 }
 
