@@ -9,6 +9,8 @@
 //! - [`FakeKube::drop_watches`] cuts every open watch mid-stream, as an API server restart
 //!   does; [`FakeKube::set_available`] answers `503` meanwhile; [`FakeKube::compact`] forgets
 //!   history, so resuming from an old version gets `410 Gone` and the client must list again;
+//! - [`FakeKube::deny`] takes a permission away, as RBAC would: the request gets `403
+//!   Forbidden`, and a `SelfSubjectAccessReview` for it answers `allowed: false`;
 //! - every request is recorded, to check what the client asked for.
 //!
 //! Blocking std threads, no async runtime: the tests drive it from plain `#[test]`s.
@@ -61,6 +63,10 @@ struct State {
     events: Vec<Value>,
     /// Watches from a version older than this get `410 Gone`.
     oldest_watchable: u64,
+    /// (verb, resource) pairs RBAC does not allow.
+    denied: Vec<(String, String)>,
+    /// SelfSubjectAccessReviews asked, as (verb, resource).
+    reviews: Vec<(String, String)>,
     /// Bumped by `drop_watches`: watches started under an older generation hang up.
     generation: u64,
     /// While false, every request gets `503 Service Unavailable`.
@@ -113,6 +119,19 @@ impl FakeKube {
     /// The Events posted so far.
     pub fn events(&self) -> Vec<Value> {
         self.shared.lock().events.clone()
+    }
+
+    /// Takes `verb` on `resource` (e.g. "watch", "pods") away from the client.
+    pub fn deny(&self, verb: &str, resource: &str) {
+        self.shared
+            .lock()
+            .denied
+            .push((verb.to_owned(), resource.to_owned()));
+    }
+
+    /// The access reviews asked so far, as (verb, resource).
+    pub fn reviews(&self) -> Vec<(String, String)> {
+        self.shared.lock().reviews.clone()
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -250,9 +269,43 @@ fn serve(shared: &Shared, mut conn: TcpStream) {
         resource_version: param("resourceVersion"),
         field_selector: param("fieldSelector"),
     };
+    let denied = |verb: &str, resource: &str| {
+        shared
+            .lock()
+            .denied
+            .iter()
+            .any(|(v, r)| v == verb && r == resource)
+    };
+    let forbid = |conn: &mut TcpStream, verb: &str, resource: &str| {
+        let msg = format!(
+            "{resource} is forbidden: User \"system:serviceaccount:coredump-agent:coredump-agent\" cannot {verb} resource \"{resource}\" in API group \"\" at the cluster scope"
+        );
+        respond(conn, "403 Forbidden", &status_json(403, "Forbidden", &msg));
+    };
+    // "Can I?" questions (`kubectl auth can-i`), answered from the denials.
+    if method == "POST" && path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" {
+        let mut review: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let attributes = &review["spec"]["resourceAttributes"];
+        let asked = (
+            attributes["verb"].as_str().unwrap_or_default().to_owned(),
+            attributes["resource"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        let allowed = !denied(&asked.0, &asked.1);
+        shared.lock().reviews.push(asked);
+        review["status"] = json!({"allowed": allowed});
+        respond(&mut conn, "201 Created", &review);
+        return;
+    }
     // Events the agent posts about stored dumps (`POST /api/v1/namespaces/<ns>/events`),
     // kept apart from the pod requests the tests count.
     if method == "POST" && path.starts_with("/api/v1/namespaces/") && path.ends_with("/events") {
+        if denied("create", "events") {
+            forbid(&mut conn, "create", "events");
+            return;
+        }
         let mut event: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let name = format!(
             "{}{}",
@@ -304,6 +357,11 @@ fn serve(shared: &Shared, mut conn: TcpStream) {
             return;
         }
     };
+    let verb = if request.watch { "watch" } else { "list" };
+    if denied(verb, "pods") {
+        forbid(&mut conn, verb, "pods");
+        return;
+    }
     if request.watch {
         let timeout = param("timeoutSeconds")
             .and_then(|t| t.parse().ok())
@@ -315,6 +373,11 @@ fn serve(shared: &Shared, mut conn: TcpStream) {
             .pods
             .values()
             .filter(|p| on_node(p, node.as_deref()))
+            .take(
+                param("limit")
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(usize::MAX),
+            )
             .map(|p| {
                 // List items carry no kind or apiVersion, as in the real API.
                 let mut item = p.clone();

@@ -94,7 +94,7 @@ fn kernel_checks(args: &NodeArgs, out: &mut Vec<Line>) {
     match live {
         Err(e) => out.push(line(Level::Fail, "core_pattern", format!("{:#}", anyhow::Error::new(e)), Some("mount the host's /proc/sys and point --proc-sys at it"))),
         Ok(raw) => match CorePattern::parse(&raw, sysctl.uses_pid()) {
-            Err(e) if args.install_core_pattern => out.push(line(Level::Ok, "core_pattern", format!("{raw:?} (the agent installs its own: {e})"), None)),
+            Err(_) if args.install_core_pattern => out.push(line(Level::Ok, "core_pattern", format!("{raw:?} now; the agent installs its own (--install-core-pattern)"), None)),
             Err(e) => out.push(line(Level::Fail, "core_pattern", format!("{raw:?}: {e}"), Some("run with --install-core-pattern, or set kernel.core_pattern to a file in the dump dir"))),
             Ok(p) if p.dir() != args.dump_dir && !args.install_core_pattern => out.push(line(Level::Warn, "core_pattern", format!("{raw:?} writes to {}, not --dump-dir {}", p.dir().display(), args.dump_dir.display()), Some("fine if it is the same directory mounted elsewhere; else fix --dump-dir or use --install-core-pattern"))),
             Ok(p) => {
@@ -112,24 +112,31 @@ fn kernel_checks(args: &NodeArgs, out: &mut Vec<Line>) {
 
 fn node_checks(args: &NodeArgs, out: &mut Vec<Line>) {
     let dir = &args.dump_dir;
-    let probe = dir.join(format!(".check-{}", std::process::id()));
+    // The agent creates a missing dump dir: then what must be writable is its first
+    // existing ancestor.
+    let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(dir);
+    let probe = existing.join(format!(".check-{}", std::process::id()));
+    let detail = if existing == dir.as_path() {
+        format!("{} writable", dir.display())
+    } else {
+        format!(
+            "{} does not exist yet; the agent creates it (mode 1733) in {}",
+            dir.display(),
+            existing.display()
+        )
+    };
     out.push(
         match std::fs::write(&probe, b"x").and_then(|()| std::fs::remove_file(&probe)) {
-            Ok(()) => line(
-                Level::Ok,
-                "dump dir",
-                format!("{} writable", dir.display()),
-                None,
-            ),
+            Ok(()) => line(Level::Ok, "dump dir", detail, None),
             Err(e) => line(
                 Level::Fail,
                 "dump dir",
-                format!("{}: {e}", dir.display()),
+                format!("{}: {e}", existing.display()),
                 Some("create it or mount the host's dump directory"),
             ),
         },
     );
-    if let Ok(free) = crate::sys::free_bytes(dir) {
+    if let Ok(free) = crate::sys::free_bytes(existing) {
         out.push(if free >= args.min_free_disk {
             line(
                 Level::Ok,
