@@ -47,7 +47,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # Runtime: glibc, libgcc and CA certificates (the S3 and Kubernetes clients verify TLS
 # against the system roots), nothing else. No shell: the agent needs none, the DaemonSet has
-# no exec probes or preStop hooks, and an attacker who gets code execution finds no tools.
+# no shell-based probes or hooks (the preStop hook execs the agent itself), and an attacker
+# who gets code execution finds no tools.
 # Runs as root (the default user of this image): the DaemonSet's securityContext says why,
 # and which capabilities it keeps. For reproducible builds, pin the base by digest.
 FROM gcr.io/distroless/cc-debian12 AS runtime

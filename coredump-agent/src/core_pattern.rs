@@ -284,9 +284,25 @@ impl Installed {
 
     fn restore_one(&self, m: &Managed) -> Result<(), CorePatternError> {
         let name = m.setting.name();
-        let previous = read_file(&m.backup)?;
         let current = self.sysctl.read(m.setting)?;
-        if current == m.ours {
+        let ours = is_agents(m.setting, &current, &m.ours);
+        let previous = match read_file(&m.backup) {
+            Ok(previous) => previous,
+            // `coredump-agent restore` (the preStop hook) got there first; or the value before
+            // the agent was its own, so nothing shows the difference.
+            Err(CorePatternError::Io { source, .. })
+                if source.kind() == io::ErrorKind::NotFound =>
+            {
+                if ours {
+                    tracing::warn!(sysctl = name, value = %current, backup = %m.backup.display(), "backup gone, the agent's value is in place: left as is");
+                } else {
+                    tracing::info!(sysctl = name, value = %current, "already restored");
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if ours {
             if previous != current {
                 self.sysctl.write(m.setting, &previous)?;
             }
@@ -300,6 +316,29 @@ impl Installed {
             source,
         })
     }
+}
+
+/// Restores, from the backups in `state_dir`, the settings `wanted` lists (what the agent
+/// sets with the same flags), where they still hold the agent's values; removes those
+/// backups. For a second process (the preStop hook) while the agent may still run. Returns
+/// how many backups there were.
+pub fn restore_backups(
+    sysctl: Sysctl,
+    wanted: &[(Setting, String)],
+    state_dir: &Path,
+) -> Result<usize, CorePatternError> {
+    let managed: Vec<Managed> = wanted
+        .iter()
+        .map(|(setting, ours)| Managed {
+            setting: *setting,
+            backup: setting.backup(state_dir),
+            ours: ours.clone(),
+        })
+        .filter(|m| m.backup.exists())
+        .collect();
+    let found = managed.len();
+    Installed { sysctl, managed }.restore()?;
+    Ok(found)
 }
 
 /// A backup left by a run that was killed, for a setting this run does not manage: its
@@ -469,6 +508,38 @@ mod tests {
                 .starts_with("sysctl -w fs.suid_dumpable=\"0\"")
         );
         assert!(stale_backups(&state, &all("/var/dumps")).is_empty());
+    }
+
+    #[test]
+    fn a_second_process_restores_first_and_the_agent_then_finds_it_done() {
+        let (sysctl, state) = fixture("prestop", "core");
+        let installed = install(sysctl.clone(), &all("/var/dumps"), &state).unwrap();
+        assert_eq!(
+            restore_backups(sysctl.clone(), &all("/var/dumps"), &state).unwrap(),
+            3
+        );
+        assert_eq!(live(&sysctl), ["core", "0", "0"]);
+        installed.restore().unwrap();
+        assert_eq!(live(&sysctl), ["core", "0", "0"]);
+        assert_eq!(
+            restore_backups(sysctl.clone(), &all("/var/dumps"), &state).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn a_restore_without_a_backup_leaves_the_value() {
+        // The host already had the agent's pattern: a preStop restore put it back, and the
+        // agent's own restore then finds its value in place and no backup.
+        let pattern = agent_pattern(Path::new("/var/dumps")).unwrap();
+        let (sysctl, state) = fixture("same", &pattern);
+        let installed = install(sysctl.clone(), &all("/var/dumps")[..1], &state).unwrap();
+        assert_eq!(
+            restore_backups(sysctl.clone(), &all("/var/dumps"), &state).unwrap(),
+            1
+        );
+        installed.restore().unwrap();
+        assert_eq!(sysctl.pattern().unwrap(), pattern);
     }
 
     #[test]

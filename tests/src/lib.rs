@@ -282,6 +282,11 @@ impl Agent {
 
     /// SIGTERM, then waits for exit.
     pub fn terminate(mut self) -> ExitStatus {
+        self.sigterm()
+    }
+
+    /// SIGTERM, then waits for exit, keeping the log readable.
+    pub fn sigterm(&mut self) -> ExitStatus {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         self.child.wait().expect("wait agent")

@@ -428,6 +428,20 @@ fn base_daemonset_has_what_the_agent_needs_and_no_more() {
         shutdown + 10 <= grace,
         "COREDUMP_SHUTDOWN_GRACE {shutdown}s leaves 10 s before the {grace} s grace period ends"
     );
+    // preStop restores the sysctls with the agent binary itself (no shell in the image), so
+    // a hung agent cannot leave them pointing at a directory nobody watches.
+    assert_eq!(
+        agent["lifecycle"]["preStop"]["exec"]["command"],
+        serde_json::json!(["/usr/local/bin/coredump-agent", "restore"])
+    );
+    let restore = Command::new(agent_path())
+        .args(["restore", "--help"])
+        .output()
+        .expect("running the agent");
+    assert!(
+        restore.status.success(),
+        "coredump-agent restore is a command"
+    );
 
     // The pod's labels select it, and everything carries the app label.
     let selector = ds["spec"]["selector"]["matchLabels"]

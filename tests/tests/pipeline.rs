@@ -7,11 +7,12 @@
 use std::{
     os::unix::{ffi::OsStrExt as _, fs::symlink},
     path::{Path, PathBuf},
+    process::Command,
     time::Duration,
 };
 
 use coredump_tests::{
-    Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, require_root, store_keys,
+    Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, agent_path, require_root, store_keys,
     store_records, wait_for_store,
 };
 use serde_json::{Value, json};
@@ -629,6 +630,46 @@ fn sigterm_restores_the_core_sysctls_installed_by_the_agent() {
         sysctl("/proc/sys/kernel/core_pattern"),
         "|/bin/false previous"
     );
+    std::fs::write(SUID_DUMPABLE, "0").unwrap();
+    std::fs::write(PIPE_LIMIT, "3").unwrap();
+    for backup in ["core_pipe_limit.backup", "suid_dumpable.backup"] {
+        std::fs::remove_file(n.state.join(backup)).unwrap();
+    }
+
+    // The preStop hook: `coredump-agent restore` with the agent's flags, while the agent
+    // runs. Everything is back before SIGTERM, and the agent then finds it done.
+    let mut agent = n.start(&flags);
+    assert_eq!(sysctl(SUID_DUMPABLE), "2");
+    let out = Command::new(agent_path())
+        .args(["restore", "--state-dir", n.state.to_str().unwrap()])
+        .args(["--dump-dir", n.dumps.to_str().unwrap()])
+        .args(flags)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(restored(), ["|/bin/false previous", "3", "0"]);
+    assert!(agent.sigterm().success(), "{}", agent.log_text());
+    let already: Vec<_> = agent
+        .logs()
+        .into_iter()
+        .filter(|l| l["message"] == "already restored")
+        .map(|l| l["sysctl"].clone())
+        .collect();
+    assert_eq!(
+        already,
+        [
+            json!("fs.suid_dumpable"),
+            json!("kernel.core_pipe_limit"),
+            json!("kernel.core_pattern")
+        ],
+        "{}",
+        agent.log_text()
+    );
+    assert_eq!(restored(), ["|/bin/false previous", "3", "0"]);
 }
 
 /// A daemon that drops root after start is not dumpable at `fs.suid_dumpable=0`: its crash

@@ -82,6 +82,17 @@ pub enum Command {
     ///
     /// Exit codes: 0 shown, 1 no such object, 2 error.
     Info(Box<InfoArgs>),
+    /// Put back the kernel settings the agent changed (core_pattern, core_pipe_limit,
+    /// suid_dumpable), from the backups in the state dir, where they still hold the agent's
+    /// values.
+    ///
+    /// The agent does this itself on SIGTERM. The DaemonSet's preStop hook also runs it, so the
+    /// node's settings come back even if the agent hangs past its grace period and is killed.
+    /// Safe to run at any time, and twice: the running agent then finds its settings already
+    /// restored. Takes the same flags and environment as `run`.
+    ///
+    /// Exit codes: 0 restored (or nothing to restore), 2 error.
+    Restore(Box<RestoreArgs>),
     /// Check this node: BPF and BTF, probe attach, core_pattern, RLIMIT_CORE, suid_dumpable and
     /// the sysctls the agent would set, dump dir and free space, cgroup mount, kubelet log
     /// dirs, the Kubernetes API and the agent's RBAC, and the store. Each line OK, WARN or FAIL
@@ -367,14 +378,9 @@ pub struct StoreArgs {
     /// local store in `<state-dir>/store`.
     #[arg(long, env = "COREDUMP_DEST")]
     pub dest: Option<String>,
-    /// The agent's own state: spool of accepted dumps, crash journal, core_pattern backup,
-    /// multipart uploads in progress; the default local store lives here too.
-    #[arg(
-        long,
-        env = "COREDUMP_STATE_DIR",
-        default_value = "/var/lib/coredump-agent"
-    )]
-    pub state_dir: PathBuf,
+    /// The agent's state directory.
+    #[command(flatten)]
+    pub state: StateArgs,
     /// S3 endpoint URL, for S3-compatible stores (MinIO, Ceph, …), e.g. `http://minio:9000`.
     /// Default: AWS, or the AWS SDK's `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL` when set.
     /// Credentials and region come from the AWS SDK's usual places (environment, IRSA, EKS Pod
@@ -393,12 +399,17 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// `--state-dir`.
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state.state_dir
+    }
+
     /// The destination `--dest` names (or the default local store).
     pub fn dest(&self) -> anyhow::Result<Dest> {
         use anyhow::Context as _;
         match &self.dest {
             Some(d) => d.parse().with_context(|| format!("--dest {d:?}")),
-            None => Ok(Dest::Local(self.state_dir.join("store"))),
+            None => Ok(Dest::Local(self.state_dir().join("store"))),
         }
     }
 
@@ -409,7 +420,7 @@ impl StoreArgs {
             s3_endpoint: self.s3_endpoint.clone(),
             s3_path_style: self.s3_path_style,
             s3_checksum: self.s3_checksum,
-            state_dir: node.is_some().then(|| self.state_dir.clone()),
+            state_dir: node.is_some().then(|| self.state_dir().to_owned()),
             node,
         }
     }
@@ -425,6 +436,30 @@ impl StoreArgs {
             .await
             .with_context(|| format!("connecting to {dest}"))
     }
+}
+
+/// Where the agent keeps its state.
+#[derive(Debug, clap::Args)]
+pub struct StateArgs {
+    /// The agent's own state: spool of accepted dumps, crash journal, backups of the sysctls
+    /// it changed, multipart uploads in progress; the default local store lives here too.
+    #[arg(
+        long,
+        env = "COREDUMP_STATE_DIR",
+        default_value = "/var/lib/coredump-agent"
+    )]
+    pub state_dir: PathBuf,
+}
+
+/// `coredump-agent restore`: the same node settings and state dir as `run`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// Where the backups are.
+    #[command(flatten)]
+    pub state: StateArgs,
+    /// Which settings the agent manages, and the values it sets.
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 /// `--kube` choices.

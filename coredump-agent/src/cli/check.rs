@@ -245,7 +245,7 @@ fn sysctl_checks(args: &CheckArgs, out: &mut Vec<Line>) {
             ),
         });
     }
-    for stale in core_pattern::stale_backups(&args.store.state_dir, &wanted) {
+    for stale in core_pattern::stale_backups(args.store.state_dir(), &wanted) {
         let detail = format!(
             "{} was set by a run that was killed and not restored; it was {:?} before ({})",
             stale.setting.name(),

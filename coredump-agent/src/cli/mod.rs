@@ -8,6 +8,7 @@ mod find;
 mod get;
 mod info;
 mod probe;
+mod restore;
 mod run;
 
 use std::process::ExitCode;
@@ -44,6 +45,7 @@ pub fn main() -> ExitCode {
             Command::Get(a) => get::execute(*a).await,
             Command::Info(a) => info::execute(*a).await,
             Command::Check(a) => check::execute(*a).await,
+            Command::Restore(a) => restore::execute(*a),
         }
     });
     match result {

@@ -196,10 +196,10 @@ async fn pod_resolver(
 pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
     let node = node_name(args.node.node_name.clone());
     ensure_dump_dir(&args.node.dump_dir)?;
-    std::fs::create_dir_all(&args.store.state_dir).with_context(|| {
+    std::fs::create_dir_all(args.store.state_dir()).with_context(|| {
         format!(
             "creating the state directory {}",
-            args.store.state_dir.display()
+            args.store.state_dir().display()
         )
     })?;
 
@@ -227,7 +227,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     let sysctl = args.node.sysctl();
     let wanted = args.node.managed_sysctls()?;
-    for stale in core_pattern::stale_backups(&args.store.state_dir, &wanted) {
+    for stale in core_pattern::stale_backups(args.store.state_dir(), &wanted) {
         tracing::warn!(sysctl = stale.setting.name(), previous = %stale.previous, backup = %stale.backup.display(), fix = %stale.fix(), "a run that was killed set this and never restored it; this run does not manage it, so it is left as is");
     }
     let installed = if wanted.is_empty() {
@@ -236,7 +236,7 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(core_pattern::install(
             sysctl.clone(),
             &wanted,
-            &args.store.state_dir,
+            args.store.state_dir(),
         )?)
     };
     let result = run_pipeline(&args, node, dest, store, &sysctl).await;
@@ -256,8 +256,8 @@ async fn run_pipeline(
     sysctl: &Sysctl,
 ) -> anyhow::Result<ExitCode> {
     let pattern = core_pattern(&args.node, sysctl)?;
-    let spool = Spool::open(&args.store.state_dir)?;
-    let journal = CrashJournal::open(&args.store.state_dir)?;
+    let spool = Spool::open(args.store.state_dir())?;
+    let journal = CrashJournal::open(args.store.state_dir())?;
     let claims = Claims::default();
     let resumed = spool.recover(&args.node.dump_dir, args.max_dump_size, &claims)?;
 
