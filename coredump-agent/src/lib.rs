@@ -22,4 +22,6 @@ pub mod record;
 pub mod spool;
 pub mod store;
 pub mod sys;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testdata;
 pub mod watch;

@@ -18,6 +18,7 @@ use coredump_agent::store::{
     Body, BodyReader, ChecksumMode, ConnectOptions, Metadata, S3Store, Store, StoreError, Tags,
     Zstd, compress, layout,
 };
+use coredump_agent::testdata::{core_like, random};
 use coredump_tests::{
     Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, agent_path,
     moto::{BUCKET, Moto, free_port},
@@ -27,36 +28,6 @@ use serde_json::Value;
 
 const MIB: usize = 1 << 20;
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Bytes like a core: zero pages with stretches of random data (a third), from a fixed seed.
-fn core_like(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..len)
-        .map(|i| {
-            if (i / 65536) % 3 == 1 {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            } else {
-                0
-            }
-        })
-        .collect()
-}
-
-/// Random bytes (incompressible), from a fixed seed.
-fn random(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
 
 fn pairs(list: &[(&str, &str)]) -> Tags {
     list.iter()

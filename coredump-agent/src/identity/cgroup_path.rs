@@ -862,13 +862,7 @@ mod tests {
     #[test]
     fn never_panics_on_arbitrary_input() {
         // Deterministic xorshift so a failure reproduces.
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = crate::testdata::Xorshift::new(crate::testdata::Xorshift::SEED);
         let pieces = [
             "/",
             "//",
@@ -928,19 +922,17 @@ mod tests {
         }
         // Random concatenations of meaningful and awkward pieces.
         for _ in 0..5000 {
-            let n = (next() % 12) as usize;
-            let s: String = (0..n)
-                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
-                .collect();
+            let n = rng.below(12);
+            let s: String = (0..n).map(|_| pieces[rng.below(pieces.len())]).collect();
             inputs.push(s);
         }
         // Random single-char mutations of the realistic paths, including multi-byte chars.
         let replacements = ['x', '-', '_', '/', '.', 'é', '😀', 'A', '0'];
         for _ in 0..3000 {
-            let seed = &seeds[(next() % seeds.len() as u64) as usize];
+            let seed = &seeds[rng.below(seeds.len())];
             let chars: Vec<char> = seed.chars().collect();
-            let at = (next() % chars.len() as u64) as usize;
-            let with = replacements[(next() % replacements.len() as u64) as usize];
+            let at = rng.below(chars.len());
+            let with = replacements[rng.below(replacements.len())];
             let mutated: String = chars
                 .iter()
                 .enumerate()

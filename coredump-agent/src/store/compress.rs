@@ -158,25 +158,12 @@ mod tests {
     use sha2::{Digest as _, Sha256};
 
     use super::*;
-    use crate::store::{Body, BodyReader, hex};
+    use crate::{
+        store::{Body, BodyReader, hex},
+        testdata::core_like,
+    };
 
     /// Zeros with stretches of pseudo-random bytes: what a core looks like.
-    fn core_like(len: usize) -> Vec<u8> {
-        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
-        (0..len)
-            .map(|i| {
-                if (i / 65536) % 3 == 0 {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                } else {
-                    0
-                }
-            })
-            .collect()
-    }
-
     async fn compress(body: Body<'_>) -> (Vec<u8>, crate::store::BodyDigest, u64) {
         let mut reader = BodyReader::open(body).await.unwrap();
         let mut out = Vec::new();

@@ -633,17 +633,11 @@ mod tests {
         let alphabet: Vec<char> = "aZ09 +-=._:/@*?\\\"'\n\t\0\u{e9}\u{1F600}%#&~,;!()[]{}<>|"
             .chars()
             .collect();
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = crate::testdata::Xorshift::new(crate::testdata::Xorshift::SEED);
         for _ in 0..5000 {
-            let len = (next() % 300) as usize;
+            let len = rng.below(300);
             let s: String = (0..len)
-                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .map(|_| alphabet[rng.below(alphabet.len())])
                 .collect();
             let once = sanitize_tag_value(&s);
             assert_eq!(sanitize_tag_value(&once), once, "{s:?}");
