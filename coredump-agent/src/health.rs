@@ -146,7 +146,7 @@ pub async fn watch_store<S: Store>(
     cancel: CancellationToken,
 ) {
     loop {
-        let ok = match store.check().await {
+        let ok = match store.ping().await {
             Ok(()) => true,
             Err(e) => {
                 if health.store_ok.load(Relaxed) {

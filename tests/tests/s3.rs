@@ -101,6 +101,10 @@ async fn small_objects_round_trip_with_tags_and_metadata() {
     };
     let store = moto.store(BUCKET, ConnectOptions::default());
     store.check().await.unwrap();
+    store.ping().await.unwrap();
+    // The check leaves nothing behind: no object, no upload in progress.
+    assert!(store.list("").await.unwrap().is_empty());
+    assert_eq!(uploads_in_progress(&moto).await, 0);
 
     let key = "p/prod/web-1/a.core";
     let tags = pairs(&[("namespace", "prod"), ("pod", "web-1"), ("comm", "my app")]);
@@ -136,7 +140,7 @@ async fn small_objects_round_trip_with_tags_and_metadata() {
     assert_eq!(sha256(&stored).await, receipt.sha256);
     assert!(unzstd(&stored) == data, "decompressed bytes differ");
 
-    // The check's own object is gone; listing is by plain prefix, sorted.
+    // Listing is by plain prefix, sorted.
     assert_eq!(keys(&store.list("").await.unwrap()), [key, zkey]);
     assert_eq!(keys(&store.list("p/prod/web-1/b").await.unwrap()), [zkey]);
     assert!(store.list("q").await.unwrap().is_empty());
@@ -286,6 +290,12 @@ async fn errors_name_their_cause() {
     );
     assert!(chain(&err).contains("does not exist"), "{}", chain(&err));
     assert!(!err.is_transient());
+    let err = missing.ping().await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::BucketNotFound { bucket, .. } if bucket == "no-such-bucket"),
+        "{}",
+        chain(&err)
+    );
     let err = missing
         .put("k", Body::Bytes(b"x"), &Tags::new(), &Metadata::new())
         .await

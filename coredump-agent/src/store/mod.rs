@@ -294,6 +294,12 @@ pub trait Store: Send + Sync + 'static {
     /// Fails with a message naming the cause if the destination is not reachable and writable.
     fn check(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Whether the destination still answers with these credentials: what readiness polls,
+    /// so it must be cheap and leave nothing behind. By default, [`Store::check`].
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.check()
+    }
+
     /// Stores `body` under `key` with its tags and metadata, all or nothing: a failed or
     /// cancelled put leaves no partial object, and a retried put with the same key replaces the
     /// object (keys are deterministic). Streams files; never reads one whole into memory.
@@ -823,6 +829,10 @@ impl Store for AnyStore {
 
     async fn check(&self) -> Result<(), StoreError> {
         delegate!(self, s => s.check().await)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        delegate!(self, s => s.ping().await)
     }
 
     async fn put(

@@ -324,7 +324,7 @@ impl S3Store {
         }
     }
 
-    /// Key of the object [`Store::check`] writes: `<prefix>/_agent-check/<node>`.
+    /// Key of the upload [`Store::check`] starts and aborts: `<prefix>/_agent-check/<node>`.
     fn check_key(&self) -> String {
         let node = layout::sanitize_part(self.node.as_deref(), 64);
         if self.prefix.is_empty() {
@@ -564,6 +564,14 @@ impl S3Store {
                 bucket: self.bucket.to_string(),
                 op,
             },
+            // HeadBucket's answer has no body, so no NoSuchBucket code: a bare 404.
+            (_, Some("NotFound") | None, Some(404)) if key.is_none() => {
+                StoreError::BucketNotFound {
+                    dest,
+                    bucket: self.bucket.to_string(),
+                    op,
+                }
+            }
             (_, Some("NoSuchKey" | "NotFound"), _) | (_, None, Some(404)) if key.is_some() => {
                 StoreError::NotFound {
                     key: key.unwrap_or_default().to_owned(),
@@ -572,7 +580,7 @@ impl S3Store {
             (_, Some(code), _) if DENIED.contains(&code) => {
                 StoreError::AccessDenied { dest, op, source }
             }
-            (_, None, Some(401 | 403)) => StoreError::AccessDenied { dest, op, source },
+            (_, _, Some(401 | 403)) => StoreError::AccessDenied { dest, op, source },
             (_, code, status) => StoreError::Other {
                 dest,
                 op,
@@ -951,21 +959,42 @@ impl Store for S3Store {
 
     /// Writes (with a tag) and deletes a small object under `<prefix>/_agent-check/`: that
     /// proves credentials, bucket and permissions, and names what is wrong otherwise.
+    /// A multipart upload with tags, started and aborted: it takes the permissions an upload
+    /// takes (PutObject, PutObjectTagging, AbortMultipartUpload) and leaves nothing behind, no
+    /// object and no version, which a write-then-delete would (the agent may not delete).
     async fn check(&self) -> Result<(), StoreError> {
         let key = self.check_key();
         let tags = Tags::from([("check".to_owned(), "write".to_owned())]);
-        self.put_object(
-            &key,
-            b"coredump-agent write check\n".to_vec(),
-            &tags,
-            &Metadata::new(),
-        )
-        .await?;
-        // Deleting needs a permission the agent does not otherwise need: fine if refused.
-        if let Err(e) = self.delete(&key).await {
-            tracing::debug!(key, error = %e, "could not delete the check object");
+        let op = "check write access (CreateMultipartUpload)";
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&*self.bucket)
+            .key(&key)
+            .tagging(encode_tags(&tags))
+            .send()
+            .await
+            .map_err(|e| self.error(op, Some(&key), e))?;
+        match created.upload_id() {
+            Some(upload_id) => self.abort(&self.bucket, &key, upload_id).await,
+            None => Err(StoreError::Other {
+                dest: self.describe(),
+                op,
+                transient: true,
+                source: "the store returned no upload id".into(),
+            }),
         }
-        Ok(())
+    }
+
+    /// HeadBucket: signed, so expired or revoked credentials show, and free of side effects.
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client
+            .head_bucket()
+            .bucket(&*self.bucket)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| self.error("reach the bucket (HeadBucket)", None, e))
     }
 
     async fn put(
