@@ -986,15 +986,21 @@ impl Store for S3Store {
         }
     }
 
-    /// HeadBucket: signed, so expired or revoked credentials show, and free of side effects.
+    /// One key listed under the check's prefix: signed, so expired or revoked credentials
+    /// show; a deleted bucket shows; no side effects. Not HeadBucket: the IAM policy grants
+    /// ListBucket only with an `s3:prefix` condition, which HeadBucket cannot meet.
     async fn ping(&self) -> Result<(), StoreError> {
+        let key = self.check_key();
+        let prefix = key.rsplit_once('/').map_or("", |(dir, _)| dir);
         self.client
-            .head_bucket()
+            .list_objects_v2()
             .bucket(&*self.bucket)
+            .prefix(format!("{prefix}/"))
+            .max_keys(1)
             .send()
             .await
             .map(drop)
-            .map_err(|e| self.error("reach the bucket (HeadBucket)", None, e))
+            .map_err(|e| self.error("reach the bucket (ListObjectsV2)", None, e))
     }
 
     async fn put(
