@@ -58,6 +58,10 @@ fn record(i: u32, pods: u32) -> Record {
             cgroup_id: 1,
             comm: "server".into(),
             process_comm: Some("server".into()),
+            exe_name: None,
+            exe_name_truncated: false,
+            cmdline: None,
+            cmdline_truncated: false,
             hook: Hook::TpBtf,
         }),
         attestation: Attestation {

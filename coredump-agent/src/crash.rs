@@ -3,7 +3,10 @@
 
 use std::{fmt, str::FromStr, time::SystemTime};
 
-use coredump_common::{CrashEvent, FLAG_NO_SI_CODE, FLAG_NS_PIDS, FLAG_PROCESS_COMM};
+use coredump_common::{
+    CrashEvent, FLAG_ARGS, FLAG_ARGS_TRUNCATED, FLAG_EXE_NAME, FLAG_EXE_NAME_TRUNCATED,
+    FLAG_NO_SI_CODE, FLAG_NS_PIDS, FLAG_PROCESS_COMM,
+};
 use serde::{Deserialize, Serialize};
 
 /// Which kernel hook produced an event.
@@ -177,6 +180,21 @@ pub struct Crash {
     pub comm: String,
     /// Name of the process (its main thread), when the probe could read it.
     pub process_comm: Option<String>,
+    /// File name of the executable (`mm->exe_file`, without its directory), when the probe
+    /// could read it. Unlike the comm, the process cannot change it.
+    #[serde(default)]
+    pub exe_name: Option<String>,
+    /// `exe_name` is only the start of a longer name (over 63 bytes).
+    #[serde(default)]
+    pub exe_name_truncated: bool,
+    /// The command line as the process's memory held it at the signal (what
+    /// `/proc/<pid>/cmdline` shows, split on NUL; at most its first 512 bytes), when the probe
+    /// could read it.
+    #[serde(default)]
+    pub cmdline: Option<Vec<String>>,
+    /// `cmdline` is only the start of a longer one (its last argument may be cut too).
+    #[serde(default)]
+    pub cmdline_truncated: bool,
     /// The kernel hook that reported it.
     pub hook: Hook,
 }
@@ -185,6 +203,28 @@ pub struct Crash {
 fn comm(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+/// Splits an argument area (`/proc/<pid>/cmdline` bytes) into arguments: NUL-separated, the
+/// last one NUL-terminated unless `truncated` cut it. Empty arguments inside are kept (they
+/// are real ones); trailing empty ones are dropped: they are the NUL padding a process leaves
+/// when it rewrites its title in place (`setproctitle`). Invalid UTF-8 is replaced.
+pub fn split_cmdline(bytes: &[u8], truncated: bool) -> Vec<String> {
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    let bytes = match bytes.split_last() {
+        Some((0, rest)) if !truncated => rest,
+        _ => bytes,
+    };
+    let mut args: Vec<String> = bytes
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    while args.last().is_some_and(String::is_empty) && args.len() > 1 {
+        args.pop();
+    }
+    args
 }
 
 impl Crash {
@@ -207,6 +247,10 @@ impl Crash {
             reserved: _,
             thread_comm,
             process_comm,
+            args_len: _,
+            exe_name_len: _,
+            args: _,
+            exe_name: _,
         } = *ev;
         let ns = flags & FLAG_NS_PIDS != 0;
         Self {
@@ -225,6 +269,12 @@ impl Crash {
             cgroup_id,
             comm: comm(&thread_comm),
             process_comm: (flags & FLAG_PROCESS_COMM != 0).then(|| comm(&process_comm)),
+            exe_name: (flags & FLAG_EXE_NAME != 0)
+                .then(|| String::from_utf8_lossy(ev.exe_name()).into_owned()),
+            exe_name_truncated: flags & FLAG_EXE_NAME != 0 && flags & FLAG_EXE_NAME_TRUNCATED != 0,
+            cmdline: (flags & FLAG_ARGS != 0)
+                .then(|| split_cmdline(ev.args(), flags & FLAG_ARGS_TRUNCATED != 0)),
+            cmdline_truncated: flags & FLAG_ARGS != 0 && flags & FLAG_ARGS_TRUNCATED != 0,
             hook,
         }
     }
@@ -269,11 +319,20 @@ mod tests {
             reserved: 0,
             thread_comm: *b"worker-3\0\0\0\0\0\0\0\0",
             process_comm: *b"server\0\0\0\0\0\0\0\0\0\0",
+            args_len: 0,
+            exe_name_len: 0,
+            args: [0; coredump_common::ARGS_LEN],
+            exe_name: [0; coredump_common::EXE_NAME_LEN],
         };
         let c = Crash::from_event(&ev, Hook::TpBtf, SystemTime::UNIX_EPOCH);
         assert_eq!((c.pid, c.tid, c.visible_pid()), (Some(7), Some(8), 7));
         assert_eq!(c.comm, "worker-3");
         assert_eq!(c.process_comm.as_deref(), Some("server"));
+        assert_eq!(
+            (&c.exe_name, &c.cmdline),
+            (&None, &None),
+            "not read: unknown, not empty"
+        );
         assert_eq!(c.si_code, Some(1));
         let json = serde_json::to_value(&c).unwrap();
         assert_eq!(json["signal"], "SIGSEGV");
@@ -291,5 +350,133 @@ mod tests {
         let c = Crash::from_event(&ev, Hook::Tracepoint, SystemTime::UNIX_EPOCH);
         assert_eq!((c.pid, c.visible_pid(), c.si_code), (None, 1000, None));
         assert_eq!(c.process_comm, None);
+    }
+
+    /// An event whose argument area and executable name are `args` and `exe` as the probe
+    /// would write them (cut to the event's buffers, flagged as such).
+    fn event_with(args: &[u8], exe: &[u8], extra_flags: u32) -> CrashEvent {
+        use coredump_common::{ARGS_LEN, EXE_NAME_LEN};
+        let mut ev = CrashEvent::from_bytes(&[0xAA; CrashEvent::SIZE]).unwrap();
+        ev.flags = FLAG_ARGS | FLAG_EXE_NAME | extra_flags;
+        let n = args.len().min(ARGS_LEN);
+        ev.args[..n].copy_from_slice(&args[..n]);
+        ev.args_len = n as u32;
+        if args.len() > ARGS_LEN {
+            ev.flags |= FLAG_ARGS_TRUNCATED;
+        }
+        let n = exe.len().min(EXE_NAME_LEN - 1);
+        ev.exe_name[..n].copy_from_slice(&exe[..n]);
+        ev.exe_name[n] = 0;
+        ev.exe_name_len = n as u32;
+        if exe.len() >= EXE_NAME_LEN {
+            ev.flags |= FLAG_EXE_NAME_TRUNCATED;
+        }
+        ev
+    }
+
+    fn decode(ev: &CrashEvent) -> Crash {
+        Crash::from_event(ev, Hook::TpBtf, SystemTime::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn command_line_and_exe_name_decode_as_proc_shows_them() {
+        let c = decode(&event_with(
+            b"/usr/bin/server\0--port\08080\0\0with space\0",
+            b"server",
+            0,
+        ));
+        assert_eq!(
+            c.cmdline.as_deref(),
+            Some(&["/usr/bin/server", "--port", "8080", "", "with space"].map(String::from)[..]),
+            "split on NUL, an empty argument kept, bytes past args_len ignored"
+        );
+        assert!(!c.cmdline_truncated);
+        assert_eq!(c.exe_name.as_deref(), Some("server"));
+        assert!(!c.exe_name_truncated);
+
+        // The record round-trips, and old records without the fields still read.
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["cmdline"][4], "with space");
+        assert_eq!(json["exe_name"], "server");
+        assert_eq!(serde_json::from_value::<Crash>(json.clone()).unwrap(), c);
+        let mut old = json;
+        for key in [
+            "exe_name",
+            "exe_name_truncated",
+            "cmdline",
+            "cmdline_truncated",
+        ] {
+            old.as_object_mut().unwrap().remove(key);
+        }
+        let old: Crash = serde_json::from_value(old).unwrap();
+        assert_eq!(
+            (old.exe_name, old.cmdline, old.cmdline_truncated),
+            (None, None, false)
+        );
+    }
+
+    #[test]
+    fn long_command_line_and_exe_name_are_cut_and_marked() {
+        use coredump_common::ARGS_LEN;
+        let mut args = b"java\0-cp\0".to_vec();
+        args.extend(std::iter::repeat_n(b'x', 2 * ARGS_LEN));
+        args.extend(b"\0Main\0");
+        let exe = [b'e'; 100];
+        let c = decode(&event_with(&args, &exe, 0));
+        let cmdline = c.cmdline.unwrap();
+        assert!(c.cmdline_truncated);
+        assert_eq!(cmdline.len(), 3, "{cmdline:?}");
+        assert_eq!(cmdline[..2], ["java", "-cp"]);
+        assert_eq!(
+            cmdline[2],
+            "x".repeat(ARGS_LEN - 9),
+            "the cut argument, as far as it went"
+        );
+        assert!(c.exe_name_truncated);
+        assert_eq!(c.exe_name.unwrap(), "e".repeat(63));
+
+        // Cut right after a terminator: no phantom empty argument.
+        assert_eq!(split_cmdline(b"a\0b\0", true), ["a", "b"]);
+        // A cut inside a multi-byte character is replaced, not an error.
+        assert_eq!(
+            split_cmdline("a\0é".as_bytes().split_last().unwrap().1, true),
+            ["a", "\u{fffd}"]
+        );
+    }
+
+    #[test]
+    fn empty_unreadable_and_padded_command_lines() {
+        // Read, and empty: known to be empty (not "unknown").
+        let c = decode(&event_with(b"", b"x", 0));
+        assert_eq!(c.cmdline, Some(vec![]));
+        // argc == 0: the kernel stores one empty argument.
+        assert_eq!(
+            decode(&event_with(b"\0", b"x", 0)).cmdline,
+            Some(vec![String::new()])
+        );
+        // setproctitle leaves the rest of the area NUL padded.
+        assert_eq!(
+            decode(&event_with(b"nginx: worker process\0\0\0\0\0", b"nginx", 0)).cmdline,
+            Some(vec!["nginx: worker process".to_owned()])
+        );
+        // The read failed (a page of the area not resident): unknown, whatever the buffer holds.
+        let mut ev = event_with(b"stale\0", b"x", 0);
+        ev.flags &= !FLAG_ARGS;
+        ev.flags |= coredump_common::FLAG_ARGS_FAULT;
+        let c = decode(&ev);
+        assert_eq!((c.cmdline, c.cmdline_truncated), (None, false));
+        // The executable's name could not be read.
+        ev.flags &= !FLAG_EXE_NAME;
+        ev.flags |= FLAG_EXE_NAME_TRUNCATED;
+        let c = decode(&ev);
+        assert_eq!((c.exe_name, c.exe_name_truncated), (None, false));
+        // A partial read (only the first page): what was read, marked cut.
+        let mut ev = event_with(b"a\0bb", b"x", FLAG_ARGS_TRUNCATED);
+        ev.flags |= coredump_common::FLAG_ARGS_FAULT;
+        let c = decode(&ev);
+        assert_eq!(
+            (c.cmdline.unwrap(), c.cmdline_truncated),
+            (vec!["a".into(), "bb".into()], true)
+        );
     }
 }

@@ -36,6 +36,30 @@ pub const FLAG_PROCESS_COMM: u32 = 1 << 1;
 pub const FLAG_BTF_HOOK: u32 = 1 << 2;
 /// [`CrashEvent::flags`]: `si_code` could not be read.
 pub const FLAG_NO_SI_CODE: u32 = 1 << 3;
+/// [`CrashEvent::flags`]: [`CrashEvent::args`] holds the first [`CrashEvent::args_len`] bytes
+/// of the process's argument area (`mm->arg_start..arg_end`).
+pub const FLAG_ARGS: u32 = 1 << 4;
+/// [`CrashEvent::flags`]: the argument area was longer than [`ARGS_LEN`]; the rest was cut.
+pub const FLAG_ARGS_TRUNCATED: u32 = 1 << 5;
+/// [`CrashEvent::flags`]: the offsets were known but reading the argument area failed (for
+/// example a page of it was not resident: the probe cannot fault pages in).
+pub const FLAG_ARGS_FAULT: u32 = 1 << 6;
+/// [`CrashEvent::flags`]: [`CrashEvent::exe_name`] holds the basename of the executable file.
+pub const FLAG_EXE_NAME: u32 = 1 << 7;
+/// [`CrashEvent::flags`]: the executable's name was longer than [`EXE_NAME_LEN`]` - 1` bytes
+/// and was cut.
+pub const FLAG_EXE_NAME_TRUNCATED: u32 = 1 << 8;
+
+/// Bytes of the argument area (`/proc/<pid>/cmdline`) an event carries.
+///
+/// 512 holds the program and its options for nearly every command line (longer ones, a JVM's
+/// class path say, are cut and marked). It is also what the S3 metadata keeps of a command
+/// line, and keeps an event at 680 bytes, so the 1 MiB ring buffer holds about 1,500.
+pub const ARGS_LEN: usize = 512;
+
+/// Bytes for the executable's file name, NUL terminator included. A file name can be 255
+/// bytes (`NAME_MAX`), but program names longer than 63 are rare; those are cut and marked.
+pub const EXE_NAME_LEN: usize = 64;
 
 /// One fatal, core-dumping signal delivery, as seen by the kernel at `signal_deliver` time:
 /// the signal has its default action, so the kernel is about to attempt a core dump.
@@ -74,11 +98,38 @@ pub struct CrashEvent {
     pub thread_comm: [u8; COMM_LEN],
     /// Name of the thread-group leader (the process), NUL padded (valid with [`FLAG_PROCESS_COMM`]).
     pub process_comm: [u8; COMM_LEN],
+    /// Bytes of [`Self::args`] in use (valid with [`FLAG_ARGS`]).
+    pub args_len: u32,
+    /// Bytes of [`Self::exe_name`] in use, NUL excluded (valid with [`FLAG_EXE_NAME`]).
+    pub exe_name_len: u32,
+    /// The start of the process's argument area as its memory held it at the signal:
+    /// NUL-separated, as `/proc/<pid>/cmdline`. Bytes past [`Self::args_len`] are zero.
+    pub args: [u8; ARGS_LEN],
+    /// Basename of the executable file (`mm->exe_file`'s dentry name), as the kernel has it:
+    /// unlike the comm, the process cannot rename it. Bytes past [`Self::exe_name_len`] are
+    /// zero.
+    pub exe_name: [u8; EXE_NAME_LEN],
 }
 
 impl CrashEvent {
     /// Size in bytes of one event in the ring buffer.
     pub const SIZE: usize = core::mem::size_of::<Self>();
+
+    /// The argument area bytes the probe read; empty unless [`FLAG_ARGS`] is set.
+    pub fn args(&self) -> &[u8] {
+        if self.flags & FLAG_ARGS == 0 {
+            return &[];
+        }
+        &self.args[..(self.args_len as usize).min(ARGS_LEN)]
+    }
+
+    /// The executable's name bytes the probe read; empty unless [`FLAG_EXE_NAME`] is set.
+    pub fn exe_name(&self) -> &[u8] {
+        if self.flags & FLAG_EXE_NAME == 0 {
+            return &[];
+        }
+        &self.exe_name[..(self.exe_name_len as usize).min(EXE_NAME_LEN)]
+    }
 
     /// Reads an event from a ring-buffer record; `None` if the record is too short.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
@@ -125,6 +176,20 @@ pub struct KernelOffsets {
     pub upid_ns: u32,
     /// `struct pid_namespace`: offset of `ns.inum`.
     pub pidns_inum: u32,
+    /// `struct task_struct`: offset of `mm`.
+    pub task_mm: u32,
+    /// `struct mm_struct`: offset of `arg_start`.
+    pub mm_arg_start: u32,
+    /// `struct mm_struct`: offset of `arg_end`.
+    pub mm_arg_end: u32,
+    /// `struct mm_struct`: offset of `exe_file`.
+    pub mm_exe_file: u32,
+    /// `struct file`: offset of `f_path.dentry`.
+    pub file_dentry: u32,
+    /// `struct dentry`: offset of `d_name.name`.
+    pub dentry_name: u32,
+    /// `struct dentry`: offset of `d_name.len`.
+    pub dentry_name_len: u32,
     /// `OFFSETS_*` bits saying which groups of offsets are valid.
     pub valid: u32,
     /// Reserved, zero.
@@ -135,6 +200,12 @@ pub struct KernelOffsets {
 pub const OFFSETS_TASK: u32 = 1 << 0;
 /// [`KernelOffsets::valid`]: the `tp_btf` argument offsets (siginfo, k_sigaction) are known.
 pub const OFFSETS_BTF_ARGS: u32 = 1 << 1;
+/// [`KernelOffsets::valid`]: the argument area offsets (`task_struct.mm`, `mm_struct.arg_*`)
+/// are known.
+pub const OFFSETS_ARGS: u32 = 1 << 2;
+/// [`KernelOffsets::valid`]: the executable name offsets (`task_struct.mm`,
+/// `mm_struct.exe_file`, `file.f_path.dentry`, `dentry.d_name`) are known.
+pub const OFFSETS_EXE: u32 = 1 << 3;
 
 /// Indexes into the probe's per-CPU `STATS` array.
 pub mod stats {
@@ -171,8 +242,11 @@ mod user {
 }
 
 // No implicit padding: the sizes are the sums of the fields.
-const _: () = assert!(CrashEvent::SIZE == 2 * 8 + 12 * 4 + 2 * COMM_LEN);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 16 * 4);
+const _: () = assert!(CrashEvent::SIZE == 2 * 8 + 14 * 4 + 2 * COMM_LEN + ARGS_LEN + EXE_NAME_LEN);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 23 * 4);
+// The ring buffer reserves 8-byte aligned records: keep the event a multiple of 8 so its size
+// is what it costs.
+const _: () = assert!(CrashEvent::SIZE.is_multiple_of(8));
 
 #[cfg(test)]
 mod tests {
@@ -205,11 +279,35 @@ mod tests {
             reserved: 0,
             thread_comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
             process_comm: *b"server\0\0\0\0\0\0\0\0\0\0",
+            args_len: 3,
+            exe_name_len: 6,
+            args: [b'a'; ARGS_LEN],
+            exe_name: [b'x'; EXE_NAME_LEN],
         };
         // SAFETY (test): viewing a Pod struct as bytes.
         let bytes =
             unsafe { core::slice::from_raw_parts((&raw const ev).cast::<u8>(), CrashEvent::SIZE) };
         assert_eq!(CrashEvent::from_bytes(bytes), Some(ev));
         assert_eq!(CrashEvent::from_bytes(&bytes[..CrashEvent::SIZE - 1]), None);
+    }
+
+    #[test]
+    fn args_and_exe_name_follow_their_flags_and_lengths() {
+        let mut ev = CrashEvent::from_bytes(&[0; CrashEvent::SIZE]).unwrap();
+        ev.args[..8].copy_from_slice(b"ls\0-l\0\0x");
+        ev.args_len = 7;
+        ev.exe_name[..3].copy_from_slice(b"lsX");
+        ev.exe_name_len = 2;
+        assert_eq!((ev.args(), ev.exe_name()), (&[][..], &[][..]), "no flags");
+        ev.flags = FLAG_ARGS | FLAG_EXE_NAME;
+        assert_eq!(ev.args(), b"ls\0-l\0\0");
+        assert_eq!(ev.exe_name(), b"ls");
+        // A length past the buffer (never written by the probe) is clamped, not trusted.
+        ev.args_len = u32::MAX;
+        ev.exe_name_len = 1000;
+        assert_eq!(
+            (ev.args().len(), ev.exe_name().len()),
+            (ARGS_LEN, EXE_NAME_LEN)
+        );
     }
 }

@@ -38,6 +38,10 @@ fn crash(pid: u32, comm: &str, signal: u32, age: Duration) -> Crash {
         cgroup_id: 1,
         comm: comm.into(),
         process_comm: Some(comm.into()),
+        exe_name: None,
+        exe_name_truncated: false,
+        cmdline: None,
+        cmdline_truncated: false,
         hook: Hook::TpBtf,
     }
 }

@@ -127,6 +127,10 @@ mod tests {
                 cgroup_id: 1,
                 comm: "server".into(),
                 process_comm: None,
+                exe_name: None,
+                exe_name_truncated: false,
+                cmdline: None,
+                cmdline_truncated: false,
                 hook: Hook::TpBtf,
             }),
             attestation: Attestation {

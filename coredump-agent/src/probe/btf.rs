@@ -333,5 +333,22 @@ mod tests {
         assert_eq!(btf.member_offset("upid", &["nr"]).unwrap(), 0);
         assert!(btf.member_offset("task_struct", &["thread_pid"]).unwrap() > 0);
         assert!(btf.member_offset("pid_namespace", &["ns", "inum"]).is_ok());
+        // The command line and executable name (through anonymous structs and unions).
+        assert!(btf.member_offset("task_struct", &["mm"]).unwrap() > 0);
+        let start = btf.member_offset("mm_struct", &["arg_start"]).unwrap();
+        assert_eq!(
+            btf.member_offset("mm_struct", &["arg_end"]).unwrap(),
+            start + 8
+        );
+        assert!(btf.member_offset("mm_struct", &["exe_file"]).is_ok());
+        assert!(btf.member_offset("file", &["f_path", "dentry"]).is_ok());
+        let name = btf.member_offset("dentry", &["d_name", "name"]).unwrap();
+        let len = btf.member_offset("dentry", &["d_name", "len"]).unwrap();
+        // `struct qstr { union { struct { u32 hash; u32 len; }; u64 hash_len; }; name; }`
+        // on little-endian.
+        assert_eq!(
+            (name - 8, len),
+            (btf.member_offset("dentry", &["d_name"]).unwrap(), name - 4)
+        );
     }
 }

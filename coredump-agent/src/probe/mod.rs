@@ -16,7 +16,10 @@ use aya::{
     maps::{MapData, PerCpuArray, RingBuf},
     programs::{BtfTracePoint, ProgramError, TracePoint},
 };
-use coredump_common::{CrashEvent, KernelOffsets, OFFSETS_BTF_ARGS, OFFSETS_TASK, names, stats};
+use coredump_common::{
+    CrashEvent, KernelOffsets, OFFSETS_ARGS, OFFSETS_BTF_ARGS, OFFSETS_EXE, OFFSETS_TASK, names,
+    stats,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -148,6 +151,28 @@ fn kernel_offsets(offsets: &mut KernelOffsets) -> Result<(), btf::BtfError> {
     match task {
         Ok(()) => offsets.valid |= OFFSETS_TASK,
         Err(e) => tracing::warn!(error = %e, "namespace pids will not be reported"),
+    }
+    let args = (|| -> Result<(), btf::BtfError> {
+        offsets.task_mm = btf.member_offset("task_struct", &["mm"])?;
+        offsets.mm_arg_start = btf.member_offset("mm_struct", &["arg_start"])?;
+        offsets.mm_arg_end = btf.member_offset("mm_struct", &["arg_end"])?;
+        Ok(())
+    })();
+    match args {
+        Ok(()) => offsets.valid |= OFFSETS_ARGS,
+        Err(e) => tracing::warn!(error = %e, "the kernel will not report command lines"),
+    }
+    let exe = (|| -> Result<(), btf::BtfError> {
+        offsets.task_mm = btf.member_offset("task_struct", &["mm"])?;
+        offsets.mm_exe_file = btf.member_offset("mm_struct", &["exe_file"])?;
+        offsets.file_dentry = btf.member_offset("file", &["f_path", "dentry"])?;
+        offsets.dentry_name = btf.member_offset("dentry", &["d_name", "name"])?;
+        offsets.dentry_name_len = btf.member_offset("dentry", &["d_name", "len"])?;
+        Ok(())
+    })();
+    match exe {
+        Ok(()) => offsets.valid |= OFFSETS_EXE,
+        Err(e) => tracing::warn!(error = %e, "the kernel will not report executable names"),
     }
     offsets.siginfo_code = btf.member_offset("kernel_siginfo", &["si_code"])?;
     offsets.ksigaction_handler = btf.member_offset("k_sigaction", &["sa", "sa_handler"])?;
@@ -304,7 +329,13 @@ impl Probe {
                 source,
             }
         })?;
-        tracing::info!(%hook, ns_pids = offsets.valid & OFFSETS_TASK != 0, "crash probe attached");
+        tracing::info!(
+            %hook,
+            ns_pids = offsets.valid & OFFSETS_TASK != 0,
+            cmdline = offsets.valid & OFFSETS_ARGS != 0,
+            exe_name = offsets.valid & OFFSETS_EXE != 0,
+            "crash probe attached"
+        );
         Ok(Self {
             ebpf,
             hook,

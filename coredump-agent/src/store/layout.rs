@@ -362,6 +362,10 @@ mod tests {
             cgroup_id: 77,
             comm: "worker-3".into(),
             process_comm: Some("server".into()),
+            exe_name: Some("server".into()),
+            exe_name_truncated: false,
+            cmdline: Some(vec!["/usr/bin/server".into(), "--port=8080".into()]),
+            cmdline_truncated: false,
             hook: Hook::TpBtf,
         }
     }

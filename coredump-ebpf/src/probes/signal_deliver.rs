@@ -10,21 +10,27 @@
 //!   *info, struct k_sigaction *ka)`, no record formatting; cheaper, needs kernel BTF (5.5+).
 //! - `tracepoint/signal/signal_deliver` (classic): the formatted record, offsets from its
 //!   format file; works without BTF.
+//!
+//! Both run in the crashing task's context, so `current->mm` is the crashing process's memory:
+//! the start of its argument area (what `/proc/<pid>/cmdline` shows) is read from there, and
+//! the executable's name from `mm->exe_file`, before the process (and its `/proc` entry) is gone.
 
 use aya_ebpf::{
     EbpfContext as _, Global,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
-        bpf_probe_read_kernel,
+        bpf_probe_read_kernel, generated,
     },
     macros::{btf_tracepoint, map, tracepoint},
     maps::{PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use coredump_common::{
-    COMM_LEN, CrashEvent, FLAG_BTF_HOOK, FLAG_NO_SI_CODE, FLAG_NS_PIDS, FLAG_PROCESS_COMM,
-    KernelOffsets, OFFSETS_BTF_ARGS, OFFSETS_TASK, is_core_signal, stats,
+    ARGS_LEN, COMM_LEN, CrashEvent, EXE_NAME_LEN, FLAG_ARGS, FLAG_ARGS_FAULT, FLAG_ARGS_TRUNCATED,
+    FLAG_BTF_HOOK, FLAG_EXE_NAME, FLAG_EXE_NAME_TRUNCATED, FLAG_NO_SI_CODE, FLAG_NS_PIDS,
+    FLAG_PROCESS_COMM, KernelOffsets, OFFSETS_ARGS, OFFSETS_BTF_ARGS, OFFSETS_EXE, OFFSETS_TASK,
+    is_core_signal, stats,
 };
 
 /// Set by userspace at load time (`EbpfLoader::override_global`); zero means "unknown".
@@ -44,14 +50,21 @@ static OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     upid_nr: 0,
     upid_ns: 0,
     pidns_inum: 0,
+    task_mm: 0,
+    mm_arg_start: 0,
+    mm_arg_end: 0,
+    mm_exe_file: 0,
+    file_dentry: 0,
+    dentry_name: 0,
+    dentry_name_len: 0,
     valid: 0,
     reserved: 0,
 });
 
-/// 256 KiB: about 2,700 events. Crashes are rare; this absorbs a crash storm while the agent
-/// catches up, and drops beyond it are counted.
+/// 1 MiB: about 1,500 events of 680 bytes (+ an 8-byte record header). Crashes are rare; this
+/// absorbs a crash storm while the agent catches up, and drops beyond it are counted.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+static EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
 
 #[map]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
@@ -128,6 +141,9 @@ fn count(index: u32) {
 }
 
 /// Gathers the crashing task's identity and writes one event.
+///
+/// The event (680 bytes) is larger than the BPF stack (512), so it is filled in place in the
+/// ring buffer reservation, never built on the stack.
 #[inline(always)]
 fn report(off: &KernelOffsets, signal: u32, si_code: Option<i32>, flags: u32) {
     count(stats::SEEN);
@@ -135,46 +151,58 @@ fn report(off: &KernelOffsets, signal: u32, si_code: Option<i32>, flags: u32) {
         count(stats::DROPPED);
         return;
     };
+    let ptr = entry.as_mut_ptr();
+    // SAFETY: the reservation is `size_of::<CrashEvent>()` writable bytes, 8-byte aligned, and
+    // ours until submitted. Zeroing it first (inline stores, no stack) makes it a valid
+    // `CrashEvent` to take a reference to, and leaves no stale bytes of an earlier event
+    // past the lengths of `args` and `exe_name`.
+    let ev = unsafe {
+        core::ptr::write_bytes(ptr, 0, 1);
+        &mut *ptr
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
-    let mut ev = CrashEvent {
-        // SAFETY: plain helper calls with no arguments.
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        // SAFETY: as above.
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        host_tgid: (pid_tgid >> 32) as u32,
-        host_tid: pid_tgid as u32,
-        ns_tgid: 0,
-        ns_tid: 0,
-        pidns_inum: 0,
-        pidns_level: 0,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
-        signal,
-        si_code: si_code.unwrap_or(0),
-        flags: flags
-            | if si_code.is_none() {
-                FLAG_NO_SI_CODE
-            } else {
-                0
-            },
-        reserved: 0,
-        thread_comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
-        process_comm: [0; COMM_LEN],
-    };
-    if off.valid & OFFSETS_TASK != 0 {
-        fill_task(off, &mut ev);
+    // SAFETY: plain helper calls with no arguments.
+    ev.boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: as above.
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.host_tgid = (pid_tgid >> 32) as u32;
+    ev.host_tid = pid_tgid as u32;
+    ev.uid = uid_gid as u32;
+    ev.gid = (uid_gid >> 32) as u32;
+    ev.signal = signal;
+    ev.si_code = si_code.unwrap_or(0);
+    ev.flags = flags
+        | if si_code.is_none() {
+            FLAG_NO_SI_CODE
+        } else {
+            0
+        };
+    if let Ok(comm) = bpf_get_current_comm() {
+        ev.thread_comm = comm;
     }
-    entry.write(ev);
+    // SAFETY: plain helper call.
+    let task = unsafe { bpf_get_current_task() };
+    if off.valid & OFFSETS_TASK != 0 {
+        fill_task(off, task, ev);
+    }
+    if off.valid & (OFFSETS_ARGS | OFFSETS_EXE) != 0 {
+        // NULL only for kernel threads, which are not sent core-dumping signals.
+        let mm = read::<u64>(task, off.task_mm).unwrap_or(0);
+        if off.valid & OFFSETS_ARGS != 0 {
+            fill_args(off, mm, ev);
+        }
+        if off.valid & OFFSETS_EXE != 0 {
+            fill_exe_name(off, mm, ev);
+        }
+    }
     entry.submit(0);
     count(stats::EVENTS);
 }
 
 /// Namespace pids and the process name, read from `current` with offsets from BTF.
 #[inline(always)]
-fn fill_task(off: &KernelOffsets, ev: &mut CrashEvent) {
-    // SAFETY: plain helper call.
-    let task = unsafe { bpf_get_current_task() };
+fn fill_task(off: &KernelOffsets, task: u64, ev: &mut CrashEvent) {
     let leader = read::<u64>(task, off.task_group_leader).unwrap_or(0);
     if let (Some(thread), Some(process)) = (ns_pid(off, task), ns_pid(off, leader)) {
         ev.ns_tid = thread.nr;
@@ -186,6 +214,102 @@ fn fill_task(off: &KernelOffsets, ev: &mut CrashEvent) {
     if let Some(comm) = read::<[u8; COMM_LEN]>(leader, off.task_comm) {
         ev.process_comm = comm;
         ev.flags |= FLAG_PROCESS_COMM;
+    }
+}
+
+/// The first [`ARGS_LEN`] bytes of `mm->arg_start..arg_end`, the process's argv strings.
+///
+/// A user-memory read from a tracepoint cannot fault pages in: if part of the area is not
+/// resident, the event says so ([`FLAG_ARGS_FAULT`]) and goes out without it.
+#[inline(always)]
+fn fill_args(off: &KernelOffsets, mm: u64, ev: &mut CrashEvent) {
+    let (Some(start), Some(end)) = (
+        read::<u64>(mm, off.mm_arg_start),
+        read::<u64>(mm, off.mm_arg_end),
+    ) else {
+        return;
+    };
+    let total = end.saturating_sub(start);
+    let len = if total > ARGS_LEN as u64 {
+        ev.flags |= FLAG_ARGS_TRUNCATED;
+        ARGS_LEN as u32
+    } else {
+        total as u32
+    };
+    if len == 0 {
+        ev.flags |= FLAG_ARGS;
+        return;
+    }
+    if read_user(ev, start, len) {
+        ev.args_len = len;
+        ev.flags |= FLAG_ARGS;
+        return;
+    }
+    ev.flags |= FLAG_ARGS_FAULT;
+    // The area's first page is the likeliest to be resident (the argv strings are written at
+    // exec and sit right below the environment): keep what it holds rather than nothing.
+    let in_page = (PAGE_4K - (start & (PAGE_4K - 1))) as u32;
+    if in_page < len && read_user(ev, start, in_page) {
+        ev.args_len = in_page;
+        ev.flags |= FLAG_ARGS | FLAG_ARGS_TRUNCATED;
+    }
+}
+
+/// The smallest page size: a 4 KiB boundary is a page boundary whatever the page size.
+const PAGE_4K: u64 = 4096;
+
+/// Reads `len` bytes of user memory at `src` into `ev.args`; whether it succeeded.
+#[inline(always)]
+fn read_user(ev: &mut CrashEvent, src: u64, len: u32) -> bool {
+    // Clamp again where the size is used, so the verifier sees the bound on this register.
+    let len = if len > ARGS_LEN as u32 {
+        ARGS_LEN as u32
+    } else {
+        len
+    };
+    // SAFETY: at most `ARGS_LEN` bytes, the size of the destination in the reservation;
+    // `bpf_probe_read_user` validates the source and fails instead of faulting.
+    let ret = unsafe {
+        generated::bpf_probe_read_user(ev.args.as_mut_ptr().cast(), len, src as *const _)
+    };
+    ret == 0
+}
+
+/// `mm->exe_file->f_path.dentry->d_name`: the executable's file name, without its directory
+/// (`bpf_d_path` is not allowed from tracepoints).
+#[inline(always)]
+fn fill_exe_name(off: &KernelOffsets, mm: u64, ev: &mut CrashEvent) {
+    let Some(file) = read::<u64>(mm, off.mm_exe_file) else {
+        return;
+    };
+    let Some(dentry) = read::<u64>(file, off.file_dentry) else {
+        return;
+    };
+    let (Some(name), Some(name_len)) = (
+        read::<u64>(dentry, off.dentry_name),
+        read::<u32>(dentry, off.dentry_name_len),
+    ) else {
+        return;
+    };
+    if name == 0 {
+        return;
+    }
+    // SAFETY: the destination is `EXE_NAME_LEN` bytes of the reservation;
+    // `bpf_probe_read_kernel_str` validates the source and always NUL-terminates.
+    let ret = unsafe {
+        generated::bpf_probe_read_kernel_str(
+            ev.exe_name.as_mut_ptr().cast(),
+            EXE_NAME_LEN as u32,
+            name as *const _,
+        )
+    };
+    if ret > 0 {
+        // The count includes the NUL.
+        ev.exe_name_len = ret as u32 - 1;
+        ev.flags |= FLAG_EXE_NAME;
+        if name_len as usize >= EXE_NAME_LEN {
+            ev.flags |= FLAG_EXE_NAME_TRUNCATED;
+        }
     }
 }
 
