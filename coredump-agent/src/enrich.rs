@@ -18,7 +18,7 @@ const STATUS_KEYS: [&str; 9] = [
 ];
 
 /// Longest command line kept, in bytes.
-const MAX_CMDLINE: usize = 4096;
+pub const MAX_CMDLINE: usize = 4096;
 
 /// Reads process facts under a proc root (`/proc`, or a fixture in tests).
 #[derive(Debug, Clone)]

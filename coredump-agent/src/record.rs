@@ -106,6 +106,56 @@ pub struct ProcessInfo {
     pub status: Vec<(String, String)>,
 }
 
+/// A command line as [`Record::cmdline`] chose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandLine<'a> {
+    /// The arguments, `argv[0]` first.
+    pub args: &'a [String],
+    /// Only the start of a longer command line (the last argument may be cut too).
+    pub truncated: bool,
+}
+
+impl std::fmt::Display for CommandLine<'_> {
+    /// The arguments joined with spaces, and ` ...` when cut.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.args.join(" "))?;
+        if self.truncated {
+            f.write_str(" ...")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether the path `/proc/<pid>/exe` gave is the file the kernel named `name` (or, for a cut
+/// name, whose name starts so). A deleted executable reads as `<path> (deleted)`.
+fn names_file(path: &str, name: &str, truncated: bool) -> bool {
+    let path = path.strip_suffix(" (deleted)").unwrap_or(path);
+    let file = path.rsplit('/').next().unwrap_or(path);
+    if truncated {
+        file.starts_with(name)
+    } else {
+        file == name
+    }
+}
+
+/// Whether `full` (from `/proc`, empty arguments dropped) continues the cut command line
+/// `cut`: the same arguments, the last of them possibly longer.
+fn continues(full: &[String], cut: &[String]) -> bool {
+    let cut: Vec<&String> = cut.iter().filter(|a| !a.is_empty()).collect();
+    let Some((last, whole)) = cut.split_last() else {
+        return true;
+    };
+    full.len() > whole.len()
+        && full.iter().zip(whole).all(|(f, c)| f == *c)
+        && full[whole.len()].starts_with(last.as_str())
+        && full.concat().len() > cut.iter().map(|a| a.len()).sum::<usize>()
+}
+
+/// Whether a command line read from `/proc` filled all the bytes `enrich` keeps of it.
+fn proc_cut(args: &[String]) -> bool {
+    args.iter().map(|a| a.len() + 1).sum::<usize>() >= crate::enrich::MAX_CMDLINE
+}
+
 /// The agent that made a record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfo {
@@ -155,6 +205,59 @@ impl Record {
             .as_ref()
             .map(|c| c.signal)
             .or_else(|| self.dump.as_ref()?.fields.signal.map(Signal))
+    }
+
+    /// The executable. `/proc/<pid>/exe` (a full path) when it names the file the kernel
+    /// reported at the signal, else the kernel's file name, else the dump name's `%E`.
+    ///
+    /// `/proc` is read after the event arrives: the process may be gone by then, and its pid
+    /// even reused by another one. The kernel's name is checked, not assumed.
+    pub fn exe(&self) -> Option<&str> {
+        let kernel = self.crash.as_ref().and_then(|c| {
+            c.exe_name
+                .as_deref()
+                .map(|name| (name, c.exe_name_truncated))
+        });
+        let from_proc = self.process.as_ref().and_then(|p| p.exe.as_deref());
+        match (from_proc, kernel) {
+            (Some(path), Some((name, truncated))) if names_file(path, name, truncated) => {
+                Some(path)
+            }
+            (Some(path), None) => Some(path),
+            (_, Some((name, _))) => Some(name),
+            (None, None) => self.dump.as_ref()?.fields.exe_path.as_deref(),
+        }
+    }
+
+    /// The command line. The kernel's, read at the signal, when it has one; when it was cut,
+    /// `/proc/<pid>/cmdline` if that continues it (it keeps up to 4 KiB); `/proc` alone when
+    /// the kernel gave none.
+    pub fn cmdline(&self) -> Option<CommandLine<'_>> {
+        let from_proc = self
+            .process
+            .as_ref()
+            .map(|p| p.cmdline.as_slice())
+            .filter(|c| !c.is_empty());
+        match self.crash.as_ref() {
+            Some(Crash {
+                cmdline: Some(args),
+                cmdline_truncated: truncated,
+                ..
+            }) => match from_proc {
+                Some(full) if *truncated && continues(full, args) => Some(CommandLine {
+                    args: full,
+                    truncated: proc_cut(full),
+                }),
+                _ => Some(CommandLine {
+                    args,
+                    truncated: *truncated,
+                }),
+            },
+            _ => from_proc.map(|args| CommandLine {
+                args,
+                truncated: proc_cut(args),
+            }),
+        }
     }
 
     /// The pid as the process saw it (kernel, else `%p`, else `%P`).

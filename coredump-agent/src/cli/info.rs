@@ -114,13 +114,11 @@ pub async fn execute(args: InfoArgs) -> anyhow::Result<ExitCode> {
                 writeln!(out, "  {:<12} {v}", format!("{label}:"))?;
             }
         }
-        if let Some(p) = &r.process {
-            if let Some(exe) = &p.exe {
-                writeln!(out, "  exe:         {exe}")?;
-            }
-            if !p.cmdline.is_empty() {
-                writeln!(out, "  cmdline:     {}", p.cmdline.join(" "))?;
-            }
+        if let Some(exe) = r.exe() {
+            writeln!(out, "  exe:         {exe}")?;
+        }
+        if let Some(cmdline) = r.cmdline().filter(|c| !c.args.is_empty()) {
+            writeln!(out, "  cmdline:     {cmdline}")?;
         }
         if let Some(d) = &r.dump {
             writeln!(

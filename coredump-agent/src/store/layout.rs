@@ -245,17 +245,15 @@ const METADATA_FIELDS: [(&str, usize); 16] = [
 pub fn metadata(record: &Record, original_size: u64, compression: &str) -> Metadata {
     let crash = record.crash.as_ref();
     let fields = record.dump.as_ref().map(|d| &d.fields);
-    let process = record.process.as_ref();
     let identity = &record.identity;
     let number = |n: Option<u32>| n.map(|n| n.to_string());
 
     let value = |key: &str| -> Option<String> {
         match key {
-            "exe" => process
-                .and_then(|p| p.exe.clone())
-                .or_else(|| fields?.exe_path.clone()),
-            "cmdline" => process
-                .map(|p| p.cmdline.join(" "))
+            "exe" => record.exe().map(str::to_owned),
+            "cmdline" => record
+                .cmdline()
+                .map(|c| c.to_string())
                 .filter(|c| !c.is_empty()),
             "host-pid" => number(crash.map(|c| c.host_pid).or_else(|| fields?.host_pid)),
             "tid" => number(
@@ -692,6 +690,8 @@ mod tests {
         r.attestation.reason = huge.clone();
         r.crash.as_mut().unwrap().comm = huge.clone();
         r.crash.as_mut().unwrap().si_code = Some(i32::MIN);
+        r.crash.as_mut().unwrap().exe_name = Some(huge.clone());
+        r.crash.as_mut().unwrap().cmdline = Some(vec![huge.clone(); 20]);
         let m = metadata(&r, u64::MAX, &huge);
         assert_eq!(m.len(), METADATA_FIELDS.len());
         let total: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -711,6 +711,77 @@ mod tests {
         // The bound holds for the caps themselves, whatever a record holds.
         let worst: usize = METADATA_FIELDS.iter().map(|(k, max)| k.len() + max).sum();
         assert!(worst < MAX_METADATA_LEN, "{worst} bytes");
+    }
+
+    #[test]
+    fn exe_and_cmdline_metadata_prefer_what_the_kernel_saw() {
+        let exe_and_cmdline = |r: &Record| {
+            let m = metadata(r, 1, "none");
+            (m.get("exe").cloned(), m.get("cmdline").cloned())
+        };
+        let proc_path = |exe: &str| {
+            Some(ProcessInfo {
+                exe: Some(exe.into()),
+                cmdline: vec![exe.into(), "--other".into()],
+                ..ProcessInfo::default()
+            })
+        };
+        let kernel = (
+            Some("server".to_owned()),
+            Some("/usr/bin/server --port=8080".to_owned()),
+        );
+
+        // /proc gone: the kernel's name and command line.
+        let mut r = record();
+        r.process = None;
+        assert_eq!(exe_and_cmdline(&r), kernel);
+        // /proc names the same file: its full path is kept; the command line stays the
+        // kernel's, read at the signal.
+        r.process = proc_path("/usr/bin/server");
+        assert_eq!(
+            exe_and_cmdline(&r),
+            (Some("/usr/bin/server".into()), kernel.1.clone())
+        );
+        r.process = proc_path("/usr/bin/server (deleted)");
+        assert_eq!(
+            exe_and_cmdline(&r).0.as_deref(),
+            Some("/usr/bin/server (deleted)")
+        );
+        // /proc names another file (the pid was reused): not believed.
+        r.process = proc_path("/usr/sbin/sshd");
+        assert_eq!(exe_and_cmdline(&r), kernel);
+
+        // A cut command line: /proc's when it continues it, else the cut one, marked.
+        let c = r.crash.as_mut().unwrap();
+        c.cmdline = Some(vec!["/usr/bin/server".into(), "--po".into()]);
+        c.cmdline_truncated = true;
+        assert_eq!(
+            exe_and_cmdline(&r).1.as_deref(),
+            Some("/usr/bin/server --po ..."),
+            "/proc's is another process's"
+        );
+        r.process.as_mut().unwrap().cmdline =
+            vec!["/usr/bin/server".into(), "--port=8080".into(), "-v".into()];
+        assert_eq!(
+            exe_and_cmdline(&r).1.as_deref(),
+            Some("/usr/bin/server --port=8080 -v")
+        );
+        // A cut exe name: /proc's path if its name starts so.
+        let c = r.crash.as_mut().unwrap();
+        c.exe_name = Some("ser".into());
+        c.exe_name_truncated = true;
+        r.process.as_mut().unwrap().exe = Some("/opt/server".into());
+        assert_eq!(exe_and_cmdline(&r).0.as_deref(), Some("/opt/server"));
+
+        // An older record, or a kernel without the offsets: /proc's, as before.
+        let mut r = record();
+        let c = r.crash.as_mut().unwrap();
+        (c.exe_name, c.cmdline) = (None, None);
+        r.process = proc_path("/bin/web");
+        assert_eq!(
+            exe_and_cmdline(&r),
+            (Some("/bin/web".into()), Some("/bin/web --other".into()))
+        );
     }
 
     #[test]
