@@ -375,6 +375,10 @@ pub struct Crasher {
     pub ns_pid: u32,
     /// Host tid of the thread that will receive the signal.
     pub host_tid: u32,
+    /// The command line it was started with, `argv[0]` (the program's path) first.
+    pub argv: Vec<String>,
+    /// The program it runs.
+    pub program: PathBuf,
 }
 
 /// Options for [`Crasher::spawn_with`].
@@ -386,6 +390,10 @@ pub struct CrasherOpts<'a> {
     pub comm: Option<&'a str>,
     /// Working directory.
     pub cwd: Option<&'a Path>,
+    /// Arguments appended after `--`, which the crasher ignores: a command line to recognise.
+    pub extra_args: &'a [&'a str],
+    /// Run this program (a copy of the crasher under another name) instead of the crasher.
+    pub program: Option<&'a Path>,
 }
 
 impl Crasher {
@@ -396,9 +404,18 @@ impl Crasher {
 
     /// Starts a crasher with options and waits for it to be ready.
     pub fn spawn_with(mode: &str, arg: Option<&str>, opts: &CrasherOpts<'_>) -> Self {
-        let mut cmd = Command::new(crasher_path());
-        cmd.arg(mode)
-            .args(arg)
+        let program = opts.program.map_or_else(crasher_path, Path::to_path_buf);
+        let mut argv = vec![
+            program.to_str().expect("UTF-8 path").to_owned(),
+            mode.to_owned(),
+        ];
+        argv.extend(arg.map(str::to_owned));
+        if !opts.extra_args.is_empty() {
+            argv.push("--".to_owned());
+            argv.extend(opts.extra_args.iter().map(|a| (*a).to_owned()));
+        }
+        let mut cmd = Command::new(&program);
+        cmd.args(&argv[1..])
             .env("CRASHER_CORE_LIMIT", opts.core_limit.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
@@ -425,6 +442,8 @@ impl Crasher {
             host_pid,
             ns_pid,
             host_tid,
+            argv,
+            program,
         }
     }
 

@@ -153,7 +153,16 @@ fn crash_is_stored_locally_with_its_record_and_removed() {
     }
     let n = node("basic", "core.%P.%I.%s.%t.%e");
     let agent = n.start(&[]);
-    let pid = crash("segv", &dumping());
+    let crasher = Crasher::spawn_with(
+        "segv",
+        None,
+        &CrasherOpts {
+            extra_args: &["--pipeline-marker", "with space", "x=1"],
+            ..dumping()
+        },
+    );
+    let (pid, argv) = (crasher.host_pid, crasher.argv.clone());
+    assert!(!crasher.go().success());
     let keys = wait_for_store(&n.store, WAIT, |k| k.len() == 2);
     let (key, record) = record_of(&store_records(&n.store), pid);
     let core_key = key.strip_suffix(".json").unwrap();
@@ -174,6 +183,43 @@ fn crash_is_stored_locally_with_its_record_and_removed() {
     assert_eq!(record["attestation"]["attested"], true, "{record:#}");
     assert_eq!(record["crash"]["signal"], "SIGSEGV");
     assert_eq!(record["crash"]["comm"], "crasher");
+    // The command line and executable as the kernel saw them at the signal: there even when
+    // the process was gone before /proc could be read.
+    assert_eq!(
+        record["crash"]["cmdline"],
+        serde_json::json!(argv),
+        "{record:#}"
+    );
+    assert_eq!(record["crash"]["cmdline_truncated"], false);
+    assert_eq!(record["crash"]["exe_name"], "crasher", "{record:#}");
+    // The object's metadata: the kernel's command line; /proc's full path of the executable
+    // if it was read (and names the same file), else the kernel's name for it.
+    let sidecar: Value = serde_json::from_slice(
+        &std::fs::read(n.store.join(".meta").join(format!("{core_key}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        sidecar["metadata"]["cmdline"],
+        argv.join(" "),
+        "{sidecar:#}"
+    );
+    let exe = sidecar["metadata"]["exe"].as_str().unwrap();
+    match record["process"]["exe"].as_str() {
+        Some(path) => assert_eq!(exe, path),
+        None => assert_eq!(exe, "crasher"),
+    }
+    // `info` shows them.
+    let info = std::process::Command::new(coredump_tests::agent_path())
+        .args(["info", "--dest", n.store.to_str().unwrap(), core_key])
+        .env("COREDUMP_LOG", "warn")
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains(&format!("  exe:         {exe}\n")), "{info}");
+    assert!(
+        info.contains(&format!("  cmdline:     {}\n", argv.join(" "))),
+        "{info}"
+    );
     assert_eq!(record["node"], NODE);
     // /proc is read best effort: a small core is written before the event is read, and the
     // process may be gone by then. What was read must be the crashing process's.

@@ -10,12 +10,33 @@ use coredump_agent::{
     crash::{Crash, Hook, Signal},
     probe::{self, HookChoice, Probe},
 };
-use coredump_tests::{Crasher, TempCgroup, require_root};
+use coredump_tests::{Crasher, CrasherOpts, TempCgroup, TempDir, require_root};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const HOOKS: [HookChoice; 2] = [HookChoice::TpBtf, HookChoice::Tracepoint];
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A command line to recognise: spaces, an empty argument, non-ASCII.
+const MARKER_ARGS: [&str; 5] = ["--marker=probe-argv", "with space", "", "ünïcödé", "last"];
+
+/// The name the kernel has for the file a crasher runs (symlinks resolved, as exec does).
+fn exe_name(crasher: &Crasher) -> String {
+    std::fs::canonicalize(&crasher.program)
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The kernel's command line and executable name are exactly the crasher's, uncut.
+fn assert_argv_and_exe(crash: &Crash, argv: &[String], exe: &str, context: &str) {
+    assert_eq!(crash.cmdline.as_deref(), Some(argv), "{context}: argv");
+    assert!(!crash.cmdline_truncated, "{context}");
+    assert_eq!(crash.exe_name.as_deref(), Some(exe), "{context}: exe name");
+    assert!(!crash.exe_name_truncated, "{context}");
+}
 
 struct Running {
     rx: mpsc::Receiver<Crash>,
@@ -95,7 +116,22 @@ async fn crash_gives_one_event(mode: &str, signal: i32) {
     }
     for hook in HOOKS {
         let mut probe = Running::start(hook);
-        let crasher = Crasher::spawn(mode, None);
+        let crasher = Crasher::spawn_with(
+            mode,
+            None,
+            &CrasherOpts {
+                extra_args: &MARKER_ARGS,
+                ..Default::default()
+            },
+        );
+        let (argv, exe) = (crasher.argv.clone(), exe_name(&crasher));
+        assert_eq!(
+            argv[1..],
+            [mode, "--"]
+                .into_iter()
+                .chain(MARKER_ARGS)
+                .collect::<Vec<_>>()[..]
+        );
         let pid = crasher.host_pid;
         let status = crasher.go();
         use std::os::unix::process::ExitStatusExt as _;
@@ -109,6 +145,7 @@ async fn crash_gives_one_event(mode: &str, signal: i32) {
         assert_eq!(crash.host_tid, pid, "{hook:?}");
         assert_eq!(crash.comm, "crasher", "{hook:?}");
         assert_eq!(crash.signal, Signal(signal as u32), "{hook:?}");
+        assert_argv_and_exe(&crash, &argv, &exe, &format!("{hook:?} {mode}"));
         // SAFETY (test): getuid cannot fail.
         assert_eq!(crash.uid, unsafe { libc::getuid() });
         if hook == HookChoice::TpBtf {
@@ -184,6 +221,9 @@ async fn crash_in_a_new_pid_namespace_reports_both_pids() {
     assert_eq!(crash.pid, Some(ns_pid));
     assert_eq!(crash.tid, Some(ns_pid));
     assert_eq!(crash.pidns_level, Some(1));
+    // Inside, the crasher exec'd itself as `crasher segv`.
+    let argv = ["crasher".to_owned(), "segv".to_owned()];
+    assert_argv_and_exe(&crash, &argv, "crasher", "pidns");
     let host_ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
     let host_inum = format!("pid:[{}]", crash.pidns.expect("pidns inode"));
     assert_ne!(host_ns.to_string_lossy(), host_inum, "a new namespace");
@@ -219,6 +259,7 @@ async fn crash_in_a_named_thread_reports_thread_and_process() {
         let mut probe = Running::start(hook);
         let crasher = Crasher::spawn("thread", Some("bad-worker"));
         let (pid, tid) = (crasher.host_pid, crasher.host_tid);
+        let (argv, exe) = (crasher.argv.clone(), exe_name(&crasher));
         assert_ne!(pid, tid);
         crasher.go();
         let crash = probe.exactly_one(pid).await;
@@ -226,6 +267,7 @@ async fn crash_in_a_named_thread_reports_thread_and_process() {
         assert_eq!(crash.host_tid, tid, "{hook:?}");
         assert_eq!(crash.comm, "bad-worker", "{hook:?}: the thread's name");
         assert_eq!(crash.signal, Signal(11));
+        assert_argv_and_exe(&crash, &argv, &exe, &format!("{hook:?}: the process's"));
         if hook == HookChoice::TpBtf {
             assert_eq!(crash.process_comm.as_deref(), Some("crasher"));
             assert_eq!((crash.pid, crash.tid), (Some(pid), Some(tid)));
@@ -249,11 +291,120 @@ async fn renamed_process_is_reported_by_its_new_name() {
         },
     );
     let pid = crasher.host_pid;
+    let exe = exe_name(&crasher);
     crasher.go();
     let crash = probe.exactly_one(pid).await;
     assert_eq!(
         crash.comm, "a-very-long-nam",
         "15 bytes, as the kernel keeps"
     );
+    assert_eq!(
+        crash.exe_name.as_deref(),
+        Some(exe.as_str()),
+        "a process cannot rename its executable"
+    );
     probe.stop().await;
+}
+
+#[tokio::test]
+async fn long_command_line_is_cut_at_512_bytes_and_marked() {
+    if !require_root("long_cmdline") {
+        return;
+    }
+    let long = "L".repeat(600);
+    for hook in HOOKS {
+        let mut probe = Running::start(hook);
+        let crasher = Crasher::spawn_with(
+            "abort",
+            None,
+            &CrasherOpts {
+                extra_args: &["first", &long, "never-seen"],
+                ..Default::default()
+            },
+        );
+        let (argv, exe) = (crasher.argv.clone(), exe_name(&crasher));
+        let pid = crasher.host_pid;
+        crasher.go();
+        let crash = probe.exactly_one(pid).await;
+        // What /proc/<pid>/cmdline would show, cut after 512 bytes.
+        let area: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+        let expected: Vec<String> = area[..512]
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8(a.to_vec()).unwrap())
+            .collect();
+        assert_eq!(
+            expected.last().unwrap(),
+            &"L".repeat(expected.last().unwrap().len())
+        );
+        assert_eq!(crash.cmdline.as_deref(), Some(&expected[..]), "{hook:?}");
+        assert!(crash.cmdline_truncated, "{hook:?}");
+        assert_eq!(crash.exe_name.as_deref(), Some(exe.as_str()), "{hook:?}");
+        probe.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn unreadable_command_line_is_left_out_and_the_crash_still_reported() {
+    if !require_root("unreadable_cmdline") {
+        return;
+    }
+    for hook in HOOKS {
+        let mut probe = Running::start(hook);
+        // The argument area runs into a page the probe cannot read: nothing of it.
+        let crasher = Crasher::spawn("unreadable-args", None);
+        let (pid, exe) = (crasher.host_pid, exe_name(&crasher));
+        crasher.go();
+        let crash = probe.exactly_one(pid).await;
+        assert_eq!(crash.signal, Signal(11), "{hook:?}");
+        assert_eq!(
+            (crash.cmdline, crash.cmdline_truncated),
+            (None, false),
+            "{hook:?}"
+        );
+        assert_eq!(crash.exe_name.as_deref(), Some(exe.as_str()), "{hook:?}");
+
+        // Only its first 8 bytes are readable (the rest, on the next page, is not): those,
+        // marked as cut. It re-executed itself by its resolved path to place them so.
+        let crasher = Crasher::spawn("half-readable-args", None);
+        let (pid, path) = (
+            crasher.host_pid,
+            std::fs::canonicalize(&crasher.program).unwrap(),
+        );
+        crasher.go();
+        let crash = probe.exactly_one(pid).await;
+        let first = path.to_str().unwrap()[..8].to_owned();
+        assert_eq!(crash.cmdline, Some(vec![first]), "{hook:?}");
+        assert!(crash.cmdline_truncated, "{hook:?}");
+        probe.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn long_executable_name_is_cut_and_marked() {
+    if !require_root("long_exe_name") {
+        return;
+    }
+    let dir = TempDir::new("long-exe");
+    let name = format!("crasher-{}", "n".repeat(70));
+    let program = dir.join(&name);
+    std::fs::copy(coredump_tests::crasher_path(), &program).unwrap();
+    for hook in HOOKS {
+        let mut probe = Running::start(hook);
+        let crasher = Crasher::spawn_with(
+            "segv",
+            None,
+            &CrasherOpts {
+                program: Some(&program),
+                ..Default::default()
+            },
+        );
+        let (pid, argv) = (crasher.host_pid, crasher.argv.clone());
+        crasher.go();
+        let crash = probe.exactly_one(pid).await;
+        assert_eq!(crash.exe_name.as_deref(), Some(&name[..63]), "{hook:?}");
+        assert!(crash.exe_name_truncated, "{hook:?}");
+        assert_eq!(crash.cmdline.as_deref(), Some(&argv[..]), "{hook:?}");
+        assert_eq!(crash.comm, name[..15], "{hook:?}");
+        probe.stop().await;
+    }
 }

@@ -1,4 +1,4 @@
-//! `crasher MODE [ARG]`: a small program the end-to-end tests crash in controlled ways.
+//! `crasher MODE [ARG] [-- IGNORED...]`: a small program the end-to-end tests crash in controlled ways.
 //!
 //! Protocol: it prints `ready <host_pid> <ns_pid> <host_tid>` (the ids of the task that will
 //! receive the signal), then waits for a line on stdin before acting, so a test can set
@@ -9,7 +9,11 @@
 //! of a new pid namespace), signal-loop N (benchmark: prints ns per handled SIGUSR1), sleep,
 //! hostname NAME (segfaults in a new UTS namespace whose hostname is NAME, so a core_pattern's
 //! `%h` says NAME: a container can claim any hostname, e.g. another pod's name),
-//! drop-privileges UID (switches from root to UID, default 65534, then segfaults).
+//! drop-privileges UID (switches from root to UID, default 65534, then segfaults),
+//! unreadable-args (segfaults after making the pages of its argument area inaccessible),
+//! half-readable-args [PAD] (the same, but the area's first 8 bytes stay readable: it first
+//! re-executes itself with a padding argument that puts them at the end of a page).
+//! Arguments after `--` are ignored: tests use them to give it a recognisable command line.
 //!
 //! `CRASHER_CORE_LIMIT` sets RLIMIT_CORE (default 0: the probe tests need no core file).
 //! `CRASHER_COMM` renames the process first (prctl PR_SET_NAME).
@@ -156,6 +160,17 @@ fn act(mode: &str, arg: Option<&str>) {
             ready_and_wait(host_tid());
             segv();
         }
+        "unreadable-args" => {
+            ready_and_wait(host_tid());
+            unreadable_args();
+            segv();
+        }
+        "half-readable-args" => {
+            align_args();
+            ready_and_wait(host_tid());
+            half_readable_args();
+            segv();
+        }
         "sleep" => {
             ready_and_wait(host_tid());
             std::thread::sleep(std::time::Duration::from_secs(3600));
@@ -178,6 +193,88 @@ fn drop_privileges(uid: libc::uid_t) {
         );
         std::process::exit(3);
     }
+}
+
+const PAGE: usize = 4096;
+
+/// `mm->arg_start` and `mm->arg_end` of this process (`/proc/self/stat` fields 48 and 49).
+fn arg_area() -> (usize, usize) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the comm, which is in parentheses and may hold spaces, start at field 3.
+    let fields: Vec<usize> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    (fields[48 - 3], fields[49 - 3])
+}
+
+/// Makes the pages `[from, to)` of this process inaccessible, as pages that are not resident
+/// are to a reader that cannot fault them in (the probe).
+fn protect(from: usize, to: usize) {
+    let from = from & !(PAGE - 1);
+    let to = to.div_ceil(PAGE) * PAGE;
+    // SAFETY: not sound if the range holds live stack frames, on purpose: the crasher is
+    // about to crash anyway, and a fault there is a SIGSEGV as well.
+    let rc = unsafe { libc::mprotect(from as *mut libc::c_void, to - from, libc::PROT_NONE) };
+    assert_eq!(rc, 0, "mprotect: {}", std::io::Error::last_os_error());
+}
+
+/// Makes its whole argument area unreadable.
+fn unreadable_args() {
+    let (start, end) = arg_area();
+    protect(start, end);
+}
+
+/// How many bytes of the argument area stay readable in `half-readable-args`.
+const HALF_READABLE: usize = 8;
+
+/// Re-executes itself, padding its command line, until the argument area starts
+/// [`HALF_READABLE`] bytes before the end of a page. (The strings sit at the top of the
+/// stack, whose position is random in whole pages, so their offset in a page depends only on
+/// the sizes of the strings: file name, environment, arguments.) Needs no privilege, unlike
+/// moving the area with `prctl(PR_SET_MM)`.
+fn align_args() {
+    const TRIES: &str = "CRASHER_ALIGN_TRIES";
+    let (start, _) = arg_area();
+    if PAGE - start % PAGE == HALF_READABLE {
+        return;
+    }
+    // The first re-exec changes the file name (to the resolved one) and adds this variable;
+    // from then on only the padding changes size, so the second one is aligned.
+    let tries: u32 = std::env::var(TRIES)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    if tries >= 5 {
+        eprintln!("crasher: could not align the argument area");
+        std::process::exit(3);
+    }
+    // SAFETY: single-threaded; the variable is only read by the exec'd image.
+    unsafe { std::env::set_var(TRIES, (tries + 1).to_string()) };
+    let mut args: Vec<String> = std::env::args().take(3).collect();
+    // Grow the arguments by `delta` bytes (mod a page), so the area starts that much lower.
+    let delta = (start % PAGE + HALF_READABLE) % PAGE;
+    let pad = args.get(2).map_or(0, |p| p.len() + 1);
+    let total = match (pad + delta) % PAGE {
+        0 => PAGE,
+        n => n,
+    };
+    args.truncate(2);
+    args.push("p".repeat(total - 1));
+    let exe = CString::new(std::env::current_exe().unwrap().to_str().unwrap()).unwrap();
+    let args: Vec<CString> = args.into_iter().map(|a| CString::new(a).unwrap()).collect();
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // SAFETY: valid NUL-terminated strings and array; execv only returns on error.
+    unsafe { libc::execv(exe.as_ptr(), argv.as_ptr()) };
+    eprintln!("crasher: execv: {}", std::io::Error::last_os_error());
+    std::process::exit(3);
+}
+
+/// Makes all but the first [`HALF_READABLE`] bytes of the argument area unreadable.
+fn half_readable_args() {
+    let (start, end) = arg_area();
+    protect(start + HALF_READABLE, end);
 }
 
 /// Moves this process into a new UTS namespace with hostname `name`, as a container runtime
@@ -274,7 +371,7 @@ fn main() {
         // SAFETY: PR_SET_NAME reads a NUL-terminated string (truncated to 15 bytes).
         unsafe { libc::prctl(libc::PR_SET_NAME, comm.as_ptr()) };
     }
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).take_while(|a| a != "--");
     let mode = args.next().unwrap_or_default();
     let arg = args.next();
     act(&mode, arg.as_deref());
