@@ -72,19 +72,34 @@ static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stats::COUNT, 0);
 /// `SIG_DFL` is handler value 0.
 const SIG_DFL: u64 = 0;
 
+/// One field of [`OFFSETS`], read on its own. `Global::load` reads the whole struct
+/// (volatile, so it is never elided); before the filter, only what the filter needs is read.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: `Global` is `repr(transparent)` over an always initialised `KernelOffsets`;
+        // a volatile read of one of its fields, like `Global::load` of all of them.
+        unsafe {
+            core::ptr::read_volatile(
+                &raw const (*(&raw const OFFSETS).cast::<KernelOffsets>()).$field,
+            )
+        }
+    };
+}
+
 #[tracepoint(category = "signal", name = "signal_deliver")]
 pub fn signal_deliver(ctx: TracePointContext) -> u32 {
-    let off = OFFSETS.load();
+    let (tp_sig, tp_sa_handler) = (offset!(tp_sig), offset!(tp_sa_handler));
     // SAFETY: the offsets come from this tracepoint's format file; `read_at` goes through
     // `bpf_probe_read_kernel`, which fails cleanly instead of faulting.
-    let (Ok(sig), Ok(handler)) = (unsafe { ctx.read_at::<i32>(off.tp_sig as usize) }, unsafe {
-        ctx.read_at::<u64>(off.tp_sa_handler as usize)
+    let (Ok(sig), Ok(handler)) = (unsafe { ctx.read_at::<i32>(tp_sig as usize) }, unsafe {
+        ctx.read_at::<u64>(tp_sa_handler as usize)
     }) else {
         return 0;
     };
     if handler != SIG_DFL || !is_core_signal(sig as u32) {
         return 0;
     }
+    let off = OFFSETS.load();
     // SAFETY: as above.
     let code = unsafe { ctx.read_at::<i32>(off.tp_code as usize) }.ok();
     report(&off, sig as u32, code, 0);
@@ -93,10 +108,14 @@ pub fn signal_deliver(ctx: TracePointContext) -> u32 {
 
 #[btf_tracepoint(function = "signal_deliver")]
 pub fn signal_deliver_btf(ctx: BtfTracePointContext) -> i32 {
-    let off = OFFSETS.load();
     let sig = arg(&ctx, 0) as u32;
-    // Filter on the signal first: most deliveries stop here, before any pointer is read.
-    if !is_core_signal(sig) || off.valid & OFFSETS_BTF_ARGS == 0 {
+    // Filter on the signal first: most deliveries stop here, before any offset or pointer is
+    // read.
+    if !is_core_signal(sig) {
+        return 0;
+    }
+    let off = OFFSETS.load();
+    if off.valid & OFFSETS_BTF_ARGS == 0 {
         return 0;
     }
     // `ka` is NULL when a group exit forces SIGKILL, which the filter above already excluded;
