@@ -82,22 +82,22 @@ pub enum Command {
     ///
     /// Exit codes: 0 shown, 1 no such object, 2 error.
     Info(Box<InfoArgs>),
-    /// Put back the kernel settings the agent changed (core_pattern, core_pipe_limit,
-    /// suid_dumpable), from the backups in the state dir, where they still hold the agent's
-    /// values.
+    /// Put back the kernel settings the agent changed, from its backups in the state dir.
     ///
-    /// The agent does this itself on SIGTERM. The DaemonSet's preStop hook also runs it, so the
+    /// core_pattern, core_pipe_limit and suid_dumpable, each where it still holds the agent's
+    /// value (an operator's change since wins). The agent does this itself on SIGTERM. The DaemonSet's preStop hook also runs it, so the
     /// node's settings come back even if the agent hangs past its grace period and is killed.
     /// Safe to run at any time, and twice: the running agent then finds its settings already
     /// restored. Takes the same flags and environment as `run`.
     ///
     /// Exit codes: 0 restored (or nothing to restore), 2 error.
     Restore(Box<RestoreArgs>),
-    /// Check this node: BPF and BTF, probe attach, core_pattern, RLIMIT_CORE, suid_dumpable and
-    /// the sysctls the agent would set, dump dir and free space, cgroup mount, kubelet log
-    /// dirs, the Kubernetes API and the agent's RBAC, and the store. Each line OK, WARN or FAIL
-    /// with the fix. Takes the same flags and environment as `run`, so in the DaemonSet it
-    /// checks exactly what the agent will use:
+    /// Check this node for the agent: each line OK, WARN or FAIL, with the fix.
+    ///
+    /// BPF and BTF, probe attach, core_pattern, RLIMIT_CORE, suid_dumpable and the sysctls the
+    /// agent would set, dump dir and free space, cgroup mount, kubelet log dirs, the Kubernetes
+    /// API and the agent's RBAC, and the store. Takes the same flags and environment as `run`,
+    /// so in the DaemonSet it checks exactly what the agent will use:
     ///   kubectl -n coredump-agent exec ds/coredump-agent -- coredump-agent check
     ///
     /// Exit codes: 0 nothing failed, 1 a check failed, 2 error.
