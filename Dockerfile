@@ -16,9 +16,15 @@
 ARG RUST_VERSION=1.95
 ARG DEBIAN_RELEASE=bookworm
 ARG BPF_LINKER_VERSION=0.13.0
+# The nightly that builds the probe (rustup's dist date). Its rustc must emit bitcode of the
+# LLVM that bpf-linker is built against: the 2026-05-20 nightly is on LLVM 22, later ones
+# (2026-10-30 for one) are on LLVM 23, whose bitcode bpf-linker 22 rejects ("Invalid record").
+# Move it together with LLVM and BPF_LINKER_VERSION.
+ARG RUST_NIGHTLY=2026-05-20
 
 FROM rust:${RUST_VERSION}-${DEBIAN_RELEASE} AS build
 ARG BPF_LINKER_VERSION
+ARG RUST_NIGHTLY
 
 # LLVM 22 (bpf-linker links the probe with it); clang and cmake for the C parts of
 # aws-lc-sys and zstd-sys.
@@ -27,9 +33,14 @@ RUN apt-get update \
       llvm-22-dev libpolly-22-dev libzstd-dev zlib1g-dev clang cmake \
  && rm -rf /var/lib/apt/lists/*
 
-# aya-build calls `cargo +nightly`, so the toolchain must be the `nightly` channel itself
-# (rustup accepts no dated nightly under that name).
-RUN rustup toolchain install nightly --profile minimal --component rust-src
+# aya-build calls `cargo +nightly`, so the toolchain must be named `nightly`, and rustup
+# accepts no dated nightly under that name (`rustup toolchain link nightly` is refused): the
+# dated nightly is installed and its directory renamed, which `rustup run nightly` accepts.
+RUN host="$(rustc -vV | sed -n 's/^host: //p')" \
+ && rustup toolchain install "nightly-${RUST_NIGHTLY}" --profile minimal --component rust-src \
+ && mv "${RUSTUP_HOME}/toolchains/nightly-${RUST_NIGHTLY}-${host}" \
+       "${RUSTUP_HOME}/toolchains/nightly-${host}" \
+ && rustup run nightly rustc --version --verbose | grep -x 'LLVM version: 22\..*'
 
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     PATH="/usr/lib/llvm-22/bin:${PATH}" \
