@@ -905,7 +905,13 @@ fn dockerfile_uses_the_projects_toolchain() {
         .find_map(|l| l.trim().strip_prefix("const LLVM: u32 = "))
         .map(|v| v.trim_end_matches(';'))
         .expect("xtask setup's LLVM version");
+    let nightly = setup
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("const NIGHTLY_DATE: &str = "))
+        .map(|v| v.trim_end_matches(';').trim_matches('"'))
+        .expect("xtask setup's nightly date");
     for needle in [
+        format!("ARG RUST_NIGHTLY={nightly}\n"),
         format!("llvm-{llvm}-dev"),
         format!("--features llvm-{llvm}"),
         "--component rust-src".to_owned(),

