@@ -257,14 +257,6 @@ impl Installed {
         })
     }
 
-    /// The value installed for `setting`, if the agent manages it.
-    pub fn value(&self, setting: Setting) -> Option<&str> {
-        self.managed
-            .iter()
-            .find(|m| m.setting == setting)
-            .map(|m| m.ours.as_str())
-    }
-
     /// Restores every backed-up value, in reverse order, and removes the backups. Goes on
     /// after a failure, and returns the first.
     pub fn restore(mut self) -> Result<(), CorePatternError> {
@@ -422,7 +414,6 @@ mod tests {
         let (sysctl, state) = fixture("restore", "|/usr/lib/systemd/systemd-coredump %P");
         let installed = install(sysctl.clone(), &all("/var/dumps"), &state).unwrap();
         assert_eq!(live(&sysctl), ["/var/dumps/core.%P.%I.%s.%t.%e", "16", "2"]);
-        assert_eq!(installed.value(Setting::SuidDumpable), Some("2"));
         assert_eq!(
             std::fs::read_to_string(state.join("suid_dumpable.backup")).unwrap(),
             "0"

@@ -163,7 +163,6 @@ mod tests {
         testdata::core_like,
     };
 
-    /// Zeros with stretches of pseudo-random bytes: what a core looks like.
     async fn compress(body: Body<'_>) -> (Vec<u8>, crate::store::BodyDigest, u64) {
         let mut reader = BodyReader::open(body).await.unwrap();
         let mut out = Vec::new();

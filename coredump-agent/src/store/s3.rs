@@ -564,14 +564,6 @@ impl S3Store {
                 bucket: self.bucket.to_string(),
                 op,
             },
-            // HeadBucket's answer has no body, so no NoSuchBucket code: a bare 404.
-            (_, Some("NotFound") | None, Some(404)) if key.is_none() => {
-                StoreError::BucketNotFound {
-                    dest,
-                    bucket: self.bucket.to_string(),
-                    op,
-                }
-            }
             (_, Some("NoSuchKey" | "NotFound"), _) | (_, None, Some(404)) if key.is_some() => {
                 StoreError::NotFound {
                     key: key.unwrap_or_default().to_owned(),
@@ -580,7 +572,7 @@ impl S3Store {
             (_, Some(code), _) if DENIED.contains(&code) => {
                 StoreError::AccessDenied { dest, op, source }
             }
-            (_, _, Some(401 | 403)) => StoreError::AccessDenied { dest, op, source },
+            (_, None, Some(401 | 403)) => StoreError::AccessDenied { dest, op, source },
             (_, code, status) => StoreError::Other {
                 dest,
                 op,
@@ -957,8 +949,6 @@ impl Store for S3Store {
         self.describe.to_string()
     }
 
-    /// Writes (with a tag) and deletes a small object under `<prefix>/_agent-check/`: that
-    /// proves credentials, bucket and permissions, and names what is wrong otherwise.
     /// A multipart upload with tags, started and aborted: it takes the permissions an upload
     /// takes (PutObject, PutObjectTagging, AbortMultipartUpload) and leaves nothing behind, no
     /// object and no version, which a write-then-delete would (the agent may not delete).
