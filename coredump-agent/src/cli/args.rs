@@ -85,10 +85,11 @@ pub enum Command {
     /// Put back the kernel settings the agent changed, from its backups in the state dir.
     ///
     /// core_pattern, core_pipe_limit and suid_dumpable, each where it still holds the agent's
-    /// value (an operator's change since wins). The agent does this itself on SIGTERM. The DaemonSet's preStop hook also runs it, so the
-    /// node's settings come back even if the agent hangs past its grace period and is killed.
-    /// Safe to run at any time, and twice: the running agent then finds its settings already
-    /// restored. Takes the same flags and environment as `run`.
+    /// value (an operator's change since wins). The agent does this itself on SIGTERM. The
+    /// DaemonSet's preStop hook also runs it, so the node's settings come back even if the
+    /// agent hangs past its grace period and is killed. Safe to run at any time, and twice:
+    /// the running agent then finds its settings already restored. Takes the same flags and
+    /// environment as `run`.
     ///
     /// Exit codes: 0 restored (or nothing to restore), 2 error.
     Restore(Box<RestoreArgs>),
@@ -181,7 +182,7 @@ pub struct InfoArgs {
 }
 
 /// `coredump-agent check`: the same node and store settings as `run` (same flags, same
-/// environment), so the DaemonSet's startup probe checks exactly what the agent will use.
+/// environment), so that `check` run in the agent's pod checks exactly what the agent uses.
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// The store to check.
@@ -274,6 +275,14 @@ impl NodeArgs {
     /// The sysctl files.
     pub fn sysctl(&self) -> Sysctl {
         Sysctl::under(&self.proc_sys)
+    }
+
+    /// The core_pattern dump file names come from: `--core-pattern`, else the live one.
+    pub fn dump_name_pattern(&self) -> Result<String, core_pattern::CorePatternError> {
+        match &self.core_pattern {
+            Some(p) => Ok(p.clone()),
+            None => self.sysctl().pattern(),
+        }
     }
 
     /// The sysctl values the flags ask the agent to set, in install order.

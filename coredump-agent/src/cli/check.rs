@@ -2,7 +2,7 @@
 //! OK, WARN or FAIL with the fix. Exit 0 when nothing failed, 1 otherwise.
 //!
 //! It reads the same flags and environment as `run` and changes nothing on the node (the
-//! probe is attached and detached; the store check writes its own small object).
+//! probe is attached and detached; the store check starts an upload and aborts it).
 
 use std::{io::Write as _, path::Path, process::ExitCode};
 
@@ -71,7 +71,8 @@ fn core_limit(pid: &str) -> Option<String> {
     Some(soft.to_owned())
 }
 
-fn kernel_checks(args: &NodeArgs, out: &mut Vec<Line>) {
+/// `live`: the pattern dump names come from, or why it could not be read.
+fn kernel_checks(args: &NodeArgs, live: &Result<String, String>, out: &mut Vec<Line>) {
     out.push(if Path::new(btf::VMLINUX).exists() {
         line(Level::Ok, "kernel BTF", btf::VMLINUX, None)
     } else {
@@ -86,14 +87,9 @@ fn kernel_checks(args: &NodeArgs, out: &mut Vec<Line>) {
         Ok(p) => line(Level::Ok, "crash probe", format!("attached {}", p.hook()), None),
         Err(e) => line(Level::Fail, "crash probe", format!("{:#}", anyhow::Error::new(e)), Some("run as root or with CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH; or run the agent with --no-probe (dumps not attested)")),
     });
-    let sysctl = args.sysctl();
-    let live = match &args.core_pattern {
-        Some(p) => Ok(p.clone()),
-        None => sysctl.pattern(),
-    };
     match live {
-        Err(e) => out.push(line(Level::Fail, "core_pattern", format!("{:#}", anyhow::Error::new(e)), Some("mount the host's /proc/sys and point --proc-sys at it"))),
-        Ok(raw) => match CorePattern::parse(&raw, sysctl.uses_pid()) {
+        Err(e) => out.push(line(Level::Fail, "core_pattern", e.clone(), Some("mount the host's /proc/sys and point --proc-sys at it"))),
+        Ok(raw) => match CorePattern::parse(raw, args.sysctl().uses_pid()) {
             Err(_) if args.install_core_pattern => out.push(line(Level::Ok, "core_pattern", format!("{raw:?} now; the agent installs its own (--install-core-pattern)"), None)),
             Err(e) => out.push(line(Level::Fail, "core_pattern", format!("{raw:?}: {e}"), Some("run with --install-core-pattern, or set kernel.core_pattern to a file in the dump dir"))),
             Ok(p) if p.dir() != args.dump_dir && !args.install_core_pattern => out.push(line(Level::Warn, "core_pattern", format!("{raw:?} writes to {}, not --dump-dir {}", p.dir().display(), args.dump_dir.display()), Some("fine if it is the same directory mounted elsewhere; else fix --dump-dir or use --install-core-pattern"))),
@@ -214,7 +210,7 @@ fn writable(path: &Path) -> std::io::Result<()> {
 
 /// The kernel's core dump settings beyond core_pattern: what the agent will set, whether it
 /// can, backups a killed run left behind, and what the live values mean for dumps.
-fn sysctl_checks(args: &CheckArgs, out: &mut Vec<Line>) {
+fn sysctl_checks(args: &CheckArgs, live: Option<&str>, out: &mut Vec<Line>) {
     let sysctl = args.node.sysctl();
     let wanted = match args.node.managed_sysctls() {
         Ok(w) => w,
@@ -299,13 +295,7 @@ fn sysctl_checks(args: &CheckArgs, out: &mut Vec<Line>) {
         ),
     });
     // The pipe limit only means something for a pipe pattern, which the agent's own is not.
-    let pipe = !args.node.install_core_pattern
-        && args
-            .node
-            .core_pattern
-            .clone()
-            .or_else(|| sysctl.pattern().ok())
-            .is_some_and(|p| p.starts_with('|'));
+    let pipe = !args.node.install_core_pattern && live.is_some_and(|p| p.starts_with('|'));
     if pipe || managed(Setting::CorePipeLimit).is_some() {
         let limit = managed(Setting::CorePipeLimit)
             .map(str::to_owned)
@@ -478,8 +468,13 @@ async fn can_i(client: &kube::Client, verb: &str, resource: &str) -> anyhow::Res
 /// Runs every check and prints the report.
 pub async fn execute(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut lines = Vec::new();
-    kernel_checks(&args.node, &mut lines);
-    sysctl_checks(&args, &mut lines);
+    // Read once: both the kernel and the sysctl checks judge it.
+    let live = args
+        .node
+        .dump_name_pattern()
+        .map_err(|e| format!("{:#}", anyhow::Error::new(e)));
+    kernel_checks(&args.node, &live, &mut lines);
+    sysctl_checks(&args, live.as_deref().ok(), &mut lines);
     node_checks(&args.node, &mut lines);
     kube_checks(&args.node, &mut lines).await;
     let store = match args.store.open(None).await {

@@ -85,10 +85,9 @@ fn ensure_dump_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Which core_pattern the names come from, and a warning if it does not write into `dump_dir`.
 fn core_pattern(node: &NodeArgs, sysctl: &Sysctl) -> anyhow::Result<CorePattern> {
-    let raw = match &node.core_pattern {
-        Some(p) => p.clone(),
-        None => sysctl.pattern().context("reading the live core_pattern")?,
-    };
+    let raw = node
+        .dump_name_pattern()
+        .context("reading the live core_pattern")?;
     let pattern = CorePattern::parse(&raw, sysctl.uses_pid())
         .with_context(|| format!("core_pattern {raw:?}"))?;
     if pattern.dir() != node.dump_dir {
