@@ -7,8 +7,9 @@
 //! moto would forget the bucket and the half-done upload, which no real S3 outage does, and a
 //! test could no longer check that no orphan upload was left behind.
 //!
-//! Tests that need moto call [`Moto::launch`]: without `moto_server` (installed by
-//! `cargo xtask setup`) it prints `SKIPPED` and returns `None`, and under `CI=true` it fails.
+//! Tests that need moto call [`Moto::launch`]: without the pinned moto (installed by
+//! `cargo xtask setup` into the tools' virtualenv, see [`crate::tools`]) it prints `SKIPPED`
+//! and returns `None`, and under `CI=true` it fails.
 
 use std::{
     io::{Read as _, Write as _},
@@ -27,8 +28,6 @@ use coredump_agent::store::{
     ConnectOptions, S3Store,
     s3::{MIN_PART_SIZE, Tuning, sdk},
 };
-
-use crate::ci;
 
 /// The bucket every [`Moto`] starts with.
 pub const BUCKET: &str = "dumps";
@@ -52,22 +51,12 @@ impl Moto {
     /// Starts moto and creates [`BUCKET`]. `None` (after saying why) when `moto_server` is not
     /// installed, except under CI, where that fails the test.
     pub fn launch(test: &str) -> Option<Self> {
-        let probe = Command::new("moto_server")
-            .arg("--help")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if !probe.is_ok_and(|s| s.success()) {
-            assert!(
-                !ci(),
-                "{test}: moto_server is not installed (run `cargo xtask setup`), and CI=true forbids skipping"
-            );
-            eprintln!("SKIPPED {test}: moto_server is not installed (run `cargo xtask setup`)");
+        if !crate::tools::require(test, &["moto"]) {
             return None;
         }
         let moto_port = free_port();
         let log = std::env::temp_dir().join(format!("coredump-test-moto-{moto_port}.log"));
-        let child = Command::new("moto_server")
+        let child = Command::new(crate::tools::program("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &moto_port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -171,6 +160,17 @@ impl Moto {
         self.relay.stop_after(bytes);
     }
 
+    /// From now on, every `from` in moto's answers reaches clients as `to` (same length, so
+    /// the framing holds): an answer a client cannot read, from a server that did the work.
+    pub fn garble_answers(&self, from: &str, to: &str) {
+        assert_eq!(
+            from.len(),
+            to.len(),
+            "a same-length rewrite keeps Content-Length true"
+        );
+        *self.relay.shared.rewrite.lock().unwrap() = Some((from.into(), to.into()));
+    }
+
     /// Whether the port is closed (after [`Moto::stop`], or the bytes of [`Moto::stop_after`]).
     pub fn stopped(&self) -> bool {
         self.relay.shared.stopped.load(Ordering::SeqCst)
@@ -263,6 +263,8 @@ struct RelayShared {
     sent: AtomicU64,
     /// Stop once `sent` reaches this.
     stop_at: AtomicU64,
+    /// Bytes replaced in what the server answers, `(from, to)` of the same length.
+    rewrite: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl RelayShared {
@@ -343,14 +345,19 @@ fn relay(shared: &Arc<RelayShared>, client: TcpStream, upstream: u16) {
             }
         }
     }
-    let up = shared.clone();
-    std::thread::spawn(move || pump(client, server, Some(&up)));
-    std::thread::spawn(move || pump(server2, client2, None));
+    let (up, down) = (shared.clone(), shared.clone());
+    std::thread::spawn(move || pump(client, server, Some(&up), None));
+    std::thread::spawn(move || pump(server2, client2, None, Some(&down)));
 }
 
 /// Copies `from` to `to` until either ends; counts what clients send, and cuts everything at
-/// the `stop_after` mark.
-fn pump(mut from: TcpStream, mut to: TcpStream, count: Option<&RelayShared>) {
+/// the `stop_after` mark; applies `garble_answers` to what the server sends.
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    count: Option<&RelayShared>,
+    rewrite: Option<&RelayShared>,
+) {
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = match from.read(&mut buf) {
@@ -362,6 +369,15 @@ fn pump(mut from: TcpStream, mut to: TcpStream, count: Option<&RelayShared>) {
             if sent >= shared.stop_at.load(Ordering::SeqCst) {
                 shared.cut();
                 break;
+            }
+        }
+        if let Some(shared) = rewrite
+            && let Some((old, new)) = &*shared.rewrite.lock().unwrap()
+        {
+            let mut at = 0;
+            while let Some(i) = buf[at..n].windows(old.len()).position(|w| w == &old[..]) {
+                buf[at + i..at + i + new.len()].copy_from_slice(new);
+                at += i + new.len();
             }
         }
         if to.write_all(&buf[..n]).is_err() {

