@@ -439,6 +439,23 @@ impl S3Store {
             .build())
     }
 
+    /// The size of `key` if it is an object assembled from `parts` parts (its ETag ends in
+    /// `-<parts>`); `None` if it is not there, is another object, or the store cannot say.
+    async fn multipart_object(&self, key: &str, parts: usize) -> Option<u64> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&*self.bucket)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        let etag = head.e_tag()?.trim_matches('"');
+        etag.ends_with(&format!("-{parts}"))
+            .then(|| head.content_length().and_then(|n| u64::try_from(n).ok()))
+            .flatten()
+    }
+
     /// Confirms what was stored: the size, then the tags, setting them if the store dropped
     /// them at upload.
     async fn confirm(&self, key: &str, size: u64, tags: &Tags) -> Result<(), StoreError> {
@@ -629,6 +646,17 @@ fn caused_by<T: std::error::Error + 'static>(err: &(dyn std::error::Error + 'sta
     false
 }
 
+/// Whether a failed call may still have taken effect: the request went out, but no readable
+/// answer came back (cut connection, timeout, unparsable reply), or the store said to retry.
+fn outcome_unknown<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+        SdkError::DispatchFailure(f) => f.is_io() || f.is_timeout(),
+        SdkError::ServiceError(_) => err.code().is_none_or(|c| TRANSIENT.contains(&c)),
+        _ => false,
+    }
+}
+
 /// Whether the store says it does not implement the operation (HTTP 501).
 fn not_implemented<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
     err.code() == Some("NotImplemented")
@@ -651,19 +679,27 @@ where
         )
         .into(),
         (None, Some(response)) if matches!(err, SdkError::ServiceError(_)) => {
-            format!("HTTP {} with no error code", response.status().as_u16()).into()
-        }
-        _ => {
-            // The causes' messages, without `DisplayErrorContext`'s Debug dump after them.
-            let mut text = err.to_string();
-            let mut cause = std::error::Error::source(err);
-            while let Some(e) = cause {
-                text.push_str(": ");
-                text.push_str(&e.to_string());
-                cause = e.source();
-            }
+            // No code: the answer was not an error document (often a reply the SDK could
+            // not parse); its parse error is the real cause.
+            let mut text = format!("HTTP {} with no error code", response.status().as_u16());
+            push_causes(&mut text, err);
             text.into()
         }
+        _ => {
+            let mut text = err.to_string();
+            push_causes(&mut text, err);
+            text.into()
+        }
+    }
+}
+
+/// Appends the messages of `err`'s causes, without `DisplayErrorContext`'s Debug dump.
+fn push_causes(text: &mut String, err: &(dyn std::error::Error + 'static)) {
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
     }
 }
 
@@ -770,15 +806,24 @@ impl Multipart {
         }
     }
 
-    /// Waits for every part, then `CompleteMultipartUpload`.
-    async fn complete(&mut self) -> Result<(), StoreError> {
+    /// Waits for every part, then `CompleteMultipartUpload` of `size` bytes.
+    ///
+    /// The answer to that call may be lost or unreadable even though the store did complete
+    /// the upload: a connection cut while the store assembles a large object (S3 holds it
+    /// open meanwhile), or a reply the SDK cannot parse (moto 5.2.0-5.2.1 named its root
+    /// element wrongly; the SDK reports that as "HTTP 200 with no error code"). Then the
+    /// object itself decides: `HeadObject` showing this many parts and bytes means done.
+    /// Otherwise the error is transient, so the dump is retried rather than parked.
+    async fn complete(&mut self, size: u64) -> Result<(), StoreError> {
+        const OP: &str = "complete a multipart upload (CompleteMultipartUpload)";
         while !self.parts.is_empty() {
             self.reap().await?;
         }
         let mut parts = std::mem::take(&mut self.done);
         parts.sort_by_key(|p| p.part_number());
+        let count = parts.len();
         let store = &self.store;
-        store
+        let result = store
             .client
             .complete_multipart_upload()
             .bucket(&*store.bucket)
@@ -790,14 +835,27 @@ impl Multipart {
                     .build(),
             )
             .send()
-            .await
-            .map_err(|e| {
-                store.error(
-                    "complete a multipart upload (CompleteMultipartUpload)",
-                    Some(&self.key),
-                    e,
-                )
-            })?;
+            .await;
+        if let Err(e) = result {
+            let unknown = outcome_unknown(&e);
+            let mut error = store.error(OP, Some(&self.key), e);
+            if !unknown {
+                return Err(error);
+            }
+            match store.multipart_object(&self.key, count).await {
+                Some(stored) if stored == size => tracing::warn!(
+                    key = self.key,
+                    error = %format!("{:#}", anyhow::Error::new(error)),
+                    "the answer to CompleteMultipartUpload was lost or unreadable, but the object is complete (HeadObject): accepted"
+                ),
+                _ => {
+                    if let StoreError::Other { transient, .. } = &mut error {
+                        *transient = true;
+                    }
+                    return Err(error);
+                }
+            }
+        }
         self.finished = true;
         self.forget().await;
         Ok(())
@@ -1159,7 +1217,7 @@ impl S3Store {
             None => self.put_object(key, part, tags, metadata).await?,
             Some(multipart) => {
                 multipart.send(part).await?;
-                multipart.complete().await?;
+                multipart.complete(digest.size).await?;
             }
         }
         Ok(digest)
