@@ -79,6 +79,8 @@ fn record(i: u32, pods: u32) -> Record {
         },
         agent: AgentInfo::current(),
         stored: None,
+        intake: Default::default(),
+        receive_id: None,
     }
 }
 

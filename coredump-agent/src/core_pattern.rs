@@ -21,6 +21,8 @@ pub const MAX_LEN: usize = 127;
 /// File template the agent installs: host pid and tid first (exact join), comm last (it may
 /// contain dots and dashes).
 pub const TEMPLATE: &str = "core.%P.%I.%s.%t.%e";
+/// The kernel's coredump socket, in the agent's run directory.
+pub const KERNEL_SOCKET: &str = "coredump-agent.sock";
 
 /// A core dump sysctl.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +37,9 @@ pub enum Setting {
     /// `fs.suid_dumpable`: whether processes that changed credentials (setuid programs,
     /// daemons that drop privileges) dump at all; 2 writes their dumps readable by root only.
     SuidDumpable,
+    /// `kernel.core_modes`: the kinds of core_pattern this kernel takes (`file pipe socket`;
+    /// Linux 6.16+, read only).
+    CoreModes,
 }
 
 impl Setting {
@@ -45,6 +50,7 @@ impl Setting {
             Self::CoreUsesPid => "kernel.core_uses_pid",
             Self::CorePipeLimit => "kernel.core_pipe_limit",
             Self::SuidDumpable => "fs.suid_dumpable",
+            Self::CoreModes => "kernel.core_modes",
         }
     }
 
@@ -55,15 +61,26 @@ impl Setting {
             Self::CoreUsesPid => "kernel/core_uses_pid",
             Self::CorePipeLimit => "kernel/core_pipe_limit",
             Self::SuidDumpable => "fs/suid_dumpable",
+            Self::CoreModes => "kernel/core_modes",
         }
     }
 
     /// Where the previous value is kept while the agent's is in place. Plain text, so an
     /// operator can restore by hand: `sysctl -w kernel.core_pattern="$(cat <state>/core_pattern.backup)"`.
     pub fn backup(self, state_dir: &Path) -> PathBuf {
+        self.state_file(state_dir, "backup")
+    }
+
+    /// Where the value the agent set is kept, so that `restore` knows it whatever flags it is
+    /// run with (the intake chosen at start, a default core_pipe_limit).
+    pub fn installed(self, state_dir: &Path) -> PathBuf {
+        self.state_file(state_dir, "installed")
+    }
+
+    fn state_file(self, state_dir: &Path, ext: &str) -> PathBuf {
         let file = self.file();
         let base = file.rsplit('/').next().unwrap_or(file);
-        state_dir.join(format!("{base}.backup"))
+        state_dir.join(format!("{base}.{ext}"))
     }
 }
 
@@ -105,6 +122,8 @@ pub enum CorePatternError {
 #[derive(Debug, Clone)]
 pub struct Sysctl {
     root: PathBuf,
+    /// A mount namespace of the host (`/proc/1/ns/mnt`), to write socket patterns from.
+    host_mount_ns: Option<PathBuf>,
 }
 
 impl Default for Sysctl {
@@ -136,7 +155,16 @@ impl Sysctl {
     pub fn under(root: &Path) -> Self {
         Self {
             root: root.to_owned(),
+            host_mount_ns: None,
         }
+    }
+
+    /// Writes socket patterns from the mount namespace at `ns` when they cannot be written
+    /// from here: the kernel takes an `@` pattern only from a process in its initial mount
+    /// namespace, which a containerized agent is not in.
+    pub fn with_host_mount_ns(mut self, ns: Option<PathBuf>) -> Self {
+        self.host_mount_ns = ns;
+        self
     }
 
     /// A setting's file.
@@ -149,8 +177,32 @@ impl Sysctl {
         read_file(&self.path(setting))
     }
 
-    fn write(&self, setting: Setting, value: &str) -> Result<(), CorePatternError> {
-        write_file(&self.path(setting), value)
+    /// Writes a setting, and reads it back: the kernel may refuse a value silently (some
+    /// 6.17 kernels validated core_pattern when it was read, not written).
+    pub fn write(&self, setting: Setting, value: &str) -> Result<(), CorePatternError> {
+        let path = self.path(setting);
+        match write_file(&path, value) {
+            Err(CorePatternError::Io { source, .. })
+                if setting == Setting::CorePattern
+                    && value.starts_with('@')
+                    && source.raw_os_error() == Some(libc::EINVAL)
+                    && self.host_mount_ns.is_some() =>
+            {
+                let ns = self.host_mount_ns.as_deref().unwrap_or(Path::new("/"));
+                tracing::info!(ns = %ns.display(), "the kernel takes socket patterns only from its initial mount namespace: writing from there");
+                write_from_mount_ns(ns, setting, value)?;
+            }
+            r => r?,
+        }
+        let back = self.read(setting)?;
+        if back != value {
+            return Err(CorePatternError::Io {
+                op: "checking what the kernel kept in",
+                path,
+                source: io::Error::other(format!("wrote {value:?}, read back {back:?}")),
+            });
+        }
+        Ok(())
     }
 
     /// The live pattern.
@@ -162,6 +214,58 @@ impl Sysctl {
     pub fn uses_pid(&self) -> bool {
         self.read(Setting::CoreUsesPid)
             .is_ok_and(|v| v.trim() == "1")
+    }
+}
+
+/// Writes `value` to `/proc/sys/<setting>` from the mount namespace at `ns`, in a child process
+/// (`coredump-agent write-sysctl`): a multithreaded process cannot change its mount namespace.
+fn write_from_mount_ns(ns: &Path, setting: Setting, value: &str) -> Result<(), CorePatternError> {
+    let fail = |source| CorePatternError::Io {
+        op: "writing, from the host's mount namespace,",
+        path: Path::new(PROC_SYS).join(setting.file()),
+        source,
+    };
+    let out = std::process::Command::new("/proc/self/exe")
+        .arg("write-sysctl")
+        .arg(ns)
+        .arg(setting.file())
+        .arg(value)
+        .output()
+        .map_err(fail)?;
+    if !out.status.success() {
+        return Err(fail(io::Error::other(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        )));
+    }
+    Ok(())
+}
+
+/// `coredump-agent write-sysctl NS FILE VALUE`: enters the mount namespace `NS` and writes
+/// `VALUE` to `/proc/sys/FILE` there. Runs single-threaded, before any runtime starts.
+pub fn write_sysctl_main(args: &[std::ffi::OsString]) -> std::process::ExitCode {
+    let run = || -> io::Result<()> {
+        let [ns, file, value] = args else {
+            return Err(io::Error::other("usage: write-sysctl NS FILE VALUE"));
+        };
+        let file = file.to_string_lossy();
+        if !MANAGED.iter().any(|s| s.file() == file) {
+            return Err(io::Error::other(format!(
+                "{file} is not a setting the agent manages"
+            )));
+        }
+        let ns = std::fs::File::open(ns)?;
+        rustix::thread::move_into_link_name_space(
+            std::os::fd::AsFd::as_fd(&ns),
+            Some(rustix::thread::LinkNameSpaceType::Mount),
+        )?;
+        std::fs::write(Path::new(PROC_SYS).join(&*file), value.as_encoded_bytes())
+    };
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("write-sysctl: {e}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -181,7 +285,11 @@ pub fn agent_pattern(dump_dir: &Path) -> Result<String, CorePatternError> {
 /// was then: a core_pattern ending in the agent's template (a restart may have moved the dump
 /// dir; the backup from before the agent's first install must survive that).
 fn is_agents(setting: Setting, value: &str, ours: &str) -> bool {
-    value == ours || (setting == Setting::CorePattern && value.ends_with(&format!("/{TEMPLATE}")))
+    value == ours
+        || (setting == Setting::CorePattern
+            && (value.ends_with(&format!("/{TEMPLATE}"))
+                || value.ends_with(&format!("/{KERNEL_SOCKET}")) && value.starts_with('@')
+                || crate::intake::pipe::is_helper_pattern(value)))
 }
 
 /// One setting the agent put in place.
@@ -189,6 +297,8 @@ fn is_agents(setting: Setting, value: &str, ours: &str) -> bool {
 struct Managed {
     setting: Setting,
     backup: PathBuf,
+    /// Where `ours` is recorded.
+    installed: PathBuf,
     ours: String,
 }
 
@@ -225,6 +335,14 @@ pub fn install(
 }
 
 impl Installed {
+    /// What was installed: each setting and the agent's value.
+    pub fn settings(&self) -> Vec<(Setting, String)> {
+        self.managed
+            .iter()
+            .map(|m| (m.setting, m.ours.clone()))
+            .collect()
+    }
+
     fn install_one(
         &self,
         setting: Setting,
@@ -237,7 +355,7 @@ impl Installed {
         if backup.exists() && is_agents(setting, &current, ours) {
             tracing::info!(sysctl = name, backup = %backup.display(), "already the agent's (the previous run did not restore it): keeping the existing backup");
         } else {
-            crate::spool::write_atomic(&backup, current.as_bytes()).map_err(|source| {
+            crate::state::write_atomic(&backup, current.as_bytes()).map_err(|source| {
                 CorePatternError::Io {
                     op: "backing up to",
                     path: backup.clone(),
@@ -249,10 +367,19 @@ impl Installed {
         if current != ours {
             self.sysctl.write(setting, ours)?;
         }
+        let marker = setting.installed(state_dir);
+        crate::state::write_atomic(&marker, ours.as_bytes()).map_err(|source| {
+            CorePatternError::Io {
+                op: "recording the installed value in",
+                path: marker,
+                source,
+            }
+        })?;
         tracing::info!(sysctl = name, value = %ours, "installed");
         Ok(Managed {
             setting,
             backup,
+            installed: setting.installed(state_dir),
             ours: ours.to_owned(),
         })
     }
@@ -306,25 +433,37 @@ impl Installed {
             op: "removing",
             path: m.backup.clone(),
             source,
-        })
+        })?;
+        let _ = std::fs::remove_file(&m.installed);
+        Ok(())
     }
 }
 
-/// Restores, from the backups in `state_dir`, the settings `wanted` lists (what the agent
-/// sets with the same flags), where they still hold the agent's values; removes those
-/// backups. For a second process (the preStop hook) while the agent may still run. Returns
-/// how many backups there were.
+/// Restores, from the backups in `state_dir`, the settings the agent installed (recorded at
+/// install) or `wanted` lists (what the agent sets with the same flags), where they still hold
+/// the agent's values; removes those backups. For a second process (the preStop hook) while
+/// the agent may still run. Returns how many backups there were.
 pub fn restore_backups(
     sysctl: Sysctl,
     wanted: &[(Setting, String)],
     state_dir: &Path,
 ) -> Result<usize, CorePatternError> {
-    let managed: Vec<Managed> = wanted
+    let managed: Vec<Managed> = MANAGED
         .iter()
-        .map(|(setting, ours)| Managed {
-            setting: *setting,
-            backup: setting.backup(state_dir),
-            ours: ours.clone(),
+        .filter_map(|&setting| {
+            let installed = setting.installed(state_dir);
+            let ours = read_file(&installed).ok().or_else(|| {
+                wanted
+                    .iter()
+                    .find(|(s, _)| *s == setting)
+                    .map(|(_, v)| v.clone())
+            })?;
+            Some(Managed {
+                setting,
+                backup: setting.backup(state_dir),
+                installed,
+                ours,
+            })
         })
         .filter(|m| m.backup.exists())
         .collect();
@@ -357,9 +496,9 @@ impl StaleBackup {
     }
 }
 
-/// Backups in `state_dir` of settings `wanted` (what [`install`] is given) leaves out. They
-/// are reported, never acted on: the live value may since have been set on purpose (e.g. by
-/// the node's own configuration).
+/// Backups in `state_dir` of settings `wanted` (what [`install`] is given) leaves out. A run
+/// reports them and never acts on them: the live value may since have been set on purpose
+/// (e.g. by the node's own configuration). `restore` puts them back.
 pub fn stale_backups(state_dir: &Path, wanted: &[(Setting, String)]) -> Vec<StaleBackup> {
     MANAGED
         .iter()

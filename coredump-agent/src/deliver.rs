@@ -6,7 +6,7 @@
 //! as long as it takes; a dump is never deleted before it is stored.
 
 use std::{
-    path::PathBuf,
+    ffi::OsStr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -15,13 +15,16 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    correlate::{Claims, Job},
     identity::events::PodEvents,
-    intake,
+    intake::{
+        dir::{Dir, Inspect},
+        received::ReceiveDir,
+    },
+    job::{Claims, Job},
     metrics::METRICS,
     pattern::Compression,
-    record::{Record, StoredDump},
-    spool::Spool,
+    record::{DumpFile, Record, StoredDump},
+    spool::{DumpDirs, Spool},
     store::{
         Body, Store, StoreError, Zstd,
         layout::{self, Stored},
@@ -33,10 +36,13 @@ use crate::{
 pub struct Config {
     /// Key prefix in the store.
     pub prefix: String,
-    /// The dump directory.
-    pub dump_dir: PathBuf,
-    /// Keep stored dumps in `<dump dir>/stored/` instead of deleting them.
-    pub keep_local: bool,
+    /// Where dumps are.
+    pub dirs: DumpDirs,
+    /// With `--keep-local`: where stored dumps are moved instead of being deleted (the state
+    /// directory's `stored/` for files, the receive directory's for received dumps).
+    pub kept: Option<DumpDirs>,
+    /// The receive directory, whose header of a received dump goes once it is stored.
+    pub receive: Option<Arc<ReceiveDir>>,
     /// Jobs delivered at the same time.
     pub concurrency: usize,
     /// After shutdown is requested, how long uploads in flight may go on.
@@ -190,16 +196,20 @@ async fn deliver<S: Store>(
     }
 
     // Stored: now, and only now, the local copy may go.
-    if let (Some(d), Some(info)) = (&dump, &record.dump) {
-        remove_local(cfg, &info.name, d);
-    } else if let Some(info) = &record.dump {
-        // Not uploaded on purpose (rate limit): the record is stored, the file goes.
-        if let Ok(intake::Inspect::Ready(d)) =
-            intake::inspect(&cfg.dump_dir, info.name.as_ref(), u64::MAX)
-            && d.meta.ino_matches(info)
-        {
-            remove_local(cfg, &info.name, &d);
+    if let (Some(info), Some(dir)) = (&record.dump, cfg.dirs.of(&record)) {
+        let kept = cfg.kept.as_ref().and_then(|k| k.of(&record));
+        match &dump {
+            Some(d) => remove_local(dir, kept, info, &d.meta),
+            // Not uploaded on purpose (rate limit): the record is stored, the file goes.
+            None => {
+                if let Ok(Inspect::Ready(d)) = dir.inspect(OsStr::new(&info.name), u64::MAX) {
+                    remove_local(dir, kept, info, &d.meta);
+                }
+            }
         }
+    }
+    if let (Some(id), Some(receive)) = (&record.receive_id, &cfg.receive) {
+        receive.forget(id);
     }
     if let Err(e) = spool.remove(&record.id) {
         tracing::warn!(id = %record.id, error = %e, "could not remove spool entry");
@@ -207,34 +217,24 @@ async fn deliver<S: Store>(
     true
 }
 
-/// Compares an inode with the one a record names.
-trait InoMatches {
-    fn ino_matches(&self, info: &crate::record::DumpFile) -> bool;
-}
-
-impl InoMatches for std::fs::Metadata {
-    fn ino_matches(&self, info: &crate::record::DumpFile) -> bool {
-        use std::os::unix::fs::MetadataExt as _;
-        self.dev() == info.dev && self.ino() == info.ino
-    }
-}
-
-fn remove_local(cfg: &Config, name: &str, dump: &intake::OpenedDump) {
-    // Only if the name still is our file: never delete what someone put in its place.
-    if !intake::same_file(&dump.path, &dump.meta) {
+/// Removes (or with `--keep-local`, moves to `kept`) the dump a record names, only if its
+/// name still is the file that was read: never what someone put in its place.
+fn remove_local(dir: &Dir, kept: Option<&Dir>, info: &DumpFile, meta: &std::fs::Metadata) {
+    use std::os::unix::fs::MetadataExt as _;
+    let name = OsStr::new(&info.name);
+    if (meta.dev(), meta.ino()) != (info.dev, info.ino) || !dir.still_names(name, meta) {
         tracing::warn!(
-            name,
+            name = info.name,
             "dump file was replaced after being read: left in place"
         );
         return;
     }
-    let result = if cfg.keep_local {
-        intake::move_into(&cfg.dump_dir, name.as_ref(), intake::KEPT_DIR).map(drop)
-    } else {
-        std::fs::remove_file(&dump.path)
+    let result = match kept {
+        Some(kept) => dir.move_to(name, kept).map(drop),
+        None => dir.remove_if_same(name, meta).map(drop),
     };
     if let Err(e) = result {
-        tracing::error!(name, error = %e, "stored, but could not remove the local dump");
+        tracing::error!(name = info.name, error = %e, "stored, but could not remove the local dump");
     }
 }
 
@@ -262,12 +262,12 @@ pub async fn run<S: Store>(
             cancel.clone(),
         );
         tasks.spawn(async move {
-            let name = job.record.dump.as_ref().map(|d| d.name.clone());
+            let path = job.dump.as_ref().map(|d| d.path.clone());
             let stored = deliver(&cfg, &*store, &spool, job, &cancel).await;
-            if let Some(name) = name
+            if let Some(path) = path
                 && stored
             {
-                claims.release(name.as_ref());
+                claims.release(path.as_os_str());
             }
             METRICS.spool_depth.set(spool.depth() as u64);
             drop(permit);

@@ -4,13 +4,124 @@
 //!
 //! Best effort: the process may be gone, and nothing here overrides the kernel's event.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{sync::mpsc, task::JoinSet};
 
 use crate::{
     crash::Crash,
     identity::{Identity, PodResolver, cgroup::CgroupResolver, cgroup_path},
     record::ProcessInfo,
+    spool::CrashJournal,
 };
+
+/// Reads process facts and identity for crashes.
+#[derive(Debug, Clone, Default)]
+pub struct Enricher {
+    /// `/proc` reader.
+    pub proc: ProcFs,
+    /// cgroup id resolver, when a cgroup2 hierarchy is available.
+    pub cgroups: Option<Arc<CgroupResolver>>,
+    /// Names pods and containers (API cache, kubelet files), when running on a Kubernetes node.
+    pub pods: Option<PodResolver>,
+}
+
+/// A crash event with what was read about it when it arrived: journaled, then joined with
+/// its dump by correlate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CrashFacts {
+    /// The kernel's event.
+    pub crash: Crash,
+    /// `/proc/<pid>`, if it was still there.
+    pub process: Option<ProcessInfo>,
+    /// Its identity.
+    pub identity: Identity,
+}
+
+/// A crash's id: unique per boot (host pid and the kernel's boot-time nanoseconds).
+pub fn crash_id(crash: &Crash) -> String {
+    format!(
+        "{}-{}-{}",
+        crate::record::boot_tag(),
+        crash.host_pid,
+        crash.boot_ns
+    )
+}
+
+/// Crash events read at once: a `/proc` read of a dumping process can wait on its memory map.
+const CONCURRENT: usize = 8;
+
+/// Reads `/proc` and the identity of each crash on a blocking thread, journals it, and hands
+/// it on. Returns when the input closes, after the reads in flight.
+pub async fn run(
+    enricher: Enricher,
+    journal: Option<CrashJournal>,
+    mut crashes: mpsc::Receiver<Crash>,
+    out: mpsc::Sender<CrashFacts>,
+) {
+    let mut reads: JoinSet<Option<CrashFacts>> = JoinSet::new();
+    let mut open = true;
+    while open || !reads.is_empty() {
+        tokio::select! {
+            crash = crashes.recv(), if open && reads.len() < CONCURRENT => match crash {
+                Some(crash) => {
+                    let (enricher, journal) = (enricher.clone(), journal.clone());
+                    reads.spawn(async move {
+                        tokio::task::spawn_blocking(move || {
+                            let facts = enricher.facts(crash);
+                            if let Some(j) = &journal {
+                                j.save(&crash_id(&facts.crash), &facts);
+                            }
+                            facts
+                        })
+                        .await
+                        .ok()
+                    });
+                }
+                None => open = false,
+            },
+            Some(done) = reads.join_next(), if !reads.is_empty() => {
+                if let Ok(Some(facts)) = done
+                    && out.send(facts).await.is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl Enricher {
+    /// What `/proc` and the cgroup say of a crash (blocking).
+    pub fn facts(&self, crash: Crash) -> CrashFacts {
+        let process = self.proc.process(crash.host_pid);
+        let identity = identity(
+            &crash,
+            process.as_ref(),
+            self.cgroups.as_deref(),
+            self.pods.as_ref(),
+        );
+        tracing::info!(
+            host_pid = crash.host_pid,
+            pid = crash.visible_pid(),
+            comm = %crash.comm,
+            exe = crash.exe_name.as_deref().unwrap_or(""),
+            signal = %crash.signal,
+            cgroup = identity.cgroup_path.as_deref().unwrap_or("?"),
+            pod_uid = identity.pod_uid.as_deref().unwrap_or(""),
+            "crash"
+        );
+        CrashFacts {
+            crash,
+            process,
+            identity,
+        }
+    }
+}
 
 /// `/proc/<pid>/status` keys worth keeping.
 const STATUS_KEYS: [&str; 9] = [
@@ -40,6 +151,16 @@ impl ProcFs {
 
     fn pid_dir(&self, pid: u32) -> PathBuf {
         self.root.join(pid.to_string())
+    }
+
+    /// Whether `/proc/<pid>/status` says the process is dumping core (`CoreDumping: 1`).
+    pub fn core_dumping(&self, pid: u32) -> bool {
+        std::fs::read_to_string(self.pid_dir(pid).join("status")).is_ok_and(|s| {
+            s.lines().any(|l| {
+                l.split_once(':')
+                    .is_some_and(|(k, v)| k == "CoreDumping" && v.trim() == "1")
+            })
+        })
     }
 
     /// Everything readable about `pid`; `None` if the process is gone.
@@ -89,11 +210,29 @@ pub fn identity(
     cgroups: Option<&CgroupResolver>,
     pods: Option<&PodResolver>,
 ) -> Identity {
-    let mut identity = cgroup_identity(crash, process, cgroups);
+    identity_of(
+        crash.host_pid,
+        Some(crash.cgroup_id),
+        process,
+        cgroups,
+        pods,
+    )
+}
+
+/// [`identity`] from what is known of any crashed process: its cgroup id (from the probe, or
+/// the kernel's pidfd information) and what `/proc` said.
+pub fn identity_of(
+    host_pid: u32,
+    cgroup_id: Option<u64>,
+    process: Option<&ProcessInfo>,
+    cgroups: Option<&CgroupResolver>,
+    pods: Option<&PodResolver>,
+) -> Identity {
+    let mut identity = cgroup_identity(cgroup_id, process, cgroups);
     if let Some(pods) = pods {
         pods.resolve(&mut identity);
         tracing::debug!(
-            host_pid = crash.host_pid,
+            host_pid,
             pod_uid = identity.pod_uid.as_deref().unwrap_or(""),
             container_id = identity.container_id.as_deref().unwrap_or(""),
             namespace = identity.namespace.as_deref().unwrap_or(""),
@@ -108,11 +247,11 @@ pub fn identity(
 
 /// The identity as far as the cgroup path tells it.
 fn cgroup_identity(
-    crash: &Crash,
+    cgroup_id: Option<u64>,
     process: Option<&ProcessInfo>,
     cgroups: Option<&CgroupResolver>,
 ) -> Identity {
-    let from_kernel = cgroups.and_then(|r| r.resolve(crash.cgroup_id));
+    let from_kernel = cgroups.zip(cgroup_id).and_then(|(r, id)| r.resolve(id));
     // On a cgroup v1-only host the v2 id is the root's; /proc then knows better.
     let from_proc = process
         .and_then(|p| p.cgroup.as_deref())

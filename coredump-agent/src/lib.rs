@@ -1,9 +1,23 @@
 //! coredump-agent: collects core dumps on Kubernetes nodes.
 //!
-//! Pipeline (one node): `probe` (kernel crash events) and `watch` (finished dump files) feed
-//! `correlate`, which joins them; `identity` names the pod; `spool` persists the joined record;
-//! `store` uploads and only then is the dump deleted. `lookup` finds dumps by pod tags.
+//! Pipeline (one node): `probe` (kernel crash events, read and journaled by `enrich`) and
+//! `intake` (dumps the kernel hands over through its socket or the pipe helper, or files in a
+//! dump directory) feed `correlate`, which joins them and applies the `policy`; `identity`
+//! names the pod; `spool` persists the joined record (a [`job::Job`]); `deliver` stores it and
+//! only then deletes the dump. `lookup` finds dumps by pod tags.
 #![deny(unsafe_code)]
+
+/// An error and its causes on one line, `a: b: c` (what `{:#}` of anyhow prints).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
 
 pub mod cli;
 pub mod core_pattern;
@@ -14,14 +28,16 @@ pub mod enrich;
 pub mod health;
 pub mod identity;
 pub mod intake;
+pub mod job;
 pub mod lookup;
 pub mod metrics;
 pub mod pattern;
+pub mod policy;
 pub mod probe;
 pub mod record;
 pub mod spool;
+pub mod state;
 pub mod store;
 pub mod sys;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testdata;
-pub mod watch;

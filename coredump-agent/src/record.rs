@@ -11,8 +11,19 @@ use serde::{Deserialize, Serialize};
 use crate::{
     crash::{Crash, Signal, rfc3339},
     identity::Identity,
+    intake::Intake,
     pattern::{Compression, NameFields},
 };
+
+/// The first 8 characters of this boot's id: ids made with it are unique per boot.
+pub fn boot_tag() -> &'static str {
+    static TAG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().chars().take(8).collect())
+            .unwrap_or_else(|_| "noboot".into())
+    });
+    &TAG
+}
 
 /// Version of the record's JSON shape.
 pub const SCHEMA: u32 = 1;
@@ -47,6 +58,14 @@ pub struct Record {
     /// the copy stored beside the dump, once the dump itself is stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<StoredDump>,
+    /// What brought the dump: `file` (the dump directory), `socket` (the kernel's coredump
+    /// socket) or `pipe` (the agent's pipe helper).
+    #[serde(default)]
+    pub intake: Intake,
+    /// With socket and pipe intake: the id the dump was received under (its files in the
+    /// receive directory are `<id>.json` and `<id>.core…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receive_id: Option<String>,
 }
 
 /// The dump as the store holds it.
@@ -74,7 +93,7 @@ pub struct Attestation {
 /// A finished dump file in the dump directory.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DumpFile {
-    /// File name in the dump directory.
+    /// File name in the dump directory (the receive directory for socket and pipe intake).
     pub name: String,
     /// Size in bytes, as found.
     pub size: u64,
@@ -89,8 +108,12 @@ pub struct DumpFile {
     pub modified: SystemTime,
     /// Compression of the file as written (from its name or magic bytes).
     pub compression: Option<Compression>,
-    /// Fields parsed from the name by the core_pattern.
+    /// Fields parsed from the name by the core_pattern; with socket and pipe intake, what the
+    /// kernel said (host pid, and the pipe helper's `%` arguments).
     pub fields: NameFields,
+    /// Bytes the kernel wrote, when the file holds them compressed (received dumps).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_size: Option<u64>,
 }
 
 /// Facts read from `/proc/<pid>` while the crashing process was still there.

@@ -1,25 +1,23 @@
 //! spool: persists each joined record before it is stored, so a restart (even `kill -9`)
 //! resumes with the full identity the kernel gave at crash time.
 //!
-//! Pipeline: correlate → `spool` → deliver. The queue *is* the filesystem: the dump file in the
-//! dump directory plus `<state>/spool/<id>.json`. An entry is removed only after the store
-//! confirmed both the dump and its record.
+//! Pipeline: correlate → `spool` → deliver. The queue *is* the filesystem: the dump file (in
+//! the dump directory, or the receive directory for socket and pipe intake) plus
+//! `<state>/spool/<id>.json`. An entry is removed only after the store confirmed both the dump
+//! and its record. Once an entry is durable, the crash journal's entry for the same crash is
+//! no longer needed and goes: in that order, so no moment exists where neither holds it.
 
-use std::{
-    ffi::OsStr,
-    io::{self, Write as _},
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _},
-    path::{Path, PathBuf},
-};
+use std::{collections::HashSet, ffi::OsStr, io, os::unix::fs::MetadataExt as _, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::{
-    correlate::{Claims, Job},
-    intake::{self, Inspect},
+    intake::dir::{Dir, Inspect},
+    job::{Claims, Job},
     metrics::METRICS,
     record::Record,
+    state::Entries,
 };
 
 /// Why the spool failed.
@@ -51,127 +49,127 @@ struct Entry {
 /// The spool directory.
 #[derive(Debug, Clone)]
 pub struct Spool {
-    dir: PathBuf,
+    entries: Entries,
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SpoolError {
-    let path = path.to_owned();
-    move |source| SpoolError::Io { op, path, source }
+/// Where the dumps of spooled records are: the dump directory (file intake) and the receive
+/// directory (socket, pipe), each held open.
+#[derive(Debug, Clone, Default)]
+pub struct DumpDirs {
+    /// File intake's dump directory.
+    pub file: Option<std::sync::Arc<Dir>>,
+    /// The receive directory.
+    pub received: Option<std::sync::Arc<Dir>>,
 }
 
-/// Creates `<state_dir>/<name>`, readable by the agent only (records name processes and pods).
-fn private_dir(state_dir: &Path, name: &str) -> Result<PathBuf, SpoolError> {
-    let dir = state_dir.join(name);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(io_err("creating", &dir))?;
-    Ok(dir)
-}
-
-/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync dir.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+impl DumpDirs {
+    /// The directory a record's dump is in.
+    pub fn of(&self, record: &Record) -> Option<&Dir> {
+        if record.intake.received() {
+            self.received.as_deref()
+        } else {
+            self.file.as_deref()
+        }
     }
-    result
 }
 
 impl Spool {
     /// Opens (creating) `<state_dir>/spool`.
-    pub fn open(state_dir: &Path) -> Result<Self, SpoolError> {
-        Ok(Self {
-            dir: private_dir(state_dir, "spool")?,
-        })
-    }
-
-    fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
+    pub fn open(state_dir: &std::path::Path) -> Result<Self, SpoolError> {
+        let entries = Entries::open(state_dir, "spool").map_err(|source| SpoolError::Io {
+            op: "creating",
+            path: state_dir.join("spool"),
+            source,
+        })?;
+        Ok(Self { entries })
     }
 
     /// Persists a job's record.
     pub fn write(&self, job: &Job) -> Result<(), SpoolError> {
-        let path = self.path(&job.record.id);
         let entry = Entry {
             record: job.record.clone(),
             upload_dump: job.upload_dump,
         };
-        let bytes = serde_json::to_vec_pretty(&entry).expect("records serialize");
-        write_atomic(&path, &bytes).map_err(io_err("writing", &path))
+        self.entries
+            .save(&job.record.id, &entry)
+            .map_err(|source| SpoolError::Io {
+                op: "writing",
+                path: self.entries.path(&job.record.id),
+                source,
+            })
     }
 
     /// Removes a finished entry.
     pub fn remove(&self, id: &str) -> Result<(), SpoolError> {
-        let path = self.path(id);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("removing", &path)(e)),
-            _ => Ok(()),
-        }
+        self.entries.remove(id).map_err(|source| SpoolError::Io {
+            op: "removing",
+            path: self.entries.path(id),
+            source,
+        })
     }
 
-    /// Reads every entry left by a previous run and reopens its dump. Claims the dump names so
-    /// the watcher's backlog does not process them a second time.
+    /// Reads every entry left by a previous run and reopens its dump, claiming it so that
+    /// neither the watcher's backlog nor the receive directory's recovery takes it a second
+    /// time. A dump that is really gone, or whose name now holds another file, leaves a record
+    /// only (and says so). One that cannot be looked at right now (too many open files, still
+    /// being written) is not given up: its entry stays for the next start.
     pub fn recover(
         &self,
-        dump_dir: &Path,
-        max_size: u64,
+        dirs: &DumpDirs,
         claims: &Claims,
+        journal: Option<&CrashJournal>,
     ) -> Result<Vec<Job>, SpoolError> {
+        let loaded = self
+            .entries
+            .load::<Entry>()
+            .map_err(|source| SpoolError::Io {
+                op: "listing",
+                path: self.entries.dir().to_owned(),
+                source,
+            })?;
         let mut jobs = Vec::new();
-        let entries = std::fs::read_dir(&self.dir).map_err(io_err("listing", &self.dir))?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if name.starts_with('.') || !name.ends_with(".json") {
+        for (id, entry) in loaded {
+            let Ok(Entry {
+                mut record,
+                upload_dump,
+            }) = entry
+            else {
                 continue;
+            };
+            // Spooled already: the journal entry of its crash is settled.
+            if let Some(j) = journal {
+                j.remove(&id);
             }
-            let parsed = std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Entry>(&b).map_err(|e| e.to_string()));
-            let Entry {
-                record,
-                upload_dump,
-            } = match parsed {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "unreadable spool entry: moved aside");
-                    let _ = std::fs::rename(&path, path.with_extension("bad"));
-                    continue;
-                }
-            };
-            let mut job = Job {
-                dump: None,
-                upload_dump,
-                record,
-            };
-            if let Some(info) = &job.record.dump {
-                let fname = OsStr::new(&info.name);
-                match intake::inspect(dump_dir, fname, max_size) {
+            let mut dump = None;
+            let mut upload = upload_dump;
+            if let (Some(info), Some(dir)) = (&record.dump, dirs.of(&record)) {
+                let name = OsStr::new(&info.name);
+                match dir.inspect(name, u64::MAX) {
                     Ok(Inspect::Ready(d))
                         if d.meta.dev() == info.dev && d.meta.ino() == info.ino =>
                     {
-                        claims.claim(fname);
-                        job.dump = Some(d);
+                        claims.claim(d.path.as_os_str());
+                        dump = Some(d);
                     }
-                    other => {
-                        tracing::warn!(id = %job.record.id, name = %info.name, found = ?other.map(|i| matches!(i, Inspect::Gone)), "spooled dump is gone or replaced: storing its record only");
-                        job.upload_dump = false;
+                    Ok(Inspect::Ready(_) | Inspect::Gone | Inspect::Rejected(_)) => {
+                        tracing::warn!(id, name = %info.name, "spooled dump is gone or replaced: storing its record only");
+                        record.attestation.reason = format!(
+                            "{}; the dump file was gone or replaced when the agent restarted: not stored",
+                            record.attestation.reason
+                        );
+                        upload = false;
+                    }
+                    Ok(Inspect::Writing { .. }) | Err(_) => {
+                        tracing::warn!(id, name = %info.name, "spooled dump cannot be looked at now: left for the next start");
+                        continue;
                     }
                 }
             }
-            jobs.push(job);
+            jobs.push(Job {
+                record,
+                dump,
+                upload_dump: upload,
+            });
         }
         if !jobs.is_empty() {
             tracing::info!(count = jobs.len(), "resuming spooled dumps");
@@ -179,33 +177,51 @@ impl Spool {
         Ok(jobs)
     }
 
+    /// Receive ids of the spooled records (their crashes are taken care of).
+    pub fn receive_ids(jobs: &[Job]) -> HashSet<String> {
+        jobs.iter()
+            .filter_map(|j| j.record.receive_id.clone())
+            .collect()
+    }
+
     /// Number of entries (for the spool depth gauge).
     pub fn depth(&self) -> usize {
-        std::fs::read_dir(&self.dir).map_or(0, |d| {
-            d.flatten()
-                .filter(|e| {
-                    let n = e.file_name();
-                    let n = n.to_string_lossy();
-                    !n.starts_with('.') && n.ends_with(".json")
-                })
-                .count()
-        })
+        self.entries.count()
     }
 }
 
 /// Persists each job, then hands it on. Returns when the input closes.
 pub async fn run(
     spool: Spool,
+    journal: Option<CrashJournal>,
     mut rx: mpsc::Receiver<Job>,
     tx: mpsc::Sender<Job>,
 ) -> Result<(), SpoolError> {
     while let Some(job) = rx.recv().await {
-        // A spool write failure (disk full, read-only) must not lose the dump: it stays in
-        // the dump directory and is handed on; only restart-resume is lost for it.
-        if let Err(e) = spool.write(&job) {
-            tracing::error!(id = %job.record.id, error = %e, "could not spool record; storing without a restart checkpoint");
-        }
-        METRICS.spool_depth.set(spool.depth() as u64);
+        let (spool, journal) = (spool.clone(), journal.clone());
+        let job = tokio::task::spawn_blocking(move || {
+            // A spool write failure (disk full, read-only) must not lose the dump: it stays in
+            // its directory and is handed on; only restart-resume is lost for it, and the
+            // crash journal keeps the crash.
+            match spool.write(&job) {
+                Ok(()) => {
+                    if let Some(j) = &journal {
+                        j.remove(&job.record.id);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(id = %job.record.id, error = %e, "could not spool record; storing without a restart checkpoint");
+                }
+            }
+            METRICS.spool_depth.set(spool.depth() as u64);
+            job
+        })
+        .await
+        .map_err(|e| SpoolError::Io {
+            op: "spooling",
+            path: PathBuf::new(),
+            source: io::Error::other(e),
+        })?;
         tx.send(job).await.map_err(|_| SpoolError::DeliverGone)?;
     }
     Ok(())
@@ -215,58 +231,41 @@ pub async fn run(
 /// end of its dump still joins them (and still records crashes without a dump).
 #[derive(Debug, Clone)]
 pub struct CrashJournal {
-    dir: PathBuf,
+    entries: Entries,
 }
 
 impl CrashJournal {
     /// Opens (creating) `<state_dir>/crashes`.
-    pub fn open(state_dir: &Path) -> Result<Self, SpoolError> {
-        Ok(Self {
-            dir: private_dir(state_dir, "crashes")?,
-        })
-    }
-
-    fn path(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.json"))
+    pub fn open(state_dir: &std::path::Path) -> Result<Self, SpoolError> {
+        let entries = Entries::open(state_dir, "crashes").map_err(|source| SpoolError::Io {
+            op: "creating",
+            path: state_dir.join("crashes"),
+            source,
+        })?;
+        Ok(Self { entries })
     }
 
     /// Persists a pending crash (and what was read about it) under `id`.
     pub fn save<T: Serialize>(&self, id: &str, pending: &T) {
-        let path = self.path(id);
-        let bytes = serde_json::to_vec(pending).expect("crashes serialize");
-        if let Err(e) = write_atomic(&path, &bytes) {
-            tracing::warn!(path = %path.display(), error = %e, "could not journal crash event");
+        if let Err(e) = self.entries.save(id, pending) {
+            tracing::warn!(path = %self.entries.path(id).display(), error = %e, "could not journal crash event");
         }
     }
 
-    /// Forgets a crash once it is joined or recorded.
+    /// Forgets a crash once its record is spooled.
     pub fn remove(&self, id: &str) {
-        let _ = std::fs::remove_file(self.path(id));
+        if let Err(e) = self.entries.remove(id) {
+            tracing::warn!(path = %self.entries.path(id).display(), error = %e, "could not remove a journaled crash");
+        }
     }
 
-    /// Every journaled crash.
+    /// Every journaled crash (unreadable ones are moved aside).
     pub fn load<T: for<'de> Deserialize<'de>>(&self) -> Vec<(String, T)> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let id = name.strip_suffix(".json")?.to_owned();
-                if id.starts_with('.') {
-                    return None;
-                }
-                let bytes = std::fs::read(e.path()).ok()?;
-                match serde_json::from_slice(&bytes) {
-                    Ok(v) => Some((id, v)),
-                    Err(err) => {
-                        tracing::warn!(path = %e.path().display(), error = %err, "unreadable crash journal entry: dropped");
-                        let _ = std::fs::remove_file(e.path());
-                        None
-                    }
-                }
-            })
+        self.entries
+            .load::<T>()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(id, v)| v.ok().map(|v| (id, v)))
             .collect()
     }
 }

@@ -177,6 +177,119 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// `SO_PEERPIDFD` (Linux 6.5+; missing from older libc headers).
+const SO_PEERPIDFD: libc::c_int = 77;
+
+/// A pidfd of the process at the other end of a unix socket (`SO_PEERPIDFD`). For a
+/// coredump socket connection that is the crashing process, held even if its pid is reused.
+pub fn peer_pidfd(socket: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let mut fd: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` and `len` are valid for writes of the sizes given, for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&raw mut fd).cast::<libc::c_void>(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if fd < 0 {
+        return Err(io::Error::other("the kernel gave no pidfd for the peer"));
+    }
+    // SAFETY: getsockopt(SO_PEERPIDFD) returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `struct pidfd_info` (`linux/pidfd.h`) up to `coredump_mask`: 72 bytes, as Linux 6.16+ fills.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct RawPidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+    euid: u32,
+    egid: u32,
+    suid: u32,
+    sgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    exit_code: i32,
+    coredump_mask: u32,
+    spare: u32,
+}
+
+const PIDFD_INFO_PID: u64 = 1 << 0;
+const PIDFD_INFO_CGROUPID: u64 = 1 << 2;
+const PIDFD_INFO_COREDUMP: u64 = 1 << 4;
+const PIDFD_COREDUMPED: u32 = 1 << 0;
+/// `_IOWR(0xFF, 11, struct pidfd_info)` for the 72-byte struct.
+const PIDFD_GET_INFO: libc::c_ulong = 0xC048_FF0B;
+
+/// What the kernel says of a process through its pidfd (`PIDFD_GET_INFO`, Linux 6.13+; the
+/// coredump flag 6.16+).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PidfdInfo {
+    /// Its pid in our pid namespace, while it lives.
+    pub pid: Option<u32>,
+    /// Its cgroup v2 id.
+    pub cgroup_id: Option<u64>,
+    /// Whether it is dumping core, or has (the kernel set this before connecting to a
+    /// coredump socket). `None` when the kernel cannot say.
+    pub coredumped: Option<bool>,
+}
+
+/// `PIDFD_GET_INFO` on a pidfd.
+pub fn pidfd_info(pidfd: BorrowedFd<'_>) -> io::Result<PidfdInfo> {
+    let mut info = RawPidfdInfo {
+        mask: PIDFD_INFO_PID | PIDFD_INFO_CGROUPID | PIDFD_INFO_COREDUMP,
+        ..RawPidfdInfo::default()
+    };
+    // SAFETY: `info` is a writable `struct pidfd_info` of the size the request number encodes.
+    let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO, &raw mut info) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(PidfdInfo {
+        pid: (info.mask & PIDFD_INFO_PID != 0).then_some(info.pid),
+        cgroup_id: (info.mask & PIDFD_INFO_CGROUPID != 0).then_some(info.cgroupid),
+        coredumped: (info.mask & PIDFD_INFO_COREDUMP != 0)
+            .then_some(info.coredump_mask & PIDFD_COREDUMPED != 0),
+    })
+}
+
+/// Whether the process a pidfd holds is still alive (signal 0 through the pidfd): if so, its
+/// pid still names it.
+pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
+    // SAFETY: pidfd_send_signal with signal 0 and no siginfo only checks; the fd is valid.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            0,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    rc == 0
+}
+
+/// Makes this process not dumpable (`PR_SET_DUMPABLE 0`): its memory holds credentials, and a
+/// crash of the agent must not send its core to itself. Also keeps other users' ptrace out.
+pub fn set_not_dumpable() -> io::Result<()> {
+    Ok(rustix::process::set_dumpable_behavior(
+        rustix::process::DumpableBehavior::NotDumpable,
+    )?)
+}
+
 /// Free bytes available to unprivileged users on the filesystem holding `path`.
 pub fn free_bytes(path: &Path) -> io::Result<u64> {
     let cpath = path_cstring(path)?;

@@ -81,6 +81,8 @@ impl Node {
             NODE,
             "--min-free-disk",
             "0",
+            "--intake",
+            "file",
         ])
         .args(["--dump-dir", &path("dumps"), "--state-dir", &path("state")])
         .args(["--proc-sys", &path("proc-sys")])
@@ -320,6 +322,7 @@ fn no_api_unreachable_api_and_kube_off_are_told_apart() {
     .unwrap();
     let out = Command::new(agent_path())
         .args(["check", "--json", "--node-name", NODE, "--kube", "on"])
+        .args(["--intake", "file"])
         .args(["--state-dir", node.tmp.join("state").to_str().unwrap()])
         .args(["--dump-dir", node.tmp.join("dumps").to_str().unwrap()])
         .args(["--proc-sys", node.tmp.join("proc-sys").to_str().unwrap()])

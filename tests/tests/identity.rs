@@ -234,6 +234,8 @@ impl Node {
     fn start(&self, api: Option<&FakeKube>) -> Agent {
         let args_owned = [
             "run".to_owned(),
+            "--intake".into(),
+            "file".into(),
             "--dump-dir".into(),
             self.dumps.display().to_string(),
             "--state-dir".into(),

@@ -72,6 +72,8 @@ fn record(pod: Option<(&str, &str, &str)>, crash: Crash) -> Record {
         identity,
         agent: AgentInfo::current(),
         stored: None,
+        intake: Default::default(),
+        receive_id: None,
     }
 }
 

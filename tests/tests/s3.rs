@@ -485,6 +485,8 @@ impl Node {
     fn args(&self, dest: &str, endpoint: &str) -> Vec<String> {
         [
             "run",
+            "--intake",
+            "file",
             "--dump-dir",
             self.dumps.to_str().unwrap(),
             "--state-dir",
@@ -678,6 +680,8 @@ async fn a_real_crash_ends_in_the_bucket_with_its_tags_and_metadata() {
     let agent = Agent::start_with_env(
         &[
             "run",
+            "--intake",
+            "file",
             "--dump-dir",
             dumps.to_str().unwrap(),
             "--state-dir",

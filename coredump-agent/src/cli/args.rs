@@ -8,6 +8,7 @@ use crate::{
     core_pattern::{self, Setting, Sysctl},
     crash::Signal,
     identity::kubelet,
+    intake::{Intake, IntakeMode},
     probe::HookChoice,
     store::{AnyStore, ChecksumMode, ConnectOptions, Dest, Zstd, compress},
 };
@@ -199,9 +200,44 @@ pub struct CheckArgs {
 /// This node, as `run` and `check` see it.
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
-    /// Directory the kernel writes dumps into (what core_pattern points at). When the agent
-    /// creates it, it is made mode 1733: any user can create a dump, none can list or delete
-    /// another's.
+    /// How the kernel hands dumps to the agent, in order of preference (comma-separated; the
+    /// first that installs wins):
+    ///
+    /// `socket`: kernel.core_pattern = `@@<run-dir>/coredump-agent.sock`: the kernel connects
+    /// to the agent for every crash (Linux 6.16+). `pipe`: the kernel runs the agent's own
+    /// helper (copied to `<state-dir>/bin/`), which hands the dump over. Both reach every
+    /// process on the node, mount nothing into any pod, and let the agent refuse a dump
+    /// before it is written (rate limit, disk). `file`: the kernel writes into --dump-dir,
+    /// which crashing containers must mount (for hosts whose core_pattern is managed
+    /// elsewhere). `auto` is socket where the kernel has it, else pipe.
+    #[arg(
+        long,
+        env = "COREDUMP_INTAKE",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "auto"
+    )]
+    pub intake: Vec<IntakeMode>,
+    /// The agent's sockets: the kernel's coredump socket and the pipe helper's. Must be a
+    /// path without symlinks in the host's mount namespace (the kernel looks it up there).
+    #[arg(long, env = "COREDUMP_RUN_DIR", default_value = "/run/coredump-agent")]
+    pub run_dir: PathBuf,
+    /// Where dumps the kernel hands over (socket, pipe) are received, compressed, until
+    /// stored: the agent's own (mode 0700); mount it into no other pod.
+    #[arg(
+        long,
+        env = "COREDUMP_RECEIVE_DIR",
+        default_value = "/var/lib/coredump-agent/received"
+    )]
+    pub receive_dir: PathBuf,
+    /// A mount namespace of the host, from which socket patterns are written when the agent
+    /// runs in its own (the kernel takes them only from its initial mount namespace).
+    /// Needs CAP_SYS_ADMIN, and the host's pid namespace for the default.
+    #[arg(long, env = "COREDUMP_HOST_MOUNT_NS", default_value = "/proc/1/ns/mnt")]
+    pub host_mount_ns: PathBuf,
+    /// Directory the kernel writes dumps into with file intake (what a file core_pattern
+    /// points at). When the agent creates it, it is made mode 1733: any user can create a
+    /// dump, none can list or delete another's.
     #[arg(
         long,
         env = "COREDUMP_DUMP_DIR",
@@ -230,14 +266,16 @@ pub struct NodeArgs {
     /// helper's file template, e.g. `/dumps/core-%e-%t-%p-%s.gz`.
     #[arg(long, env = "COREDUMP_CORE_PATTERN")]
     pub core_pattern: Option<String>,
-    /// Point kernel.core_pattern at --dump-dir (`<dump-dir>/core.%P.%I.%s.%t.%e`), backing up
-    /// the previous value in the state dir and restoring it on SIGINT/SIGTERM. Idempotent: a
-    /// restart after a crash keeps the original backup.
+    /// With file intake, point kernel.core_pattern at --dump-dir
+    /// (`<dump-dir>/core.%P.%I.%s.%t.%e`), backing up the previous value in the state dir and
+    /// restoring it on SIGINT/SIGTERM. Idempotent: a restart after a crash keeps the original
+    /// backup. (Socket and pipe intake always install their pattern, the same way.)
     #[arg(long, env = "COREDUMP_INSTALL_CORE_PATTERN")]
     pub install_core_pattern: bool,
     /// Set kernel.core_pipe_limit while the agent runs (backed up and restored like
     /// core_pattern). Only matters for a pipe pattern (`|helper …`): how many helpers run at
-    /// once, and non-zero keeps /proc/<pid> readable until the helper is done.
+    /// once (crashes beyond get no dump), and non-zero keeps /proc/<pid> readable until the
+    /// helper is done. Pipe intake sets 64 unless told otherwise.
     #[arg(long, env = "COREDUMP_CORE_PIPE_LIMIT")]
     pub core_pipe_limit: Option<u32>,
     /// Set fs.suid_dumpable while the agent runs (backed up and restored like core_pattern).
@@ -274,7 +312,26 @@ pub struct NodeArgs {
 impl NodeArgs {
     /// The sysctl files.
     pub fn sysctl(&self) -> Sysctl {
-        Sysctl::under(&self.proc_sys)
+        Sysctl::under(&self.proc_sys).with_host_mount_ns(Some(self.host_mount_ns.clone()))
+    }
+
+    /// The kernel's coredump socket.
+    pub fn kernel_socket(&self) -> PathBuf {
+        self.run_dir.join(core_pattern::KERNEL_SOCKET)
+    }
+
+    /// The pipe helper's socket.
+    pub fn helper_socket(&self) -> PathBuf {
+        self.run_dir.join(crate::intake::pipe::HELPER_SOCKET)
+    }
+
+    /// The intakes to try on this kernel, in order, each with why.
+    pub fn intake_candidates(&self) -> Vec<crate::intake::Candidate> {
+        let modes = self
+            .sysctl()
+            .read(core_pattern::Setting::CoreModes)
+            .unwrap_or_default();
+        crate::intake::candidates(&self.intake, &modes)
     }
 
     /// The core_pattern dump file names come from: `--core-pattern`, else the live one.
@@ -285,16 +342,31 @@ impl NodeArgs {
         }
     }
 
-    /// The sysctl values the flags ask the agent to set, in install order.
-    pub fn managed_sysctls(&self) -> anyhow::Result<Vec<(Setting, String)>> {
+    /// The sysctl values the flags ask the agent to set for `intake`, in install order.
+    /// `pattern` is the core_pattern of socket and pipe intake (file intake installs one with
+    /// `--install-core-pattern`).
+    pub fn managed_sysctls(
+        &self,
+        intake: Intake,
+        pattern: Option<String>,
+    ) -> anyhow::Result<Vec<(Setting, String)>> {
         let mut wanted = Vec::new();
-        if self.install_core_pattern {
-            wanted.push((
+        if intake == Intake::Pipe {
+            // Before the pattern: the kernel must wait for the helper from the first crash.
+            let limit = self.core_pipe_limit.unwrap_or(DEFAULT_PIPE_LIMIT);
+            wanted.push((Setting::CorePipeLimit, limit.to_string()));
+        }
+        match pattern {
+            Some(p) => wanted.push((Setting::CorePattern, p)),
+            None if intake == Intake::File && self.install_core_pattern => wanted.push((
                 Setting::CorePattern,
                 core_pattern::agent_pattern(&self.dump_dir)?,
-            ));
+            )),
+            None => {}
         }
-        if let Some(limit) = self.core_pipe_limit {
+        if let Some(limit) = self.core_pipe_limit
+            && intake != Intake::Pipe
+        {
             wanted.push((Setting::CorePipeLimit, limit.to_string()));
         }
         if let Some(mode) = self.suid_dumpable {
@@ -303,6 +375,11 @@ impl NodeArgs {
         Ok(wanted)
     }
 }
+
+/// `kernel.core_pipe_limit` with pipe intake when `--core-pipe-limit` is not given: enough
+/// helpers at once for a crash storm (beyond, the kernel skips the dump; the probe still
+/// records the crash).
+pub const DEFAULT_PIPE_LIMIT: u32 = 64;
 
 /// Parses `KEY=VALUE`.
 fn parse_tag(s: &str) -> Result<(String, String), String> {
@@ -355,6 +432,10 @@ pub struct RunArgs {
     /// Dumps uploaded at the same time.
     #[arg(long, env = "COREDUMP_UPLOADS", default_value_t = 2)]
     pub uploads: usize,
+    /// Dumps received from the kernel at the same time (socket, pipe); the kernel holds the
+    /// others, with their crashed processes, until a slot is free.
+    #[arg(long, env = "COREDUMP_RECEIVES", default_value_t = 4)]
+    pub receives: usize,
     /// On SIGTERM, how long uploads in flight may go on before they are left for the next
     /// start (keep below the pod's terminationGracePeriodSeconds).
     #[arg(long, env = "COREDUMP_SHUTDOWN_GRACE", value_parser = humantime::parse_duration, default_value = "20s")]

@@ -21,6 +21,7 @@ use super::{
 use crate::{
     core_pattern::{self, Setting},
     identity::cgroup::{CgroupResolver, cgroup2_mount},
+    intake::{Candidate, Intake, pipe, socket},
     pattern::CorePattern,
     probe::{Probe, btf},
     store::Store as _,
@@ -71,8 +72,116 @@ fn core_limit(pid: &str) -> Option<String> {
     Some(soft.to_owned())
 }
 
-/// `live`: the pattern dump names come from, or why it could not be read.
-fn kernel_checks(args: &NodeArgs, live: &Result<String, String>, out: &mut Vec<Line>) {
+/// The intake `run` would install, and its core_pattern (`None`: file intake's, if any).
+fn planned_intake(args: &CheckArgs) -> Option<(Candidate, Option<String>)> {
+    let candidate = args.node.intake_candidates().into_iter().next()?;
+    let pattern = match candidate.intake {
+        Intake::Socket => Some(socket::Protocol::Request.pattern(&args.node.kernel_socket())),
+        Intake::Pipe => Some(pipe::pattern(
+            &args.store.state_dir().join("bin").join(pipe::HELPER),
+        )),
+        Intake::File => None,
+    };
+    Some((candidate, pattern))
+}
+
+/// How the kernel will hand dumps over, and whether that can work here.
+fn intake_checks(
+    args: &CheckArgs,
+    plan: Option<&(Candidate, Option<String>)>,
+    out: &mut Vec<Line>,
+) {
+    let Some((candidate, pattern)) = plan else {
+        out.push(line(
+            Level::Fail,
+            "intake",
+            format!("none of --intake {:?} works on this kernel", args.node.intake),
+            Some("socket core patterns need Linux 6.16+; use --intake auto (pipe where there is no socket)"),
+        ));
+        return;
+    };
+    let name = candidate.intake.name();
+    out.push(line(
+        Level::Ok,
+        "intake",
+        format!("{name}: {}", candidate.why),
+        None,
+    ));
+    if let Some(pattern) = pattern {
+        let len = pattern.len();
+        out.push(if len <= core_pattern::MAX_LEN {
+            line(
+                Level::Ok,
+                "core_pattern",
+                format!("the agent installs {pattern:?}"),
+                None,
+            )
+        } else {
+            line(
+                Level::Fail,
+                "core_pattern",
+                format!(
+                    "{pattern:?} is {len} bytes, more than the kernel's {}",
+                    core_pattern::MAX_LEN
+                ),
+                Some("use a shorter --run-dir or --state-dir"),
+            )
+        });
+    }
+    if candidate.intake == Intake::Socket {
+        let sock = args.node.kernel_socket();
+        let symlinked = sock.ancestors().skip(1).any(|a| {
+            a.symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink())
+        });
+        out.push(if symlinked {
+            line(
+                Level::Fail,
+                "socket",
+                format!(
+                    "{} has a symlink on its way: the kernel refuses those",
+                    sock.display()
+                ),
+                Some("give --run-dir a path without symlinks (/run/..., not /var/run/...)"),
+            )
+        } else {
+            line(Level::Ok, "socket", sock.display().to_string(), None)
+        });
+    }
+    if candidate.intake.received() {
+        let dir = &args.node.receive_dir;
+        let existing = dir.ancestors().find(|d| d.exists()).unwrap_or(dir);
+        out.push(match crate::sys::free_bytes(existing) {
+            Ok(free) if free >= args.node.min_free_disk => line(
+                Level::Ok,
+                "receive dir",
+                format!("{} ({} MiB free)", dir.display(), free >> 20),
+                None,
+            ),
+            Ok(free) => line(
+                Level::Warn,
+                "receive dir",
+                format!(
+                    "{}: {} MiB free, below --min-free-disk {} MiB: dumps would be refused",
+                    dir.display(),
+                    free >> 20,
+                    args.node.min_free_disk >> 20
+                ),
+                Some("free space or lower --min-free-disk"),
+            ),
+            Err(e) => line(
+                Level::Fail,
+                "receive dir",
+                format!("{}: {e}", existing.display()),
+                Some("mount a host directory at --receive-dir"),
+            ),
+        });
+    }
+}
+
+/// `live`: the pattern dump names come from, or why it could not be read. The core_pattern
+/// line is file intake's: socket and pipe intake install their own.
+fn kernel_checks(args: &NodeArgs, file: bool, live: &Result<String, String>, out: &mut Vec<Line>) {
     out.push(if Path::new(btf::VMLINUX).exists() {
         line(Level::Ok, "kernel BTF", btf::VMLINUX, None)
     } else {
@@ -87,6 +196,9 @@ fn kernel_checks(args: &NodeArgs, live: &Result<String, String>, out: &mut Vec<L
         Ok(p) => line(Level::Ok, "crash probe", format!("attached {}", p.hook()), None),
         Err(e) => line(Level::Fail, "crash probe", format!("{:#}", anyhow::Error::new(e)), Some("run as root or with CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH; or run the agent with --no-probe (dumps not attested)")),
     });
+    if !file {
+        return;
+    }
     match live {
         Err(e) => out.push(line(Level::Fail, "core_pattern", e.clone(), Some("mount the host's /proc/sys and point --proc-sys at it"))),
         Ok(raw) => match CorePattern::parse(raw, args.sysctl().uses_pid()) {
@@ -106,7 +218,14 @@ fn kernel_checks(args: &NodeArgs, live: &Result<String, String>, out: &mut Vec<L
     }
 }
 
-fn node_checks(args: &NodeArgs, out: &mut Vec<Line>) {
+fn node_checks(args: &NodeArgs, file: bool, out: &mut Vec<Line>) {
+    if file {
+        dump_dir_checks(args, out);
+    }
+    cgroup_and_log_checks(args, out);
+}
+
+fn dump_dir_checks(args: &NodeArgs, out: &mut Vec<Line>) {
     let dir = &args.dump_dir;
     // The agent creates a missing dump dir: then what must be writable is its first
     // existing ancestor.
@@ -153,6 +272,9 @@ fn node_checks(args: &NodeArgs, out: &mut Vec<Line>) {
             )
         });
     }
+}
+
+fn cgroup_and_log_checks(args: &NodeArgs, out: &mut Vec<Line>) {
     match args.cgroup_root.clone().or_else(cgroup2_mount) {
         None => out.push(line(
             Level::Warn,
@@ -210,9 +332,16 @@ fn writable(path: &Path) -> std::io::Result<()> {
 
 /// The kernel's core dump settings beyond core_pattern: what the agent will set, whether it
 /// can, backups a killed run left behind, and what the live values mean for dumps.
-fn sysctl_checks(args: &CheckArgs, live: Option<&str>, out: &mut Vec<Line>) {
+fn sysctl_checks(
+    args: &CheckArgs,
+    plan: Option<&(Candidate, Option<String>)>,
+    live: Option<&str>,
+    out: &mut Vec<Line>,
+) {
     let sysctl = args.node.sysctl();
-    let wanted = match args.node.managed_sysctls() {
+    let intake = plan.map_or(Intake::File, |(c, _)| c.intake);
+    let pattern = plan.and_then(|(_, p)| p.clone());
+    let wanted = match args.node.managed_sysctls(intake, pattern) {
         Ok(w) => w,
         Err(e) => {
             out.push(line(
@@ -294,8 +423,12 @@ fn sysctl_checks(args: &CheckArgs, live: Option<&str>, out: &mut Vec<Line>) {
             Some("mount the host's /proc/sys and point --proc-sys at it"),
         ),
     });
-    // The pipe limit only means something for a pipe pattern, which the agent's own is not.
-    let pipe = !args.node.install_core_pattern && live.is_some_and(|p| p.starts_with('|'));
+    // The pipe limit only means something for a pipe pattern (the agent's pipe intake, or a
+    // node's own helper).
+    let pipe = intake == Intake::Pipe
+        || (intake == Intake::File
+            && !args.node.install_core_pattern
+            && live.is_some_and(|p| p.starts_with('|')));
     if pipe || managed(Setting::CorePipeLimit).is_some() {
         let limit = managed(Setting::CorePipeLimit)
             .map(str::to_owned)
@@ -473,9 +606,12 @@ pub async fn execute(args: CheckArgs) -> anyhow::Result<ExitCode> {
         .node
         .dump_name_pattern()
         .map_err(|e| format!("{:#}", anyhow::Error::new(e)));
-    kernel_checks(&args.node, &live, &mut lines);
-    sysctl_checks(&args, live.as_deref().ok(), &mut lines);
-    node_checks(&args.node, &mut lines);
+    let plan = planned_intake(&args);
+    let file = plan.as_ref().is_some_and(|(c, _)| c.intake == Intake::File);
+    intake_checks(&args, plan.as_ref(), &mut lines);
+    kernel_checks(&args.node, file, &live, &mut lines);
+    sysctl_checks(&args, plan.as_ref(), live.as_deref().ok(), &mut lines);
+    node_checks(&args.node, file, &mut lines);
     kube_checks(&args.node, &mut lines).await;
     let store = match args.store.open(None).await {
         Err(e) => Err(e),

@@ -23,7 +23,18 @@ pub const EXIT_NOT_FOUND: u8 = 1;
 pub const EXIT_ERROR: u8 = 2;
 
 /// Parses the command line, runs the subcommand, and maps the outcome to an exit code.
+///
+/// Two internal subcommands are dispatched before anything else (no runtime, no threads, no
+/// argument parser that could take a crashed process's name for a flag): `receive`, the pipe
+/// helper the kernel runs for each crash, and `write-sysctl`, which writes a socket
+/// core_pattern from the host's mount namespace.
 pub fn main() -> ExitCode {
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match raw.get(1).and_then(|a| a.to_str()) {
+        Some("receive") => return crate::intake::helper::main(&raw[2..]),
+        Some("write-sysctl") => return crate::core_pattern::write_sysctl_main(&raw[2..]),
+        _ => {}
+    }
     let args = Args::parse();
     init_tracing(args.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

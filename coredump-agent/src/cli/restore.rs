@@ -6,13 +6,15 @@
 use std::process::ExitCode;
 
 use super::args::RestoreArgs;
-use crate::core_pattern;
+use crate::{core_pattern, intake::Intake};
 
-/// Restores what the flags say the agent manages.
+/// Restores what the agent installed (recorded in the state dir), or what the flags say it
+/// manages; then removes the pipe helper if it installed one.
 pub fn execute(args: RestoreArgs) -> anyhow::Result<ExitCode> {
-    let wanted = args.node.managed_sysctls()?;
+    let wanted = args.node.managed_sysctls(Intake::File, None)?;
     let state_dir = &args.state.state_dir;
     let restored = core_pattern::restore_backups(args.node.sysctl(), &wanted, state_dir)?;
+    super::run::remove_helper(&args.node, state_dir);
     for stale in core_pattern::stale_backups(state_dir, &wanted) {
         tracing::warn!(sysctl = stale.setting.name(), previous = %stale.previous, backup = %stale.backup.display(), fix = %stale.fix(), "not managed with these flags: left as is");
     }

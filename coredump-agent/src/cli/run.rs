@@ -1,30 +1,31 @@
 //! `coredump-agent run`: wires the pipeline together and runs it until SIGINT/SIGTERM.
 //!
 //! ```text
-//! probe ──Crash──┐
-//!                ├─► correlate ──Job──► spool ──Job──► deliver ──► store
-//! watch ──File───┘
+//! probe ──Crash──► enrich ──CrashFacts──┐
+//!                                        ├─► correlate ──Job──► spool ──Job──► deliver ──► store
+//! socket | pipe | watch ──DumpEvent─────┘
 //! ```
-//! Every arrow is a bounded channel. Sources (probe, watch) stop on the shutdown signal; each
-//! later stage stops when its input closes, after finishing what it holds, so a shutdown
+//! Every arrow is a bounded channel. Sources (probe, the intake) stop on the shutdown signal;
+//! each later stage stops when its input closes, after finishing what it holds, so a shutdown
 //! drains instead of dropping work. Whatever is not stored by then stays spooled.
 
 use std::{
+    collections::HashSet,
     path::Path,
     process::ExitCode,
     sync::{Arc, atomic::Ordering},
 };
 
 use anyhow::{Context as _, bail};
-use tokio::sync::mpsc;
+use tokio::{net::UnixListener, sync::mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::args::{KubeMode, NodeArgs, RunArgs};
 use crate::{
-    core_pattern::{self, Sysctl},
-    correlate::{self, Claims, Enricher},
+    core_pattern::{self, Installed, Sysctl},
+    correlate::{self, FileIntake},
     deliver,
-    enrich::ProcFs,
+    enrich::{self, Enricher, ProcFs},
     health::{self, Health},
     identity::events::PodEvents,
     identity::{
@@ -33,17 +34,27 @@ use crate::{
         kube,
         kubelet::KubeletLogs,
     },
+    intake::{
+        DumpEvent, Intake,
+        dir::{Dir, KEPT_DIR, QUARANTINE_DIR},
+        helper, pipe,
+        received::{Limits, ReceiveDir},
+        reception::Reception,
+        socket::{self, Protocol},
+        watch::{self, Watcher},
+    },
+    job::Claims,
     pattern::CorePattern,
+    policy::Policy,
     probe::{self, Probe},
-    spool::{self, CrashJournal, Spool},
+    spool::{self, CrashJournal, DumpDirs, Spool},
     store::{self, AnyStore, Dest, Store as _},
-    watch::{self, Watcher},
 };
 
-/// Crash events buffered between the probe and correlate.
+/// Crash events buffered between the probe, enrich and correlate.
 const CRASH_CAPACITY: usize = 256;
-/// File events buffered between the watcher and correlate.
-const FILE_CAPACITY: usize = 1024;
+/// Dump events buffered between the intake and correlate.
+const DUMP_CAPACITY: usize = 1024;
 /// Jobs buffered between stages (each holds an open file).
 const JOB_CAPACITY: usize = 64;
 
@@ -191,10 +202,119 @@ async fn pod_resolver(
     Ok((PodResolver::new(api, Some(kubelet)), events))
 }
 
+/// The intake in place: its listeners and the kernel settings it installed.
+struct Chosen {
+    intake: Intake,
+    kernel: Option<(UnixListener, Protocol)>,
+    helper: Option<UnixListener>,
+    installed: Option<Installed>,
+}
+
+/// Installs the first intake that works, in `--intake` order: binds its socket first (so the
+/// kernel finds it at the first crash), then sets the kernel's settings.
+fn install_intake(args: &RunArgs, sysctl: &Sysctl) -> anyhow::Result<Chosen> {
+    let node = &args.node;
+    let state = args.store.state_dir();
+    let candidates = node.intake_candidates();
+    if candidates.is_empty() {
+        bail!(
+            "no intake of --intake {:?} works on this kernel (socket core patterns need Linux 6.16+)",
+            node.intake
+        );
+    }
+    let mut failures = Vec::new();
+    for candidate in candidates {
+        let attempt = || -> anyhow::Result<Chosen> {
+            match candidate.intake {
+                Intake::Socket => {
+                    let path = node.kernel_socket();
+                    let listener = socket::bind(&path)
+                        .with_context(|| format!("binding {}", path.display()))?;
+                    // `@@` (Linux 6.17+) lets the agent refuse and hold; plain `@` is 6.16.
+                    let mut last = None;
+                    for protocol in [Protocol::Request, Protocol::Plain] {
+                        let wanted =
+                            node.managed_sysctls(Intake::Socket, Some(protocol.pattern(&path)))?;
+                        match core_pattern::install(sysctl.clone(), &wanted, state) {
+                            Ok(installed) => {
+                                return Ok(Chosen {
+                                    intake: Intake::Socket,
+                                    kernel: Some((listener, protocol)),
+                                    helper: None,
+                                    installed: Some(installed),
+                                });
+                            }
+                            Err(e) => last = Some(e),
+                        }
+                    }
+                    Err(anyhow::Error::new(last.expect("tried"))
+                        .context("installing the socket core_pattern"))
+                }
+                Intake::Pipe => {
+                    let path = node.helper_socket();
+                    let listener = socket::bind(&path)
+                        .with_context(|| format!("binding {}", path.display()))?;
+                    let config = helper::config(path, node.receive_dir.clone(), &limits(args));
+                    let installed_helper =
+                        pipe::install(state, &config).context("installing the pipe helper")?;
+                    let wanted =
+                        node.managed_sysctls(Intake::Pipe, Some(pipe::pattern(&installed_helper)))?;
+                    let installed = core_pattern::install(sysctl.clone(), &wanted, state)
+                        .context("installing the pipe core_pattern")?;
+                    Ok(Chosen {
+                        intake: Intake::Pipe,
+                        kernel: None,
+                        helper: Some(listener),
+                        installed: Some(installed),
+                    })
+                }
+                Intake::File => {
+                    let wanted = node.managed_sysctls(Intake::File, None)?;
+                    let installed = if wanted.is_empty() {
+                        None
+                    } else {
+                        Some(core_pattern::install(sysctl.clone(), &wanted, state)?)
+                    };
+                    Ok(Chosen {
+                        intake: Intake::File,
+                        kernel: None,
+                        helper: None,
+                        installed,
+                    })
+                }
+            }
+        };
+        match attempt() {
+            Ok(chosen) => {
+                tracing::info!(intake = chosen.intake.name(), why = %candidate.why, "intake");
+                return Ok(chosen);
+            }
+            Err(e) => {
+                tracing::warn!(intake = candidate.intake.name(), error = %format!("{e:#}"), "intake not available: trying the next");
+                failures.push(format!("{}: {e:#}", candidate.intake.name()));
+            }
+        }
+    }
+    bail!("no intake could be installed: {}", failures.join("; "))
+}
+
+/// What a receive may use, from the flags.
+fn limits(args: &RunArgs) -> Limits {
+    Limits {
+        max_size: args.max_dump_size,
+        min_free_disk: args.node.min_free_disk,
+        compress: args.zstd(),
+    }
+}
+
 /// Runs the agent until a shutdown signal.
 pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
+    // Its memory holds credentials; and with socket intake, the agent's own crash would be
+    // handed to itself.
+    if let Err(e) = crate::sys::set_not_dumpable() {
+        tracing::warn!(error = %e, "could not make the agent non-dumpable");
+    }
     let node = node_name(args.node.node_name.clone());
-    ensure_dump_dir(&args.node.dump_dir)?;
     std::fs::create_dir_all(args.store.state_dir()).with_context(|| {
         format!(
             "creating the state directory {}",
@@ -225,40 +345,134 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = Arc::new(store);
 
     let sysctl = args.node.sysctl();
-    let wanted = args.node.managed_sysctls()?;
+    let chosen = install_intake(&args, &sysctl)?;
+    let intake = chosen.intake;
+    let installed = chosen.installed.is_some();
+    let wanted = match &chosen.installed {
+        Some(i) => i.settings(),
+        None => Vec::new(),
+    };
     for stale in core_pattern::stale_backups(args.store.state_dir(), &wanted) {
         tracing::warn!(sysctl = stale.setting.name(), previous = %stale.previous, backup = %stale.backup.display(), fix = %stale.fix(), "a run that was killed set this and never restored it; this run does not manage it, so it is left as is");
     }
-    let installed = if wanted.is_empty() {
-        None
-    } else {
-        Some(core_pattern::install(
-            sysctl.clone(),
-            &wanted,
-            args.store.state_dir(),
-        )?)
-    };
-    let result = run_pipeline(&args, node, dest, store, &sysctl).await;
-    if let Some(installed) = installed
-        && let Err(e) = installed.restore()
+    let Chosen {
+        kernel,
+        helper,
+        installed: installed_settings,
+        ..
+    } = chosen;
+    let result = run_pipeline(&args, node, dest, store, &sysctl, intake, kernel, helper).await;
+    if let Some(settings) = installed_settings
+        && let Err(e) = settings.restore()
     {
         tracing::error!(error = %format!("{:#}", anyhow::Error::new(e)), "could not restore the kernel's core dump settings");
+    }
+    if installed && intake == Intake::Pipe {
+        remove_helper(&args.node, args.store.state_dir());
     }
     result
 }
 
+/// Removes the installed pipe helper, unless core_pattern still runs it (a restore that
+/// could not put the previous pattern back): a pattern naming a missing helper loses dumps.
+pub fn remove_helper(node: &NodeArgs, state_dir: &Path) {
+    let still = node
+        .sysctl()
+        .pattern()
+        .is_ok_and(|p| pipe::is_helper_pattern(&p));
+    if still {
+        tracing::warn!("core_pattern still runs the pipe helper: left installed");
+        return;
+    }
+    match pipe::uninstall(state_dir) {
+        Ok(true) => tracing::info!("removed the pipe helper"),
+        Ok(false) => {}
+        Err(e) => tracing::error!(error = %e, "could not remove the pipe helper"),
+    }
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the pieces start-up assembled, each used once"
+)]
 async fn run_pipeline(
     args: &RunArgs,
     node: String,
     dest: Dest,
     store: Arc<store::AnyStore>,
     sysctl: &Sysctl,
+    intake: Intake,
+    kernel: Option<(UnixListener, Protocol)>,
+    helper: Option<UnixListener>,
 ) -> anyhow::Result<ExitCode> {
-    let pattern = core_pattern(&args.node, sysctl)?;
-    let spool = Spool::open(args.store.state_dir())?;
-    let journal = CrashJournal::open(args.store.state_dir())?;
+    let state = args.store.state_dir();
+    let policy = Policy::new(
+        args.max_dumps_per_hour,
+        args.node.min_free_disk,
+        args.max_dump_size,
+        args.require_attestation,
+    );
+    // Where dumps are: the receive directory (socket, pipe: and what a pipe helper wrote
+    // while no agent ran), the dump directory (file).
+    let receive = if intake.received() || args.node.receive_dir.exists() {
+        Some(Arc::new(
+            ReceiveDir::open(&args.node.receive_dir).with_context(|| {
+                format!(
+                    "opening the receive directory {}",
+                    args.node.receive_dir.display()
+                )
+            })?,
+        ))
+    } else {
+        None
+    };
+    let file = if intake == Intake::File {
+        ensure_dump_dir(&args.node.dump_dir)?;
+        let pattern = core_pattern(&args.node, sysctl)?;
+        Some(FileIntake {
+            dir: Arc::new(Dir::open(&args.node.dump_dir).with_context(|| {
+                format!(
+                    "opening the dump directory {}",
+                    args.node.dump_dir.display()
+                )
+            })?),
+            pattern,
+            quarantine: Arc::new(Dir::private(state, QUARANTINE_DIR)?),
+        })
+    } else {
+        None
+    };
+    let dirs = DumpDirs {
+        file: file.as_ref().map(|f| f.dir.clone()),
+        received: receive
+            .as_ref()
+            .map(|r| Arc::new(Dir::open(r.path()).expect("just opened"))),
+    };
+    let kept = if args.keep_local {
+        Some(DumpDirs {
+            file: file
+                .as_ref()
+                .map(|_| Dir::private(state, KEPT_DIR))
+                .transpose()?
+                .map(Arc::new),
+            received: receive
+                .as_ref()
+                .map(|r| Dir::private(r.path(), KEPT_DIR))
+                .transpose()?
+                .map(Arc::new),
+        })
+    } else {
+        None
+    };
+    let spool = Spool::open(state)?;
+    let journal = CrashJournal::open(state)?;
     let claims = Claims::default();
-    let resumed = spool.recover(&args.node.dump_dir, args.max_dump_size, &claims)?;
+    let resumed = spool.recover(&dirs, &claims, Some(&journal))?;
+    let spooled: HashSet<String> = Spool::receive_ids(&resumed);
+    let received_backlog = match &receive {
+        Some(r) => r.recover(&claims, &spooled)?,
+        None => Vec::new(),
+    };
 
     let probe = if args.no_probe {
         tracing::warn!("kernel probe disabled (--no-probe): dumps are stored without attestation");
@@ -300,8 +514,14 @@ async fn run_pipeline(
     }
     // Before any stage runs: `--kube on` without a configuration must stop the start here.
     let (pods, events) = pod_resolver(&args.node, &node, &tracker, cancel.clone()).await?;
+    let enricher = Enricher {
+        proc: ProcFs::default(),
+        cgroups: cgroup_resolver(&args.node)?,
+        pods: Some(pods),
+    };
     let (crash_tx, crash_rx) = mpsc::channel(CRASH_CAPACITY);
-    let (file_tx, file_rx) = mpsc::channel(FILE_CAPACITY);
+    let (facts_tx, facts_rx) = mpsc::channel(CRASH_CAPACITY);
+    let (dump_tx, dump_rx) = mpsc::channel(DUMP_CAPACITY);
     let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
     let (spooled_tx, spooled_rx) = mpsc::channel(JOB_CAPACITY);
 
@@ -309,8 +529,9 @@ async fn run_pipeline(
     tracker.spawn(deliver::run(
         deliver::Config {
             prefix: dest.key_prefix().to_owned(),
-            dump_dir: args.node.dump_dir.clone(),
-            keep_local: args.keep_local,
+            dirs: dirs.clone(),
+            kept,
+            receive: receive.clone(),
             concurrency: args.uploads,
             shutdown_grace: args.shutdown_grace,
             uri_base: match &dest {
@@ -329,33 +550,40 @@ async fn run_pipeline(
     for job in resumed {
         spooled_tx.send(job).await.context("deliver stage")?;
     }
-    let spool_task = tracker.spawn(spool::run(spool.clone(), job_rx, spooled_tx));
-    let enricher = Enricher {
-        proc: ProcFs::default(),
-        cgroups: cgroup_resolver(&args.node)?,
-        pods: Some(pods),
-    };
+    let spool_task = tracker.spawn(spool::run(
+        spool.clone(),
+        Some(journal.clone()),
+        job_rx,
+        spooled_tx,
+    ));
     let correlate_task = tracker.spawn(correlate::run(
         correlate::Config {
-            dump_dir: args.node.dump_dir.clone(),
-            pattern,
             node,
             cluster: args.cluster_name.clone(),
-            max_dump_size: args.max_dump_size,
             event_wait: args.event_wait,
             dump_wait: args.dump_wait,
             probe_running: probe.is_some(),
-            require_attestation: args.require_attestation,
-            max_dumps_per_hour: args.max_dumps_per_hour,
-            min_free_disk: args.node.min_free_disk,
+            file: file.clone(),
+            policy: policy.clone(),
         },
-        Some(journal),
-        enricher,
+        Some(journal.clone()),
         claims,
-        crash_rx,
-        file_rx,
+        facts_rx,
+        dump_rx,
         job_tx,
     ));
+    tracker.spawn(enrich::run(
+        enricher.clone(),
+        Some(journal),
+        crash_rx,
+        facts_tx,
+    ));
+    for received in received_backlog {
+        dump_tx
+            .send(DumpEvent::Received(Box::new(received)))
+            .await
+            .context("correlate stage")?;
+    }
     let probe_task = match probe {
         Some(p) => Some(tracker.spawn(probe::run(p, crash_tx, cancel.clone()))),
         None => {
@@ -363,17 +591,54 @@ async fn run_pipeline(
             None
         }
     };
-    let watcher = Watcher::new(args.node.dump_dir.clone())?;
-    let watch_task = tracker.spawn(watch::run(watcher, file_tx, cancel.clone()));
+    let reception = receive.as_ref().map(|dir| {
+        Arc::new(Reception {
+            dir: dir.clone(),
+            enricher: enricher.clone(),
+            policy: policy.clone(),
+            limits: limits(args),
+        })
+    });
+    let intake_task = match (intake, kernel, helper, reception) {
+        (Intake::Socket, Some((listener, protocol)), _, Some(reception)) => {
+            let cfg = socket::Config {
+                path: args.node.kernel_socket(),
+                protocol,
+                concurrent: args.receives,
+            };
+            let token = cancel.child_token();
+            tracker.spawn(async move {
+                socket::run(cfg, listener, reception, dump_tx, token).await;
+                Ok(())
+            })
+        }
+        (Intake::Pipe, _, Some(listener), Some(reception)) => {
+            let concurrent = args.receives;
+            let token = cancel.child_token();
+            tracker.spawn(async move {
+                pipe::run(listener, concurrent, reception, dump_tx, token).await;
+                Ok(())
+            })
+        }
+        _ => {
+            let watcher = Watcher::new(args.node.dump_dir.clone())?;
+            let token = cancel.clone();
+            tracker.spawn(async move {
+                watch::run(watcher, dump_tx, token)
+                    .await
+                    .map_err(anyhow::Error::new)
+            })
+        }
+    };
     tracker.close();
     health.running.store(true, Ordering::Relaxed);
-    tracing::info!(dest = %store.describe(), dump_dir = %args.node.dump_dir.display(), "agent running");
+    tracing::info!(dest = %store.describe(), intake = intake.name(), "agent running");
 
     let mut failed = false;
     tokio::select! {
         () = super::shutdown_signal() => {}
-        r = watch_task => {
-            tracing::error!(result = ?r.map(|r| r.map_err(|e| format!("{e:#}"))), "the watcher stopped");
+        r = intake_task => {
+            tracing::error!(result = ?r.map(|r| r.map_err(|e| format!("{e:#}"))), "the intake stopped");
             failed = true;
         }
     }

@@ -142,6 +142,8 @@ mod tests {
             identity,
             agent: AgentInfo::current(),
             stored: None,
+            intake: Default::default(),
+            receive_id: None,
         }
     }
 

@@ -57,6 +57,17 @@ impl Zstd {
     }
 }
 
+/// A zstd encoder with these settings: what the upload path and the receive path both use, so
+/// a dump compressed while the kernel hands it over is the same as one compressed on upload.
+pub(crate) fn encoder(settings: Zstd) -> io::Result<Encoder<'static>> {
+    let mut encoder = Encoder::new(settings.level)?;
+    if settings.workers > 0 {
+        encoder.set_parameter(CParameter::NbWorkers(settings.workers))?;
+        encoder.set_parameter(CParameter::JobSize(JOB_SIZE))?;
+    }
+    Ok(encoder)
+}
+
 /// A zstd frame being written: input chunks in, compressed bytes out.
 pub(crate) struct Compressor {
     /// `None` only while a step runs on the blocking pool (or after it was cancelled).
@@ -76,15 +87,7 @@ impl Compressor {
             op: "set up the zstd encoder",
             source,
         };
-        let mut encoder = Encoder::new(settings.level).map_err(fail)?;
-        if settings.workers > 0 {
-            encoder
-                .set_parameter(CParameter::NbWorkers(settings.workers))
-                .map_err(fail)?;
-            encoder
-                .set_parameter(CParameter::JobSize(JOB_SIZE))
-                .map_err(fail)?;
-        }
+        let encoder = encoder(settings).map_err(fail)?;
         Ok(Self {
             state: Some(State {
                 encoder,

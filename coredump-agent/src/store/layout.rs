@@ -378,6 +378,7 @@ mod tests {
             modified: SystemTime::UNIX_EPOCH + Duration::from_secs(T + 1),
             compression: None,
             fields: NameFields::default(),
+            original_size: None,
         }
     }
 
@@ -415,6 +416,8 @@ mod tests {
                 kernel: "6.12.0".into(),
             },
             stored: None,
+            intake: Default::default(),
+            receive_id: None,
         }
     }
 

@@ -11,6 +11,8 @@ use std::{ffi::OsString, io, path::PathBuf};
 
 use futures::StreamExt as _;
 use inotify::{EventMask, Inotify, WatchMask};
+
+use super::DumpEvent;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -94,34 +96,34 @@ impl Watcher {
             .map_err(init)?;
         Ok(Self { dir, inotify })
     }
+}
 
-    /// Every name in the directory (sub-directories are the agent's own or hostile: skipped
-    /// here; `intake` rejects anything else that is not a regular file).
-    fn list(&self) -> Result<Vec<OsString>, WatchError> {
-        let err = |source| WatchError::List {
-            dir: self.dir.clone(),
-            source,
-        };
-        let mut names = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(err)? {
-            let entry = entry.map_err(err)?;
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            names.push(entry.file_name());
+/// Every name in the directory (sub-directories are skipped here; `dir` rejects anything else
+/// that is not a regular file).
+fn list(dir: &PathBuf) -> Result<Vec<OsString>, WatchError> {
+    let err = |source| WatchError::List {
+        dir: dir.clone(),
+        source,
+    };
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(err)? {
+        let entry = entry.map_err(err)?;
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
         }
-        names.sort();
-        Ok(names)
+        names.push(entry.file_name());
     }
+    names.sort();
+    Ok(names)
 }
 
 /// inotify read buffer: room for ~250 events of maximal name length per read.
 const BUFFER: usize = 64 * 1024;
 
 /// Sends unless cancelled first: a consumer that stopped reading must not block shutdown.
-async fn send(tx: &mpsc::Sender<FileEvent>, ev: FileEvent, cancel: &CancellationToken) -> bool {
+async fn send(tx: &mpsc::Sender<DumpEvent>, ev: FileEvent, cancel: &CancellationToken) -> bool {
     tokio::select! {
-        r = tx.send(ev) => r.is_ok(),
+        r = tx.send(DumpEvent::File(ev)) => r.is_ok(),
         () = cancel.cancelled() => false,
     }
 }
@@ -129,10 +131,10 @@ async fn send(tx: &mpsc::Sender<FileEvent>, ev: FileEvent, cancel: &Cancellation
 /// Lists the backlog, then reports changes until cancelled or the receiver is gone.
 pub async fn run(
     watcher: Watcher,
-    tx: mpsc::Sender<FileEvent>,
+    tx: mpsc::Sender<DumpEvent>,
     cancel: CancellationToken,
 ) -> Result<(), WatchError> {
-    let backlog = watcher.list()?;
+    let backlog = list(&watcher.dir)?;
     tracing::info!(dir = %watcher.dir.display(), backlog = backlog.len(), "watching the dump directory");
     for name in backlog {
         let ev = FileEvent {
@@ -162,15 +164,9 @@ pub async fn run(
         })?;
         let mut out = Vec::new();
         if event.mask.contains(EventMask::Q_OVERFLOW) {
+            // The same inotify instance goes on: listing needs none of its own.
             tracing::warn!(dir = %dir.display(), "inotify queue overflowed: listing the directory again");
-            let relist = Watcher {
-                dir: dir.clone(),
-                inotify: Inotify::init().map_err(|source| WatchError::Init {
-                    dir: dir.clone(),
-                    source,
-                })?,
-            };
-            out.extend(relist.list()?.into_iter().map(|name| FileEvent {
+            out.extend(list(&dir)?.into_iter().map(|name| FileEvent {
                 name,
                 change: Change::Listed,
             }));
@@ -208,11 +204,15 @@ mod tests {
         d
     }
 
-    async fn next(rx: &mut mpsc::Receiver<FileEvent>) -> FileEvent {
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+    async fn next(rx: &mut mpsc::Receiver<DumpEvent>) -> FileEvent {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .expect("an event")
             .expect("open channel")
+        {
+            DumpEvent::File(ev) => ev,
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]
