@@ -97,7 +97,14 @@ async fn deliver<S: Store>(
     };
     let key = layout::object_key(&cfg.prefix, &record, stored);
     let tags = layout::tags(&record);
-    let size = dump.as_ref().map_or(0, |d| d.meta.len());
+    // What the kernel wrote: a received dump is already compressed on disk.
+    let size = dump.as_ref().map_or(0, |d| {
+        record
+            .dump
+            .as_ref()
+            .and_then(|i| i.original_size)
+            .unwrap_or(d.meta.len())
+    });
     let metadata = layout::metadata(&record, size, layout::compression_name(stored_compression));
 
     let mut delay = BACKOFF_START;

@@ -29,7 +29,7 @@ use super::{
 use crate::{enrich::Enricher, pattern::NameFields, policy::Policy, store::Zstd};
 
 /// How long the agent may take to decide (the kernel, and the crashed process, wait).
-const DECIDE: Duration = Duration::from_secs(2);
+const DECIDE: Duration = Duration::from_secs(5);
 /// How long the agent may stall while the dump streams, and take to make it durable.
 const STREAM: Duration = Duration::from_secs(120);
 
@@ -60,7 +60,8 @@ pub fn main(args: &[OsString]) -> ExitCode {
 /// Says why in the kernel's log (the helper has no stderr anyone reads).
 fn fail(why: &str) -> ExitCode {
     if let Ok(mut kmsg) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
-        let _ = writeln!(kmsg, "<4>coredump-agent receive: {why}");
+        // One write: each write is one record of the kernel's log.
+        let _ = kmsg.write_all(format!("<4>coredump-agent receive: {why}\n").as_bytes());
     }
     ExitCode::FAILURE
 }

@@ -52,13 +52,15 @@ impl Pinned {
     }
 
     /// Whether the kernel says this process is dumping core: the pidfd's coredump flag
-    /// (Linux 6.16+), else `CoreDumping: 1` in its status. A process that merely connects to
+    /// (Linux 6.16+, socket intake), or `CoreDumping: 1` in its status. A process that merely connects to
     /// the agent's socket, or a pid a helper made up, is not.
     pub fn dumping(&self, proc: &ProcFs) -> bool {
-        if let Some(dumped) = self.info.and_then(|i| i.coredumped) {
-            return dumped && self.info.and_then(|i| i.pid) == Some(self.host_pid);
-        }
-        proc.core_dumping(self.host_pid) && self.alive()
+        // The pidfd flag is set before the kernel connects to a coredump socket, not before it
+        // runs a pipe helper: there, `/proc` says it.
+        let flagged = self
+            .info
+            .is_some_and(|i| i.coredumped == Some(true) && i.pid == Some(self.host_pid));
+        flagged || (proc.core_dumping(self.host_pid) && self.alive())
     }
 
     /// The kernel's cgroup id for it (`PIDFD_GET_INFO`), when the kernel gives it.

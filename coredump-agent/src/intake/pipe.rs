@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     DumpEvent, Intake,
     pinned::Pinned,
-    reception::{Reception, Refusal, serve},
+    reception::{Reception, Refusal, Slots, serve},
 };
 use crate::pattern::NameFields;
 
@@ -176,8 +176,8 @@ pub async fn run(
     out: mpsc::Sender<DumpEvent>,
     cancel: CancellationToken,
 ) {
-    let handle = move |stream, busy| {
-        if let Err(e) = handle(&reception, stream, busy, &out) {
+    let handle = move |stream, slots: &Slots| {
+        if let Err(e) = handle(&reception, stream, slots, &out) {
             tracing::warn!(error = %e, "pipe helper connection");
         }
     };
@@ -212,7 +212,7 @@ pub fn read_line(stream: &mut impl io::Read) -> io::Result<Vec<u8>> {
 fn handle(
     reception: &Reception,
     mut stream: UnixStream,
-    busy: bool,
+    slots: &Slots,
     out: &mpsc::Sender<DumpEvent>,
 ) -> io::Result<()> {
     use std::os::fd::AsFd as _;
@@ -255,24 +255,37 @@ fn handle(
             return send_line(&mut stream, &decision);
         }
     };
-    let refusal = admission.refusal.clone().or(busy.then_some(Refusal::Busy));
+    let ticket = admission
+        .refusal
+        .is_none()
+        .then(|| slots.enqueue())
+        .flatten();
+    let refusal = admission
+        .refusal
+        .clone()
+        .or(ticket.is_none().then_some(Refusal::Busy));
     let decision = Decision {
         take: refusal.is_none(),
         reason: refusal.as_ref().map(|r| format!("{r:?}")),
     };
     send_line(&mut stream, &decision)?;
-    let received = match &refusal {
-        Some(refusal) => Reception::refused(admission.header, refusal),
-        None => {
+    let received = match (&refusal, ticket) {
+        (None, Some(ticket)) => {
             if out
                 .blocking_send(DumpEvent::Receiving { host_pid })
                 .is_err()
             {
                 return Ok(());
             }
+            // The helper's writes wait meanwhile (and the kernel, and the process).
+            let Some(_slot) = ticket.wait() else {
+                return Ok(());
+            };
             stream.set_read_timeout(Some(Duration::from_secs(60)))?;
             reception.receive(admission.header, &mut stream)
         }
+        (Some(refusal), _) => Reception::refused(admission.header, refusal),
+        (None, None) => Reception::refused(admission.header, &Refusal::Busy),
     };
     if refusal.is_none() {
         let done = Done {

@@ -180,23 +180,80 @@ impl Reception {
     }
 }
 
-/// Connections waiting for a receive slot; beyond, dumps are refused (their crashes recorded).
+/// Dumps waiting for a receive slot; beyond, dumps are refused (their crashes recorded).
 pub const MAX_WAITING: usize = 256;
 
-/// Accepts connections until cancelled, each handled by `handle(stream, busy)` on a blocking
-/// thread, at most `concurrent` at once. The accept loop itself never waits: the kernel's
-/// connect does not block, so a full backlog would be a lost dump. A connection beyond
-/// [`MAX_WAITING`] waiting ones is handled at once with `busy` set (refuse, record). On
-/// cancel, connections in flight finish (the kernel is writing them).
+/// The receive slots: at most `concurrent` dumps stream at once; the others wait in a queue
+/// of at most [`MAX_WAITING`] (the kernel holds their processes meanwhile).
+#[derive(Debug, Clone)]
+pub struct Slots {
+    semaphore: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// A place in the queue for a receive slot.
+#[derive(Debug)]
+pub struct Ticket {
+    slots: Slots,
+}
+
+impl Slots {
+    /// Slots for `concurrent` receives, on the current runtime.
+    pub fn new(concurrent: usize) -> Self {
+        Self {
+            semaphore: Arc::new(tokio::sync::Semaphore::new(concurrent.max(1))),
+            waiting: Arc::default(),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// A place in the queue, or `None` when [`MAX_WAITING`] dumps wait already: decided
+    /// before the kernel is told to write, so that it can be told not to.
+    pub fn enqueue(&self) -> Option<Ticket> {
+        use std::sync::atomic::Ordering;
+        let before = self.waiting.fetch_add(1, Ordering::SeqCst);
+        if before >= MAX_WAITING {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Ticket {
+            slots: self.clone(),
+        })
+    }
+}
+
+impl Ticket {
+    /// Waits for a slot (blocking: call from a blocking thread). `None` if the runtime is
+    /// shutting down.
+    pub fn wait(self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = self.slots.semaphore.clone();
+        self.slots.runtime.block_on(semaphore.acquire_owned()).ok()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.slots
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Accepts connections until cancelled, each handled by `handle(stream, slots)` on a blocking
+/// thread of its own. The accept loop itself never waits: the kernel's connect does not
+/// block, so a full backlog would be a lost dump. A handler decides first (cheap: `/proc`),
+/// then queues for one of `concurrent` receive slots ([`Slots`]). On cancel, connections in
+/// flight finish (the kernel is writing them).
 pub async fn serve<H>(
     listener: UnixListener,
     concurrent: usize,
     handle: H,
     cancel: CancellationToken,
 ) where
-    H: Fn(UnixStream, bool) + Clone + Send + 'static,
+    H: Fn(UnixStream, &Slots) + Clone + Send + 'static,
 {
-    let slots = Arc::new(tokio::sync::Semaphore::new(concurrent.max(1)));
+    let slots = Slots::new(concurrent);
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -216,21 +273,8 @@ pub async fn serve<H>(
                 continue;
             }
         };
-        let busy = connections.len() >= MAX_WAITING;
         let (slots, handle) = (slots.clone(), handle.clone());
-        connections.spawn(async move {
-            // Waiting for a slot holds the crashed process in the kernel, not a thread.
-            let permit = if busy {
-                None
-            } else {
-                slots.acquire_owned().await.ok()
-            };
-            let _ = tokio::task::spawn_blocking(move || {
-                handle(stream, permit.is_none());
-                drop(permit);
-            })
-            .await;
-        });
+        connections.spawn_blocking(move || handle(stream, &slots));
     }
     drop(listener);
     while connections.join_next().await.is_some() {}

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     DumpEvent, Intake, Received,
     pinned::Pinned,
-    reception::{Reception, Refusal, serve},
+    reception::{Reception, Refusal, Slots, serve},
 };
 use crate::pattern::NameFields;
 
@@ -124,7 +124,7 @@ pub async fn run(
 ) {
     tracing::info!(socket = %cfg.path.display(), protocol = ?cfg.protocol, "receiving dumps from the kernel's coredump socket");
     let protocol = cfg.protocol;
-    let handle = move |stream, busy| handle(&reception, stream, protocol, busy, &out);
+    let handle = move |stream, slots: &Slots| handle(&reception, stream, protocol, slots, &out);
     // After cancel, new connections find the socket closed: their crashes are recorded from
     // the probe, without a dump.
     serve(listener, cfg.concurrent, handle, cancel).await;
@@ -135,7 +135,7 @@ fn handle(
     reception: &Reception,
     mut stream: UnixStream,
     protocol: Protocol,
-    busy: bool,
+    slots: &Slots,
     out: &mpsc::Sender<DumpEvent>,
 ) {
     use std::os::fd::AsFd as _;
@@ -156,7 +156,15 @@ fn handle(
             return;
         }
     };
-    let refusal = admission.refusal.clone().or(busy.then_some(Refusal::Busy));
+    let ticket = admission
+        .refusal
+        .is_none()
+        .then(|| slots.enqueue())
+        .flatten();
+    let refusal = admission
+        .refusal
+        .clone()
+        .or(ticket.is_none().then_some(Refusal::Busy));
     if protocol == Protocol::Request {
         let mask = if refusal.is_none() {
             COREDUMP_KERNEL | COREDUMP_WAIT
@@ -171,17 +179,20 @@ fn handle(
             return;
         }
     }
-    let received = match &refusal {
-        Some(refusal) => Reception::refused(admission.header, refusal),
-        None => {
+    let received = match (&refusal, ticket) {
+        (None, Some(ticket)) => {
             let receiving = DumpEvent::Receiving {
                 host_pid: pinned.host_pid,
             };
             if out.blocking_send(receiving).is_err() {
                 return;
             }
+            // The kernel writes into the socket meanwhile, and waits when it is full.
+            let Some(_slot) = ticket.wait() else { return };
             reception.receive(admission.header, &mut stream)
         }
+        (Some(refusal), _) => Reception::refused(admission.header, refusal),
+        (None, None) => Reception::refused(admission.header, &Refusal::Busy),
     };
     let _ = out.blocking_send(DumpEvent::Received(Box::new(received)));
     // Closing the connection (drop) lets the kernel finish the process.

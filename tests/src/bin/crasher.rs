@@ -12,7 +12,9 @@
 //! drop-privileges UID (switches from root to UID, default 65534, then segfaults),
 //! unreadable-args (segfaults after making the pages of its argument area inaccessible),
 //! half-readable-args [PAD] (the same, but the area's first 8 bytes stay readable: it first
-//! re-executes itself with a padding argument that puts them at the end of a page).
+//! re-executes itself with a padding argument that puts them at the end of a page),
+//! mountns MODE (MODE in a new mount namespace where /tmp, /run and /var/lib are empty: a
+//! container that mounts nothing), big MIB (segfaults holding MIB MiB of written memory).
 //! Arguments after `--` are ignored: tests use them to give it a recognisable command line.
 //!
 //! `CRASHER_CORE_LIMIT` sets RLIMIT_CORE (default 0: the probe tests need no core file).
@@ -175,6 +177,17 @@ fn act(mode: &str, arg: Option<&str>) {
             ready_and_wait(host_tid());
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
+        "mountns" => {
+            hide_host_dirs();
+            act(arg.unwrap_or("segv"), None);
+        }
+        "big" => {
+            let mib: usize = arg.and_then(|a| a.parse().ok()).unwrap_or(1024);
+            let memory = fill(mib << 20);
+            ready_and_wait(host_tid());
+            std::hint::black_box(&memory);
+            segv();
+        }
         other => {
             eprintln!("crasher: unknown mode {other:?}");
             std::process::exit(2);
@@ -293,6 +306,73 @@ fn set_hostname(name: &str) {
         eprintln!("crasher: sethostname: {}", std::io::Error::last_os_error());
         std::process::exit(3);
     }
+}
+
+/// Moves this process into a new mount namespace in which `/tmp`, `/run` and `/var/lib` are
+/// empty: as in a container that mounts nothing of the host, no dump directory, receive
+/// directory or socket of the agent (all under those) can be seen from here.
+fn hide_host_dirs() {
+    // SAFETY: unshare(CLONE_NEWNS) only changes this process's own namespace membership.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        eprintln!(
+            "crasher: unshare(CLONE_NEWNS): {}",
+            std::io::Error::last_os_error()
+        );
+        std::process::exit(3);
+    }
+    let root = CString::new("/").unwrap();
+    let tmpfs = CString::new("tmpfs").unwrap();
+    // SAFETY: valid NUL-terminated strings; no data argument. Private first, so nothing
+    // mounted here propagates back to the host.
+    let rc = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "mount --make-rprivate /: {}",
+        std::io::Error::last_os_error()
+    );
+    for dir in ["/tmp", "/run", "/var/lib"] {
+        let target = CString::new(dir).unwrap();
+        // SAFETY: as above.
+        let rc = unsafe {
+            libc::mount(
+                tmpfs.as_ptr(),
+                target.as_ptr(),
+                tmpfs.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mount tmpfs {dir}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// `len` bytes of memory written with a cheap pseudo-random sequence: a core that compresses
+/// about as well as real heap does, not to nothing.
+fn fill(len: usize) -> Vec<u64> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len / 8)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Half the words small numbers, as real memory holds many.
+            if i % 2 == 0 { x } else { x & 0xff }
+        })
+        .collect()
 }
 
 /// Runs `mode` as pid 2 of a new pid namespace (pid 1 is a waiting init), and exits with
