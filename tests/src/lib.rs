@@ -168,9 +168,12 @@ pub fn crasher_path() -> PathBuf {
     own_binary("crasher")
 }
 
-/// The agent binary (the `coredump-agent` command line).
+/// The agent binary (the `coredump-agent` command line). `COREDUMP_TEST_AGENT` names another
+/// one: to run a test against an earlier build and see it fail there.
 pub fn agent_path() -> PathBuf {
-    own_binary("agent")
+    std::env::var_os("COREDUMP_TEST_AGENT")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| own_binary("agent"), PathBuf::from)
 }
 
 /// A unique, empty temporary directory, removed on drop.
@@ -238,6 +241,23 @@ impl Agent {
         let mut agent = Self { child, log };
         agent.wait_for_log("agent running", Duration::from_secs(30));
         agent
+    }
+
+    /// The agent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A field of `/proc/<pid>/status` in KiB (`VmHWM`: peak resident memory).
+    pub fn status_kib(&self, field: &str) -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
     }
 
     /// Log lines so far, parsed.

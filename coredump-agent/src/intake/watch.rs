@@ -98,23 +98,35 @@ impl Watcher {
     }
 }
 
-/// Every name in the directory (sub-directories are skipped here; `dir` rejects anything else
-/// that is not a regular file).
-fn list(dir: &PathBuf) -> Result<Vec<OsString>, WatchError> {
+/// Sends every name in the directory as [`Change::Listed`], one at a time as they are read:
+/// a directory a container filled with a million names costs no memory here. Sub-directories
+/// are skipped (`dir` rejects anything else that is not a regular file). False if cancelled.
+async fn list(
+    dir: &PathBuf,
+    tx: &mpsc::Sender<DumpEvent>,
+    cancel: &CancellationToken,
+) -> Result<bool, WatchError> {
     let err = |source| WatchError::List {
         dir: dir.clone(),
         source,
     };
-    let mut names = Vec::new();
+    let mut listed = 0usize;
     for entry in std::fs::read_dir(dir).map_err(err)? {
         let entry = entry.map_err(err)?;
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        names.push(entry.file_name());
+        let ev = FileEvent {
+            name: entry.file_name(),
+            change: Change::Listed,
+        };
+        if !send(tx, ev, cancel).await {
+            return Ok(false);
+        }
+        listed += 1;
     }
-    names.sort();
-    Ok(names)
+    tracing::debug!(dir = %dir.display(), listed, "listed the dump directory");
+    Ok(true)
 }
 
 /// inotify read buffer: room for ~250 events of maximal name length per read.
@@ -134,16 +146,9 @@ pub async fn run(
     tx: mpsc::Sender<DumpEvent>,
     cancel: CancellationToken,
 ) -> Result<(), WatchError> {
-    let backlog = list(&watcher.dir)?;
-    tracing::info!(dir = %watcher.dir.display(), backlog = backlog.len(), "watching the dump directory");
-    for name in backlog {
-        let ev = FileEvent {
-            name,
-            change: Change::Listed,
-        };
-        if !send(&tx, ev, &cancel).await {
-            return Ok(());
-        }
+    tracing::info!(dir = %watcher.dir.display(), "watching the dump directory");
+    if !list(&watcher.dir, &tx, &cancel).await? {
+        return Ok(());
     }
     let Watcher { dir, inotify } = watcher;
     let mut events = inotify
@@ -162,14 +167,12 @@ pub async fn run(
             dir: dir.clone(),
             source,
         })?;
-        let mut out = Vec::new();
         if event.mask.contains(EventMask::Q_OVERFLOW) {
             // The same inotify instance goes on: listing needs none of its own.
             tracing::warn!(dir = %dir.display(), "inotify queue overflowed: listing the directory again");
-            out.extend(list(&dir)?.into_iter().map(|name| FileEvent {
-                name,
-                change: Change::Listed,
-            }));
+            if !list(&dir, &tx, &cancel).await? {
+                return Ok(());
+            }
         } else if let Some(name) = event.name {
             if event.mask.contains(EventMask::ISDIR) {
                 continue;
@@ -182,10 +185,7 @@ pub async fn run(
             } else {
                 Change::Created
             };
-            out.push(FileEvent { name, change });
-        }
-        for ev in out {
-            if !send(&tx, ev, &cancel).await {
+            if !send(&tx, FileEvent { name, change }, &cancel).await {
                 return Ok(());
             }
         }

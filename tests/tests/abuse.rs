@@ -1,0 +1,319 @@
+//! Abuse: what a hostile pod (root in its container, writing where it can, crashing and
+//! flooding at will) can do to the agent, and what it must never achieve: read what it should
+//! not, make the agent delete or upload the wrong thing, attribute a dump to another pod, or
+//! cost another pod its dump (root; CI=true forbids skipping).
+//!
+//! Each test was written against the code before its fix, and failed there
+//! (`COREDUMP_TEST_AGENT` runs them against another build).
+
+use std::{
+    io::{Seek as _, Write as _},
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use coredump_tests::{
+    Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, require_root, store_records,
+    wait_for_store,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+const NODE: &str = "test-node";
+/// The file pattern of a node set up the old way: a dump directory containers mount.
+const TEMPLATE: &str = "core.%P.%I.%s.%t.%e";
+
+struct Node {
+    tmp: TempDir,
+    state: PathBuf,
+    dumps: PathBuf,
+    store: PathBuf,
+    _guard: CorePatternGuard,
+}
+
+/// A node whose dump directory is in the state directory, as the DaemonSet lays them out on
+/// one host path, with core_pattern pointing into it.
+fn node(tag: &str) -> Node {
+    let tmp = TempDir::new(tag);
+    let state = tmp.join("state");
+    let dumps = state.join("dumps");
+    std::fs::create_dir_all(&dumps).unwrap();
+    let guard = CorePatternGuard::set(&format!("{}/{TEMPLATE}", dumps.display()));
+    Node {
+        store: tmp.join("store"),
+        state,
+        dumps,
+        tmp,
+        _guard: guard,
+    }
+}
+
+impl Node {
+    fn start(&self, extra: &[&str]) -> Agent {
+        let p = |p: &Path| p.to_str().unwrap().to_owned();
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            "--dump-dir".into(),
+            p(&self.dumps),
+            "--state-dir".into(),
+            p(&self.state),
+            "--dest".into(),
+            p(&self.store),
+            "--run-dir".into(),
+            p(&self.tmp.join("run")),
+            "--receive-dir".into(),
+            p(&self.tmp.join("received")),
+            "--node-name".into(),
+            NODE.into(),
+            "--kube".into(),
+            "off".into(),
+            "--event-wait".into(),
+            "2s".into(),
+            "--dump-wait".into(),
+            "3s".into(),
+            "--min-free-disk".into(),
+            "0".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Agent::start(&args, self.tmp.join("agent.log"))
+    }
+}
+
+/// Every file under `dir`, as paths relative to it.
+fn files_under(dir: &Path) -> Vec<String> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(root, &path, out);
+            } else {
+                out.push(
+                    path.strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// `renameat2(RENAME_EXCHANGE)`: swaps two names atomically.
+fn exchange(a: &Path, b: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let (a, b) = (
+        std::ffi::CString::new(a.as_os_str().as_bytes()).unwrap(),
+        std::ffi::CString::new(b.as_os_str().as_bytes()).unwrap(),
+    );
+    // SAFETY (test): both are valid NUL-terminated paths for the call.
+    unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        ) == 0
+    }
+}
+
+/// A container that can write the dump directory swaps the agent's `quarantine` folder for a
+/// link into the state directory while dropping files the agent must quarantine (hard links,
+/// with names ending in `.json`), for 1,000 rounds. Before the fix, the agent checked the
+/// folder by path, then renamed into it by path: the files landed in `spool/`, and the next
+/// start trusted them as records (any pod, attested).
+#[test]
+fn the_quarantine_swap_race_never_puts_a_file_in_the_state_directory() {
+    if !require_root("abuse") {
+        return;
+    }
+    let n = node("quarantine-race");
+    let agent = n.start(&["--intake", "file"]);
+    let spool = n.state.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    let source = n.tmp.join("evil-source");
+    std::fs::write(&source, b"{\"schema\":1}").unwrap();
+    let (quarantine, link) = (n.dumps.join("quarantine"), n.dumps.join("q-link"));
+    let _ = std::fs::create_dir(&quarantine);
+    std::os::unix::fs::symlink(&spool, &link).unwrap();
+    // The folder and the link trade places without pause while the agent works.
+    let stop = Arc::new(AtomicBool::new(false));
+    let swapper = {
+        let (quarantine, link, stop) = (quarantine.clone(), link.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                swaps += u64::from(exchange(&quarantine, &link));
+            }
+            swaps
+        })
+    };
+    for round in 0..1000u32 {
+        let name = format!("core.{round}.{round}.11.1700000000.x.json");
+        let _ = std::fs::hard_link(&source, n.dumps.join(&name));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::SeqCst);
+    let swaps = swapper.join().unwrap();
+    assert!(swaps > 1000, "{swaps} swaps");
+    agent.terminate();
+    let planted: Vec<String> = files_under(&n.state)
+        .into_iter()
+        .filter(|f| f.contains(".x.json"))
+        .filter(|f| !f.starts_with("dumps/") && !f.starts_with("quarantine/"))
+        .collect();
+    assert!(
+        planted.is_empty(),
+        "attacker files in the state directory: {planted:?}"
+    );
+    assert!(
+        files_under(&spool).is_empty(),
+        "the spool holds only the agent's own records: {:?}",
+        files_under(&spool)
+    );
+}
+
+/// A flood of empty files the core_pattern could have made (a container may create any
+/// number): the agent follows a bounded number, drops the ones nobody writes, and stays small.
+/// Before the fix every name stayed followed forever, and memory grew with their number.
+#[test]
+fn two_hundred_thousand_empty_matching_files_leave_the_agent_small() {
+    if !require_root("abuse") {
+        return;
+    }
+    /// Peak resident memory allowed after the flood. The agent idles at ~28 MiB (debug build).
+    const BOUND_KIB: u64 = 64 << 10;
+    let n = node("empty-flood");
+    let agent = n.start(&["--intake", "file"]);
+    let before = agent.status_kib("VmRSS").unwrap();
+    for i in 0..200_000u32 {
+        std::fs::File::create(n.dumps.join(format!("core.{i}.{i}.11.1700000000.flood"))).unwrap();
+    }
+    // A real crash right after is still stored (nothing is stuck), once the agent has worked
+    // through the events before it and the relisting after the inotify queue overflowed.
+    let c = Crasher::spawn_with(
+        "segv",
+        None,
+        &CrasherOpts {
+            core_limit: u64::MAX,
+            ..Default::default()
+        },
+    );
+    let pid = c.host_pid;
+    assert!(!c.go().success());
+    wait_for_store(&n.store, WAIT, |_| {
+        store_records(&n.store)
+            .iter()
+            .any(|(_, r)| r["crash"]["host_pid"] == pid)
+    });
+    let peak = agent.status_kib("VmHWM").unwrap();
+    let now = agent.status_kib("VmRSS").unwrap();
+    agent.terminate();
+    eprintln!("agent RSS: {before} KiB before, {now} KiB after, peak {peak} KiB");
+    assert!(
+        peak < BOUND_KIB,
+        "peak RSS {peak} KiB, bound {BOUND_KIB} KiB"
+    );
+}
+
+/// A container that sees the dump directory opens another pod's dump for writing as it
+/// appears, and rewrites it once the kernel is done. Before the fix (file intake, the only
+/// one) that stored the attacker's bytes as the victim's attested dump. With the kernel
+/// handing dumps over (the default intake), no dump ever passes through a directory a
+/// container sees, and the stored dump is the victim's.
+#[test]
+fn another_pods_dump_cannot_be_rewritten() {
+    if !require_root("abuse") {
+        return;
+    }
+    let n = node("rewrite");
+    let agent = n.start(&[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let touched = Arc::new(AtomicUsize::new(0));
+    let attacker = {
+        let (dumps, stop, touched) = (n.dumps.clone(), stop.clone(), touched.clone());
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                for e in std::fs::read_dir(&dumps).into_iter().flatten().flatten() {
+                    if e.file_type().is_ok_and(|t| t.is_file())
+                        && let Ok(f) = std::fs::File::options()
+                            .write(true)
+                            .custom_flags(libc::O_NONBLOCK)
+                            .open(e.path())
+                    {
+                        touched.fetch_add(1, Ordering::SeqCst);
+                        held.push(f);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // The kernel is done: rewrite what was caught, then let go.
+            for mut f in held {
+                let _ = f.seek(std::io::SeekFrom::Start(0));
+                let _ = f.write_all(&[b'E'; 4096]);
+            }
+        })
+    };
+    let marker = format!("victim-{}", std::process::id());
+    let c = Crasher::spawn_with(
+        "segv",
+        None,
+        &CrasherOpts {
+            core_limit: u64::MAX,
+            extra_args: &[&marker],
+            ..Default::default()
+        },
+    );
+    let pid = c.host_pid;
+    assert!(!c.go().success());
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    attacker.join().unwrap();
+    let deadline = Instant::now() + WAIT;
+    let key = loop {
+        let found = store_records(&n.store)
+            .into_iter()
+            .find(|(_, r)| r["crash"]["host_pid"] == pid && !r["dump"].is_null());
+        if let Some((key, _)) = found {
+            break key.strip_suffix(".json").unwrap().to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the victim's dump was not stored"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    agent.terminate();
+    let stored = std::fs::read(n.store.join(&key)).unwrap();
+    let core = if stored.starts_with(b"\x28\xb5\x2f\xfd") {
+        zstd::decode_all(&stored[..]).unwrap()
+    } else {
+        stored
+    };
+    assert!(
+        &core[..4] == b"\x7fELF",
+        "the stored dump is an ELF core, not the attacker's bytes"
+    );
+    assert!(
+        core.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "the stored dump is the victim's"
+    );
+    eprintln!(
+        "the attacker caught {} file(s) in the dump directory",
+        touched.load(Ordering::SeqCst)
+    );
+}
