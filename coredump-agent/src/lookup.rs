@@ -116,7 +116,8 @@ fn parse_key(key: &str) -> Option<KeyName<'_>> {
     let stem = name.split('.').next()?;
     let signal = stem.rsplit('_').next()?;
     let t = stem.split('_').next()?;
-    let time = (t.len() == 16).then(|| {
+    // Keys are a bucket's, so anyone's: slice only what is plain ASCII of the right length.
+    let time = (t.len() == 16 && t.is_ascii()).then(|| {
         let rfc = format!(
             "{}-{}-{}T{}:{}:{}Z",
             &t[0..4],

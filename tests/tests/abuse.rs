@@ -317,3 +317,257 @@ fn another_pods_dump_cannot_be_rewritten() {
         touched.load(Ordering::SeqCst)
     );
 }
+
+// ---- the operator's CLI against a hostile bucket -------------------------------------------
+
+mod bucket {
+    use std::process::{Command, Output};
+
+    use coredump_agent::{
+        pattern::Compression,
+        record::StoredDump,
+        store::{
+            Body, Metadata, Store as _,
+            layout::{self, Stored},
+            local::LocalStore,
+        },
+    };
+    use coredump_tests::{
+        TempDir, agent_path,
+        seed::{crash, record},
+    };
+
+    fn cli(dir: &std::path::Path, store: &std::path::Path, args: &[&str]) -> Output {
+        Command::new(agent_path())
+            .args(args)
+            .args(["--dest", store.to_str().unwrap()])
+            .current_dir(dir)
+            .env("COREDUMP_LOG", "warn")
+            .output()
+            .expect("run the agent cli")
+    }
+
+    /// Stores `stored` as a dump object with a record beside it saying the dump was
+    /// `original` bytes; returns its key.
+    async fn plant(store: &LocalStore, stored: &[u8], original: u64, cmdline: &[&str]) -> String {
+        let mut r = record(
+            Some(("shop", "web-1", "app")),
+            crash(4242, "app", 11, std::time::Duration::from_secs(60)),
+        );
+        if let Some(c) = r.crash.as_mut() {
+            c.cmdline = Some(cmdline.iter().map(|s| (*s).to_owned()).collect());
+        }
+        r.dump = Some(coredump_agent::record::DumpFile {
+            name: "core.1\u{1b}[2Jname".into(),
+            size: original,
+            owner_uid: 0,
+            dev: 1,
+            ino: 1,
+            modified: std::time::SystemTime::now(),
+            compression: None,
+            fields: Default::default(),
+            original_size: None,
+        });
+        let key = layout::object_key("", &r, Stored::Dump(Some(Compression::Zstd)));
+        let receipt = store
+            .put(
+                &key,
+                Body::Bytes(stored),
+                &layout::tags(&r),
+                &Metadata::new(),
+            )
+            .await
+            .unwrap();
+        r.stored = Some(StoredDump {
+            key: key.clone(),
+            size: receipt.size,
+            sha256: receipt.sha256,
+            compression: Some(Compression::Zstd),
+        });
+        let json = serde_json::to_vec(&r).unwrap();
+        store
+            .put(
+                &layout::record_key(&key),
+                Body::Bytes(&json),
+                &layout::tags(&r),
+                &Metadata::new(),
+            )
+            .await
+            .unwrap();
+        key
+    }
+
+    fn files(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "store")
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A `.core.zst` that decompresses to far more than its record says the dump was: `get`
+    /// stops at the recorded size instead of filling the disk.
+    #[tokio::test]
+    async fn get_stops_a_decompression_bomb_at_the_recorded_size() {
+        let tmp = TempDir::new("bomb");
+        let root = tmp.join("store");
+        let store = LocalStore::new(root.clone()).unwrap();
+        let bomb = zstd::encode_all(&vec![0u8; 256 << 20][..], 19).unwrap();
+        assert!(bomb.len() < 64 << 10, "{} bytes", bomb.len());
+        let key = plant(&store, &bomb, 1 << 20, &["app"]).await;
+        let out = cli(&tmp.path, &root, &["get", &key, "-o", "bomb.core"]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("decompresses to more than 1048576 bytes"),
+            "{err}"
+        );
+        assert!(
+            files(&tmp.path).is_empty(),
+            "nothing left: {:?}",
+            files(&tmp.path)
+        );
+    }
+
+    /// No record beside the dump: `get` will not skip verification silently.
+    #[tokio::test]
+    async fn get_refuses_an_unverifiable_dump_unless_told() {
+        let tmp = TempDir::new("noverify");
+        let root = tmp.join("store");
+        let store = LocalStore::new(root.clone()).unwrap();
+        let data = zstd::encode_all(&b"\x7fELF not much"[..], 3).unwrap();
+        let key = "shop/web-1/20261126T000000Z_app_app_7_SIGSEGV.core.zst";
+        store
+            .put(
+                key,
+                Body::Bytes(&data),
+                &Default::default(),
+                &Metadata::new(),
+            )
+            .await
+            .unwrap();
+        let out = cli(&tmp.path, &root, &["get", key, "-o", "x.core"]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--no-verify"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(files(&tmp.path).is_empty());
+        // A record too large to be one is not read either.
+        let huge = vec![b' '; 2 << 20];
+        store
+            .put(
+                &layout::record_key(key),
+                Body::Bytes(&huge),
+                &Default::default(),
+                &Metadata::new(),
+            )
+            .await
+            .unwrap();
+        let out = cli(&tmp.path, &root, &["get", key, "-o", "x.core"]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("larger than a record"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Told: downloaded, with a warning.
+        let out = cli(
+            &tmp.path,
+            &root,
+            &["get", key, "-o", "x.core", "--no-verify"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            std::fs::read(tmp.join("x.core")).unwrap(),
+            b"\x7fELF not much"
+        );
+    }
+
+    /// The output path is a link someone planted: `get` writes nothing through it.
+    #[tokio::test]
+    async fn get_never_writes_through_a_planted_link() {
+        let tmp = TempDir::new("getlink");
+        let root = tmp.join("store");
+        let store = LocalStore::new(root.clone()).unwrap();
+        let core = b"\x7fELF core bytes".repeat(100);
+        let data = zstd::encode_all(&core[..], 3).unwrap();
+        let key = plant(&store, &data, core.len() as u64, &["app"]).await;
+        let victim = tmp.join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        std::os::unix::fs::symlink(&victim, tmp.join("out.core")).unwrap();
+        let out = cli(&tmp.path, &root, &["get", &key, "-o", "out.core"]);
+        assert!(!out.status.success());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        let out = cli(&tmp.path, &root, &["get", &key, "-o", "fresh.core"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(std::fs::read(tmp.join("fresh.core")).unwrap(), core);
+    }
+
+    /// A record whose argv and file name carry terminal escape sequences: `info` shows them
+    /// escaped, never as control characters.
+    #[tokio::test]
+    async fn info_shows_control_characters_escaped() {
+        let tmp = TempDir::new("infoesc");
+        let root = tmp.join("store");
+        let store = LocalStore::new(root.clone()).unwrap();
+        let data = zstd::encode_all(&b"x"[..], 3).unwrap();
+        let key = plant(&store, &data, 1, &["app", "\u{1b}]0;pwned\u{7}", "a\rb"]).await;
+        let out = cli(&tmp.path, &root, &["info", &key]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains('\u{1b}') && !text.contains('\r') && !text.contains('\u{7}'));
+        assert!(text.contains("\\u{1b}]0;pwned"), "{text}");
+        assert!(text.contains("core.1\\u{1b}[2Jname"), "{text}");
+    }
+
+    /// A key whose time segment is 16 bytes but not ASCII: `find` does not panic on it.
+    #[tokio::test]
+    async fn find_survives_a_key_with_a_non_ascii_time() {
+        let tmp = TempDir::new("findkey");
+        let root = tmp.join("store");
+        let store = LocalStore::new(root.clone()).unwrap();
+        let key = "shop/web-1/2026112éT00000Z_app_app_7_SIGSEGV.core";
+        assert_eq!(
+            key.split('/')
+                .nth(2)
+                .unwrap()
+                .split('_')
+                .next()
+                .unwrap()
+                .len(),
+            16
+        );
+        store
+            .put(
+                key,
+                Body::Bytes(b"x"),
+                &Default::default(),
+                &Metadata::new(),
+            )
+            .await
+            .unwrap();
+        let out = cli(&tmp.path, &root, &["find", "--json"]);
+        assert!(
+            out.status.code().is_some_and(|c| c <= 1),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

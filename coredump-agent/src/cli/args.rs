@@ -167,6 +167,13 @@ pub struct GetArgs {
     /// Do not decompress.
     #[arg(long)]
     pub raw: bool,
+    /// Download even when the record beside the dump is missing or unreadable, so the
+    /// download cannot be verified (size, sha256).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// With --no-verify, the most a dump may decompress to (otherwise its recorded size).
+    #[arg(long, value_parser = parse_bytes, default_value = "64GiB")]
+    pub max_size: u64,
 }
 
 /// `coredump-agent info`.

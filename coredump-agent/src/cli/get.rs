@@ -86,13 +86,28 @@ impl Sink {
         let name = target
             .file_name()
             .context("the output path has no file name")?;
+        if std::fs::symlink_metadata(&target).is_ok() {
+            bail!(
+                "{} exists: remove it or choose another -o",
+                target.display()
+            );
+        }
         let temp = dir.join(format!(
             ".{}.part-{}",
             name.to_string_lossy(),
             std::process::id()
         ));
-        let file =
-            std::fs::File::create(&temp).with_context(|| format!("creating {}", temp.display()))?;
+        // A new file, never an existing one and never through a link someone planted.
+        let file = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&temp)
+                .with_context(|| format!("creating {}", temp.display()))?
+        };
         Ok(Self::File(PartFile {
             temp,
             target,
@@ -108,13 +123,20 @@ impl Sink {
         }
     }
 
-    /// Keeps the file under its final name (after an fsync).
+    /// Keeps the file under its final name (after an fsync), never replacing one that
+    /// appeared meanwhile.
     fn commit(self) -> anyhow::Result<Option<PathBuf>> {
         match self {
             Self::File(mut p) => {
                 p.file.sync_all().context("flushing the download")?;
-                std::fs::rename(&p.temp, &p.target)
-                    .with_context(|| format!("renaming to {}", p.target.display()))?;
+                rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &p.temp,
+                    rustix::fs::CWD,
+                    &p.target,
+                    rustix::fs::RenameFlags::NOREPLACE,
+                )
+                .with_context(|| format!("renaming to {}", p.target.display()))?;
                 p.committed = true;
                 Ok(Some(p.target.clone()))
             }
@@ -158,20 +180,38 @@ pub async fn execute(args: GetArgs) -> anyhow::Result<ExitCode> {
         .head(&key)
         .await
         .with_context(|| format!("looking up {key} in {}", store.describe()))?;
-    // The record beside the dump knows the checksum of the stored bytes.
-    let expected_sha = match store.open(&layout::record_key(&key)).await {
-        Ok(mut r) => {
-            let mut buf = Vec::new();
-            tokio::io::AsyncReadExt::read_to_end(&mut r, &mut buf)
-                .await
-                .ok();
-            serde_json::from_slice::<Record>(&buf)
-                .ok()
-                .and_then(|r| r.stored)
-                .map(|s| s.sha256)
+    // The record beside the dump knows the checksum of the stored bytes and the size of the
+    // dump: without it, nothing can be verified, and a decompression could be endless.
+    let record = match super::read_record(&store, &layout::record_key(&key)).await {
+        Ok(found) => {
+            found.map(|buf| serde_json::from_slice::<Record>(&buf).map_err(|e| e.to_string()))
         }
-        Err(_) => None,
+        Err(e) if args.no_verify => Some(Err(format!("{e:#}"))),
+        Err(e) => return Err(e),
     };
+    let (expected_sha, original_size) = match record {
+        Some(Ok(Record {
+            stored: Some(stored),
+            dump,
+            ..
+        })) => (
+            Some(stored.sha256),
+            dump.map(|d| d.original_size.unwrap_or(d.size)),
+        ),
+        _ if args.no_verify => {
+            eprintln!("warning: {key} has no usable record beside it: not verified (--no-verify)");
+            (None, None)
+        }
+        Some(Ok(_)) => bail!(
+            "the record beside {key} says nothing about the stored bytes: cannot verify (--no-verify to download anyway)"
+        ),
+        Some(Err(e)) => bail!(
+            "the record beside {key} cannot be read ({e}): cannot verify (--no-verify to download anyway)"
+        ),
+        None => bail!("no record beside {key}: cannot verify it (--no-verify to download anyway)"),
+    };
+    // What a decompressed dump may grow to: its recorded size, else --max-size.
+    let cap = original_size.unwrap_or(args.max_size);
     let decompress = !args.raw && (key.ends_with(".zst") || key.ends_with(".gz"));
     let body = store
         .open(&key)
@@ -192,20 +232,27 @@ pub async fn execute(args: GetArgs) -> anyhow::Result<ExitCode> {
         };
         let copied = {
             let mut out = sink.writer();
+            // One byte past the cap tells that a decoder would have gone on.
             let n = if !decompress {
-                io::copy(&mut reader, &mut out)
+                io::copy(&mut (&mut reader).take(total + 1), &mut out)
             } else if key_owned.ends_with(".zst") {
-                let mut d = zstd::stream::read::Decoder::new(&mut reader)?;
-                io::copy(&mut d, &mut out)
+                let d = zstd::stream::read::Decoder::new(&mut reader)?;
+                io::copy(&mut d.take(cap + 1), &mut out)
             } else {
-                io::copy(&mut flate2::read::GzDecoder::new(&mut reader), &mut out)
+                io::copy(&mut flate2::read::GzDecoder::new(&mut reader).take(cap + 1), &mut out)
             }
             .context("writing the dump")?;
             out.flush()?;
             n
         };
-        // Drain anything a decoder did not need, so the checksum covers every byte.
-        io::copy(&mut reader, &mut io::sink())?;
+        if decompress && copied > cap {
+            bail!(
+                "{key_owned} decompresses to more than {cap} bytes, the size of the dump: refused (a damaged or crafted object)"
+            );
+        }
+        // Drain anything a decoder did not need, so the checksum covers every byte (and no
+        // more than the store said there is).
+        io::copy(&mut (&mut reader).take(total + 1), &mut io::sink())?;
         if show_progress {
             eprintln!();
         }

@@ -3,9 +3,8 @@
 use std::{io::Write as _, process::ExitCode};
 
 use anyhow::Context as _;
-use tokio::io::AsyncReadExt as _;
 
-use super::{EXIT_NOT_FOUND, args::InfoArgs};
+use super::{EXIT_NOT_FOUND, args::InfoArgs, printable as p, read_record};
 use crate::{
     record::Record,
     store::{Store as _, StoreError, layout},
@@ -34,17 +33,9 @@ pub async fn execute(args: InfoArgs) -> anyhow::Result<ExitCode> {
     } else {
         layout::record_key(key)
     };
-    let record: Option<serde_json::Value> = match store.open(&record_key).await {
-        Ok(mut r) => {
-            let mut buf = Vec::new();
-            r.read_to_end(&mut buf)
-                .await
-                .with_context(|| format!("reading {record_key}"))?;
-            serde_json::from_slice(&buf).ok()
-        }
-        Err(StoreError::NotFound { .. }) => None,
-        Err(e) => return Err(e).with_context(|| format!("reading {record_key}")),
-    };
+    let record: Option<serde_json::Value> = read_record(&store, &record_key)
+        .await?
+        .and_then(|buf| serde_json::from_slice(&buf).ok());
     let mut out = std::io::stdout().lock();
     if args.json {
         let v = serde_json::json!({
@@ -68,11 +59,11 @@ pub async fn execute(args: InfoArgs) -> anyhow::Result<ExitCode> {
     )?;
     writeln!(out, "tags:")?;
     for (k, v) in &tags {
-        writeln!(out, "  {k:<12} {v}")?;
+        writeln!(out, "  {:<12} {}", p(k), p(v))?;
     }
     writeln!(out, "metadata:")?;
     for (k, v) in &metadata {
-        writeln!(out, "  {k:<15} {v}")?;
+        writeln!(out, "  {:<15} {}", p(k), p(v))?;
     }
     let parsed = record
         .as_ref()
@@ -82,7 +73,8 @@ pub async fn execute(args: InfoArgs) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "  attested:    {} ({})",
-            r.attestation.attested, r.attestation.reason
+            r.attestation.attested,
+            p(&r.attestation.reason)
         )?;
         if let Some(c) = &r.crash {
             writeln!(
@@ -111,26 +103,30 @@ pub async fn execute(args: InfoArgs) -> anyhow::Result<ExitCode> {
             ("unit", &id.systemd_unit),
         ] {
             if let Some(v) = v {
-                writeln!(out, "  {:<12} {v}", format!("{label}:"))?;
+                writeln!(out, "  {:<12} {}", format!("{label}:"), p(v))?;
             }
         }
         if let Some(exe) = r.exe() {
-            writeln!(out, "  exe:         {exe}")?;
+            writeln!(out, "  exe:         {}", p(exe))?;
         }
         if let Some(cmdline) = r.cmdline().filter(|c| !c.args.is_empty()) {
-            writeln!(out, "  cmdline:     {cmdline}")?;
+            writeln!(out, "  cmdline:     {}", p(&cmdline.to_string()))?;
         }
         if let Some(d) = &r.dump {
             writeln!(
                 out,
                 "  dump file:   {} ({} bytes, owner uid {})",
-                d.name, d.size, d.owner_uid
+                p(&d.name),
+                d.size,
+                d.owner_uid
             )?;
         }
         writeln!(
             out,
             "  node:        {}  agent {} on {}",
-            r.node, r.agent.version, r.agent.kernel
+            p(&r.node),
+            p(&r.agent.version),
+            p(&r.agent.kernel)
         )?;
     } else if record.is_none() {
         writeln!(out, "record:        none stored beside this object")?;

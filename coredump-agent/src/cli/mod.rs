@@ -78,6 +78,49 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Largest record `get` and `info` read: records are a few KiB; a bucket is anyone's.
+pub const MAX_RECORD: u64 = 1 << 20;
+
+/// The record stored at `key`, at most [`MAX_RECORD`] bytes; `None` if there is none.
+async fn read_record(store: &crate::store::AnyStore, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+    use anyhow::Context as _;
+    use tokio::io::AsyncReadExt as _;
+    let reader = match crate::store::Store::open(store, key).await {
+        Ok(r) => r,
+        Err(crate::store::StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {key}")),
+    };
+    let mut buf = Vec::new();
+    reader
+        .take(MAX_RECORD + 1)
+        .read_to_end(&mut buf)
+        .await
+        .with_context(|| format!("reading {key}"))?;
+    if buf.len() as u64 > MAX_RECORD {
+        anyhow::bail!("{key} is larger than a record can be ({MAX_RECORD} bytes): not read");
+    }
+    Ok(Some(buf))
+}
+
+/// Text from a bucket, made safe for a terminal: control characters (escape sequences that
+/// could rewrite the screen, carriage returns that hide what came before) are shown escaped.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -91,5 +134,16 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
         _ = int.recv() => tracing::info!(signal = "SIGINT", "shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(printable("plain ünïcode"), "plain ünïcode");
+        assert_eq!(printable("a\x1b[2Jb\rc\n"), "a\\u{1b}[2Jb\\rc\\n");
     }
 }
