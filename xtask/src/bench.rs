@@ -1,5 +1,6 @@
 //! `cargo xtask bench …`: measurements that compare against a baseline taken in the same run.
 
+mod intake;
 mod upload;
 
 use std::{
@@ -34,6 +35,14 @@ pub enum Bench {
         #[arg(long, default_value_t = 3)]
         level: i32,
     },
+    /// One crash through each intake (file, pipe, socket) against the seed project's pigz pipe
+    /// and boto3 upload: crash to stored, how long the process stays in the kernel, and the
+    /// node's disk writes. Needs root; changes core_pattern and puts it back.
+    Intake {
+        /// Memory the crashing process holds (its core is about that size), in MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+    },
     /// `find` at scale: a store of 10,000 dumps over 500 pods; one pod's dumps (narrowed by
     /// key prefix) and one signal over everything, each against reading every object's tags.
     Find {
@@ -50,6 +59,7 @@ pub fn run(root: &Path, which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Probe { signals, rounds } => probe(root, signals, rounds),
         Bench::Upload { sizes, level } => upload::run(root, &sizes, level),
+        Bench::Intake { mib } => intake::run(root, mib),
         Bench::Find { dumps, pods } => status(cargo(root).args([
             "run",
             "--release",

@@ -29,8 +29,9 @@ enum Task {
     Setup,
     /// Build everything and run the agent on this machine (as root), with a local store.
     ///
-    /// Without arguments: `coredump-agent run --install-core-pattern` with dumps under
-    /// target/coredump-dev. Anything after `--` replaces those arguments.
+    /// Without arguments: `coredump-agent run` with its state, receive directory and store
+    /// under target/coredump-dev, and the best intake of this machine (socket or pipe). Anything
+    /// after `--` replaces those arguments.
     Run {
         /// Build with optimizations.
         #[arg(long)]
@@ -120,16 +121,18 @@ fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The agent's arguments for `cargo xtask run` without arguments: everything local, under
-/// target/, and core_pattern pointed at the dump dir (restored on exit).
+/// target/, and the best intake this machine has (the kernel's coredump socket where it has
+/// one, else the agent's pipe helper), whose core_pattern is restored on exit.
 fn default_run_args(dev: &Path) -> Vec<String> {
     let dev = dev.display();
     vec![
         "run".into(),
-        format!("--dump-dir={dev}/dumps"),
         // The default store: a local folder in the state dir (`find --state-dir` finds it).
         format!("--state-dir={dev}/state"),
+        format!("--receive-dir={dev}/received"),
+        format!("--run-dir={dev}/run"),
+        format!("--dump-dir={dev}/dumps"),
         "--node-name=dev-node".into(),
-        "--install-core-pattern".into(),
     ]
 }
 

@@ -20,9 +20,9 @@ use anyhow::{Context as _, bail};
 use crate::{cargo, render, status};
 
 const MIB: u64 = 1 << 20;
-const BUCKET: &str = "bench";
-const ACCESS_KEY: &str = "bench";
-const SECRET_KEY: &str = "bench-secret-key";
+pub(super) const BUCKET: &str = "bench";
+pub(super) const ACCESS_KEY: &str = "bench";
+pub(super) const SECRET_KEY: &str = "bench-secret-key";
 const S3S_FS: &str = "s3s-fs@0.14.1";
 
 /// One measured run.
@@ -313,10 +313,10 @@ fn make_core_like(path: &Path, size: u64) -> anyhow::Result<()> {
 }
 
 /// s3s-fs on a free port of 127.0.0.1, stopped on drop.
-struct Server(Child, u16);
+pub(super) struct Server(Child, u16);
 
 impl Server {
-    fn start(data: &Path) -> anyhow::Result<Self> {
+    pub(super) fn start(data: &Path) -> anyhow::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let child = Command::new("s3s-fs")
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -337,7 +337,7 @@ impl Server {
         Ok(server)
     }
 
-    fn endpoint(&self) -> String {
+    pub(super) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.1)
     }
 }
@@ -351,7 +351,7 @@ impl Drop for Server {
 
 /// Installs what the benchmark needs and the project does not: s3s-fs, boto3 and the AWS CLI,
 /// pigz and GNU time. Each is checked first.
-fn ensure_tools() -> anyhow::Result<()> {
+pub(super) fn ensure_tools() -> anyhow::Result<()> {
     let works = |program: &str, args: &[&str]| {
         Command::new(program)
             .args(args)
