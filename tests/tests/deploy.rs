@@ -1,10 +1,12 @@
-//! deploy/: every kustomization renders (`kubectl kustomize`) and validates offline against the
-//! Kubernetes API schemas (`kubernetes-validate --strict`, schemas bundled), and the rendered
-//! objects say what the agent needs: host pid namespace, node name, named capabilities and no
-//! `privileged`, bounded resources, probes on the metrics port, mounts that match the agent's
-//! flags. The agent binary itself checks that every `COREDUMP_*` variable the manifests set is
-//! one of its flags. The files beside the manifests (Bottlerocket settings, IAM policy,
-//! Dockerfile, .dockerignore, the operator guide) are checked against the same facts.
+//! deploy/: every kustomization, and every component on top of the base, renders (`kubectl
+//! kustomize`) and validates offline against the Kubernetes API schemas (`kubernetes-validate
+//! --strict`, schemas bundled), and the rendered objects say what the agent needs: host pid
+//! namespace, node name, named capabilities and no `privileged`, bounded resources, probes on
+//! the metrics port, mounts that match the agent's flags (state, run and receive directories at
+//! the host's paths), and which intake each overlay asks for. The agent binary itself checks
+//! that every `COREDUMP_*` variable the manifests set is one of its flags. The files beside the
+//! manifests (Bottlerocket settings, IAM policy, Dockerfile, .dockerignore, the operator guide,
+//! the test pod) are checked against the same facts.
 //!
 //! `kubectl` and `kubernetes-validate` come from `cargo xtask setup`, at pinned versions, and
 //! are run from its virtualenv. Without them the tests that need them print `SKIPPED`; under
@@ -16,7 +18,11 @@ use std::{
     process::Command,
 };
 
-use coredump_agent::{core_pattern, pattern::CorePattern};
+use coredump_agent::{
+    core_pattern,
+    intake::{self, Intake, IntakeMode, pipe, socket},
+    pattern::CorePattern,
+};
 use coredump_tests::{TempDir, agent_path, tools};
 use serde_json::Value;
 
@@ -32,6 +38,11 @@ const BASE_CAPS: [&str; 6] = [
     "SYS_PTRACE",
     "LEASE",
 ];
+/// What components/socket-intake adds, and nothing else may: setns() into the host's mount
+/// namespace, to write a socket core_pattern.
+const SOCKET_CAPS: [&str; 2] = ["SYS_ADMIN", "SYS_CHROOT"];
+/// The kernel's limit on a unix socket path (`sun_path`, with its NUL).
+const UNIX_PATH_MAX: usize = 108;
 /// The agent's HTTP port for probes and metrics.
 const METRICS_PORT: u64 = 9102;
 /// What the S3 role must allow (overlays/eks-al2023/iam-policy.json).
@@ -123,6 +134,62 @@ fn kustomizations() -> Vec<PathBuf> {
     out
 }
 
+/// Every component under deploy/components.
+fn components() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(deploy().join("components"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            std::fs::read_to_string(p.join("kustomization.yaml"))
+                .is_ok_and(|k| k.contains("\nkind: Component"))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A kustomization in `tmp` of the base plus `component` alone, so that each component is
+/// rendered and validated on its own too, not only as the overlays combine them.
+fn base_with(tmp: &TempDir, component: &Path) -> PathBuf {
+    let name = component
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let dir = tmp.join(&format!("base+{name}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    // kustomize takes relative paths only.
+    let up = "../".repeat(dir.components().count() - 1);
+    let relative = |p: &Path| format!("{up}{}", p.strip_prefix("/").unwrap().display());
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n  - {}\n",
+            relative(&deploy().join("base")),
+            relative(component)
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+/// Everything to render: each kustomization (by its path under deploy/), and the base with
+/// each component (`base+<component>`).
+fn renderable(tmp: &TempDir) -> Vec<(String, PathBuf)> {
+    let mut out: Vec<(String, PathBuf)> = kustomizations()
+        .into_iter()
+        .map(|dir| {
+            let name = dir.strip_prefix(deploy()).unwrap().display().to_string();
+            (name, dir)
+        })
+        .collect();
+    for component in components() {
+        let dir = base_with(tmp, &component);
+        out.push((dir.file_name().unwrap().to_string_lossy().into_owned(), dir));
+    }
+    out
+}
+
 /// `kubectl kustomize <dir>`.
 fn render(dir: &Path) -> String {
     let out = Command::new(Tool::Kubectl.program())
@@ -186,6 +253,38 @@ fn env(container: &Value) -> Vec<(String, Value)> {
         .unwrap_or_default()
 }
 
+/// The agent's capabilities, as added.
+fn capabilities(ds: &Value) -> BTreeSet<String> {
+    strings(&agent_container(ds)["securityContext"]["capabilities"]["add"])
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|c| (*c).to_owned()).collect()
+}
+
+/// `COREDUMP_INTAKE` as the agent parses it (comma-separated, in order).
+fn intake_modes(value: &str) -> Vec<IntakeMode> {
+    value
+        .split(',')
+        .map(|m| match m.trim() {
+            "auto" => IntakeMode::Auto,
+            "socket" => IntakeMode::Socket,
+            "pipe" => IntakeMode::Pipe,
+            "file" => IntakeMode::File,
+            other => panic!("COREDUMP_INTAKE: no intake {other:?}"),
+        })
+        .collect()
+}
+
+/// The intakes the agent would try for `COREDUMP_INTAKE=value` on a kernel whose
+/// kernel.core_modes reads `core_modes`.
+fn intakes(value: &str, core_modes: &str) -> Vec<Intake> {
+    intake::candidates(&intake_modes(value), core_modes)
+        .into_iter()
+        .map(|c| c.intake)
+        .collect()
+}
+
 fn env_value(container: &Value, name: &str) -> Option<String> {
     env(container)
         .into_iter()
@@ -242,6 +341,7 @@ fn every_kustomization_renders_and_validates_against_the_api_schemas() {
         "overlays/eks-al2023",
         "overlays/bottlerocket",
         "examples/my-cluster",
+        "examples/file-intake",
     ] {
         assert!(
             dirs.contains(&deploy().join(expected)),
@@ -249,12 +349,11 @@ fn every_kustomization_renders_and_validates_against_the_api_schemas() {
         );
     }
     let tmp = TempDir::new("deploy-validate");
-    let mut files: Vec<(String, PathBuf)> = dirs
-        .iter()
-        .map(|dir| {
-            let name = dir.strip_prefix(deploy()).unwrap().display().to_string();
-            let file = tmp.join(&format!("{}.yaml", name.replace('/', "_")));
-            let yaml = render(dir);
+    let mut files: Vec<(String, PathBuf)> = renderable(&tmp)
+        .into_iter()
+        .map(|(name, dir)| {
+            let file = tmp.join(&format!("{}.yaml", name.replace(['/', '+'], "_")));
+            let yaml = render(&dir);
             assert!(!parse(&yaml).is_empty(), "{name} renders no objects");
             std::fs::write(&file, yaml).unwrap();
             (name, file)
@@ -315,9 +414,21 @@ fn base_daemonset_has_what_the_agent_needs_and_no_more() {
         env_value(agent, "COREDUMP_DEST").is_some_and(|d| d.starts_with("s3://")),
         "an s3:// destination (placeholder)"
     );
+    // Socket where the kernel has it, else pipe: nothing mounted into pods. File intake, its
+    // shared dump directory and the pattern it installs are for components only.
+    assert_eq!(env_value(agent, "COREDUMP_INTAKE").as_deref(), Some("auto"));
+    for var in ["COREDUMP_DUMP_DIR", "COREDUMP_INSTALL_CORE_PATTERN"] {
+        assert_eq!(env_value(agent, var), None, "{var} is not in the base");
+    }
     assert_eq!(
-        env_value(agent, "COREDUMP_INSTALL_CORE_PATTERN").as_deref(),
-        Some("true")
+        intakes("auto", ""),
+        [Intake::Pipe],
+        "auto is pipe on kernels without socket patterns"
+    );
+    assert_eq!(
+        intakes("auto", "file\npipe\nsocket\n"),
+        [Intake::Socket, Intake::Pipe],
+        "auto falls back to pipe where the socket pattern cannot be written (no SYS_ADMIN)"
     );
 
     // Least privilege: named capabilities, never `privileged`.
@@ -332,10 +443,14 @@ fn base_daemonset_has_what_the_agent_needs_and_no_more() {
         strings(&sc["capabilities"]["drop"]),
         BTreeSet::from(["ALL".to_owned()])
     );
-    let caps = strings(&sc["capabilities"]["add"]);
-    let expected: BTreeSet<String> = BASE_CAPS.iter().map(|c| (*c).to_owned()).collect();
-    assert_eq!(caps, expected, "the base's capabilities");
-    assert!(!caps.contains("SYS_ADMIN"), "no SYS_ADMIN in the base");
+    let caps = capabilities(ds);
+    assert_eq!(caps, set(&BASE_CAPS), "the base's capabilities");
+    for cap in SOCKET_CAPS {
+        assert!(
+            !caps.contains(cap),
+            "no {cap} in the base: components/socket-intake adds it"
+        );
+    }
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["runAsUser"], 0, "root: the host paths are root's");
@@ -459,22 +574,52 @@ fn base_mounts_match_the_agents_paths() {
     let mounts = host_mounts(ds);
     let mount = |path: &str| mounts.iter().find(|(m, _, _)| m == path);
 
-    // State and dumps at the host's own path: core_pattern names it, and the kernel resolves
-    // it outside the agent's container.
+    // The state dir at the host's own path: pipe intake installs its helper there, and the
+    // kernel runs it on the host.
     let state = env_value(agent, "COREDUMP_STATE_DIR").expect("COREDUMP_STATE_DIR");
-    let dumps = env_value(agent, "COREDUMP_DUMP_DIR").expect("COREDUMP_DUMP_DIR");
     assert_eq!(
         mount(&state),
         Some(&(state.clone(), false, state.clone())),
         "the state dir is the host's, read-write, at the same path"
     );
-    assert!(
-        Path::new(&dumps).starts_with(&state),
-        "the dump dir {dumps} is inside the mounted state dir {state}"
+    // The run dir at the host's own path: the kernel looks the socket up in the host's mount
+    // namespace, and the helper connects to the agent there. No symlink on the way: /run.
+    let run = env_value(agent, "COREDUMP_RUN_DIR").expect("COREDUMP_RUN_DIR");
+    assert_eq!(
+        mount(&run),
+        Some(&(run.clone(), false, run.clone())),
+        "the run dir is the host's, read-write, at the same path"
     );
-    // The agent's core_pattern for that dump dir is one the kernel takes.
-    let pattern = core_pattern::agent_pattern(Path::new(&dumps)).expect("pattern fits");
-    assert!(pattern.len() <= core_pattern::MAX_LEN);
+    assert!(
+        run.starts_with("/run/"),
+        "{run}: under /run (/var/run is a symlink, which the kernel refuses)"
+    );
+    // The receive dir at the host's own path (the helper writes there when no agent
+    // answers), with a volume of its own.
+    let received = env_value(agent, "COREDUMP_RECEIVE_DIR").expect("COREDUMP_RECEIVE_DIR");
+    assert_eq!(
+        mount(&received),
+        Some(&(received.clone(), false, received.clone())),
+        "the receive dir is the host's, read-write, at the same path"
+    );
+    assert_ne!(
+        received, state,
+        "the receive dir is not the state dir itself"
+    );
+    // The patterns the agent installs for these paths are ones the kernel takes.
+    let sock = Path::new(&run).join(core_pattern::KERNEL_SOCKET);
+    assert!(sock.as_os_str().len() < UNIX_PATH_MAX, "{}", sock.display());
+    let helper = Path::new(&state).join("bin").join(pipe::HELPER);
+    for pattern in [
+        socket::Protocol::Request.pattern(&sock),
+        socket::Protocol::Plain.pattern(&sock),
+        pipe::pattern(&helper),
+    ] {
+        assert!(
+            pattern.len() <= core_pattern::MAX_LEN,
+            "{pattern:?} fits kernel.core_pattern"
+        );
+    }
 
     // core_pattern and suid_dumpable are written through the host's /proc/sys, read-write.
     let sysctl = env_value(agent, "COREDUMP_PROC_SYS").expect("COREDUMP_PROC_SYS");
@@ -520,7 +665,7 @@ fn base_mounts_match_the_agents_paths() {
     // Everything else read-only.
     for (path, read_only, _) in &mounts {
         assert!(
-            *read_only || [&state, &sysctl].contains(&path),
+            *read_only || [&state, &run, &received, &sysctl].contains(&path),
             "{path} is read-only"
         );
     }
@@ -618,18 +763,27 @@ fn eks_overlays_add_the_role_the_region_and_skip_fargate() {
             terms.to_string().contains("fargate"),
             "{overlay}: not scheduled on Fargate"
         );
-        // SYS_ADMIN or privileged would need privilege escalation allowed (the API refuses
-        // allowPrivilegeEscalation: false with either).
+        // The base's capabilities; Bottlerocket adds socket intake's (its 6.18 variants).
+        let expected = match overlay {
+            "overlays/bottlerocket" => set(&[&BASE_CAPS[..], &SOCKET_CAPS[..]].concat()),
+            _ => set(&BASE_CAPS),
+        };
+        assert_eq!(capabilities(ds), expected, "{overlay}: capabilities");
         let sc = &agent_container(ds)["securityContext"];
-        assert!(!strings(&sc["capabilities"]["add"]).contains("SYS_ADMIN"));
         assert_ne!(sc["privileged"], true);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
     }
+    // AL2023 (6.1 and 6.12 kernels): the base's `auto`, so pipe, and no file intake.
+    let objects = objects("overlays/eks-al2023");
+    let agent = agent_container(one(&objects, "DaemonSet"));
+    assert_eq!(env_value(agent, "COREDUMP_INTAKE").as_deref(), Some("auto"));
+    assert_eq!(env_value(agent, "COREDUMP_DUMP_DIR"), None);
 }
 
 #[test]
-fn bottlerocket_overlay_leaves_core_pattern_to_the_host() {
+fn bottlerocket_overlay_uses_socket_else_the_hosts_file_pattern() {
     if !require(
-        "bottlerocket_overlay_leaves_core_pattern_to_the_host",
+        "bottlerocket_overlay_uses_socket_else_the_hosts_file_pattern",
         &[Tool::Kubectl],
     ) {
         return;
@@ -637,31 +791,47 @@ fn bottlerocket_overlay_leaves_core_pattern_to_the_host() {
     let objects = objects("overlays/bottlerocket");
     let ds = one(&objects, "DaemonSet");
     let agent = agent_container(ds);
+
+    // Socket on 6.18 variants, else the node's file pattern; never pipe (SELinux forbids the
+    // kernel to run a helper from writable storage).
+    let intake = env_value(agent, "COREDUMP_INTAKE").expect("COREDUMP_INTAKE");
+    assert_eq!(intake, "socket,file");
+    assert_eq!(
+        intakes(&intake, "file\npipe\nsocket\n"),
+        [Intake::Socket, Intake::File],
+        "6.18: socket, file if it cannot be installed"
+    );
+    assert_eq!(intakes(&intake, ""), [Intake::File], "6.1, 6.12: file");
+
+    // File intake reads the node's pattern and sets nothing.
     assert_eq!(
         env_value(agent, "COREDUMP_INSTALL_CORE_PATTERN").as_deref(),
         Some("false")
     );
-    assert_eq!(env_value(agent, "COREDUMP_PROC_SYS"), None);
     assert_eq!(
         env_value(agent, "COREDUMP_SUID_DUMPABLE"),
         None,
-        "the node sets suid_dumpable, the agent cannot"
+        "the node sets suid_dumpable"
     );
+    assert_eq!(env_value(agent, "COREDUMP_CORE_PIPE_LIMIT"), None);
+    // Socket intake writes core_pattern: the host's /proc/sys, read-write (components/
+    // socket-intake puts back what host-core-pattern removes).
+    let sysctl = env_value(agent, "COREDUMP_PROC_SYS").expect("COREDUMP_PROC_SYS");
     assert!(
-        host_mounts(ds)
-            .iter()
-            .all(|(_, _, host)| !host.starts_with("/proc/sys")),
-        "no writable sysctl mount when the host owns core_pattern"
+        host_mounts(ds).contains(&(sysctl.clone(), false, "/proc/sys".to_owned())),
+        "{sysctl} is the host's /proc/sys, read-write"
     );
-    assert!(
-        pod_spec(ds)["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|v| !v["hostPath"]["path"]
-                .as_str()
-                .is_some_and(|p| p.starts_with("/proc/sys"))),
-        "no unused sysctl volume"
+    assert!(capabilities(ds).is_superset(&set(&SOCKET_CAPS)));
+    assert_eq!(
+        pod_spec(ds)["hostPID"],
+        true,
+        "/proc/1/ns/mnt is the host's"
+    );
+    assert_eq!(
+        env_value(agent, "COREDUMP_HOST_MOUNT_NS")
+            .as_deref()
+            .unwrap_or("/proc/1/ns/mnt"),
+        "/proc/1/ns/mnt"
     );
     let selinux = &agent["securityContext"]["seLinuxOptions"];
     assert_eq!(selinux["type"], "control_t");
@@ -678,6 +848,11 @@ fn bottlerocket_overlay_leaves_core_pattern_to_the_host() {
         .map(|(_, v)| v.trim().trim_matches('"'))
         .unwrap();
     let dumps = env_value(agent, "COREDUMP_DUMP_DIR").unwrap();
+    let state = env_value(agent, "COREDUMP_STATE_DIR").unwrap();
+    assert!(
+        Path::new(&dumps).starts_with(&state),
+        "the dump dir {dumps} is inside the mounted state dir {state}"
+    );
     assert_eq!(
         value,
         core_pattern::agent_pattern(Path::new(&dumps)).unwrap(),
@@ -693,6 +868,183 @@ fn bottlerocket_overlay_leaves_core_pattern_to_the_host() {
             .any(|l| l.replace(' ', "") == "\"fs.suid_dumpable\"=\"2\""),
         "the node sets what the agent sets elsewhere"
     );
+}
+
+// ---- components ----------------------------------------------------------------------------
+
+#[test]
+fn every_component_is_used_by_an_overlay_or_example() {
+    // Components are rendered through what uses them (and on the base alone, above): one
+    // nothing uses would be shipped untried in any combination.
+    let mut used = BTreeSet::new();
+    for dir in kustomizations() {
+        let k: Value = serde_saphyr::from_str(&read(&dir.join("kustomization.yaml")))
+            .expect("kustomization.yaml parses");
+        for c in strings(&k["components"]) {
+            used.insert(
+                dir.join(&c)
+                    .canonicalize()
+                    .unwrap_or_else(|e| panic!("{}: {c}: {e}", dir.display())),
+            );
+        }
+    }
+    let all = components();
+    for expected in ["eks", "file-intake", "host-core-pattern", "socket-intake"] {
+        assert!(
+            all.contains(&deploy().join("components").join(expected)),
+            "deploy/components/{expected} is a component"
+        );
+    }
+    for c in all {
+        assert!(
+            used.contains(&c.canonicalize().unwrap()),
+            "{} is used by no overlay or example",
+            c.display()
+        );
+    }
+}
+
+#[test]
+fn only_the_socket_intake_component_adds_setns_capabilities() {
+    if !require(
+        "only_the_socket_intake_component_adds_setns_capabilities",
+        &[Tool::Kubectl],
+    ) {
+        return;
+    }
+    let tmp = TempDir::new("deploy-caps");
+    let socket_caps = set(&SOCKET_CAPS);
+    for (name, dir) in renderable(&tmp) {
+        for ds in parse(&render(&dir))
+            .iter()
+            .filter(|o| kind(o) == "DaemonSet")
+        {
+            let caps = capabilities(ds);
+            let sc = &agent_container(ds)["securityContext"];
+            assert!(
+                caps.is_subset(&set(&[&BASE_CAPS[..], &SOCKET_CAPS[..]].concat())),
+                "{name}: {caps:?}"
+            );
+            assert!(
+                !caps.iter().any(|c| c.starts_with("CAP_")),
+                "{name}: the API refuses CAP_SYS_ADMIN with allowPrivilegeEscalation: false"
+            );
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+            let socket = name == "base+socket-intake" || name == "overlays/bottlerocket";
+            if socket {
+                assert!(caps.is_superset(&socket_caps), "{name}: {caps:?}");
+                assert!(
+                    caps.contains("SYS_PTRACE"),
+                    "{name}: to open /proc/1/ns/mnt"
+                );
+                assert_eq!(pod_spec(ds)["hostPID"], true, "{name}: the host's pid 1");
+                // It writes the socket pattern through the host's /proc/sys.
+                let sysctl = env_value(agent_container(ds), "COREDUMP_PROC_SYS")
+                    .unwrap_or_else(|| panic!("{name}: COREDUMP_PROC_SYS"));
+                assert!(
+                    host_mounts(ds).contains(&(sysctl, false, "/proc/sys".to_owned())),
+                    "{name}: the host's /proc/sys, read-write"
+                );
+            } else {
+                assert!(caps.is_disjoint(&socket_caps), "{name}: {caps:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn file_intake_components_share_the_dump_dir_the_pattern_names() {
+    if !require(
+        "file_intake_components_share_the_dump_dir_the_pattern_names",
+        &[Tool::Kubectl],
+    ) {
+        return;
+    }
+    let tmp = TempDir::new("deploy-file");
+    for (component, install, sysctl) in [
+        // The agent sets the pattern while it runs, through the base's sysctl mount.
+        ("file-intake", "true", true),
+        // The node sets it; the agent gets no writable sysctls and sets nothing.
+        ("host-core-pattern", "false", false),
+    ] {
+        let dir = base_with(&tmp, &deploy().join("components").join(component));
+        let objects = parse(&render(&dir));
+        let ds = one(&objects, "DaemonSet");
+        let agent = agent_container(ds);
+        assert_eq!(
+            env_value(agent, "COREDUMP_INTAKE").as_deref(),
+            Some("file"),
+            "{component}"
+        );
+        assert_eq!(
+            env_value(agent, "COREDUMP_INSTALL_CORE_PATTERN").as_deref(),
+            Some(install),
+            "{component}"
+        );
+        let dumps = env_value(agent, "COREDUMP_DUMP_DIR").expect("COREDUMP_DUMP_DIR");
+        let state = env_value(agent, "COREDUMP_STATE_DIR").unwrap();
+        assert!(
+            Path::new(&dumps).starts_with(&state),
+            "{component}: the dump dir {dumps} is inside the mounted state dir {state}"
+        );
+        let pattern = core_pattern::agent_pattern(Path::new(&dumps)).expect("pattern fits");
+        assert!(pattern.len() <= core_pattern::MAX_LEN);
+        let writable_sysctl = host_mounts(ds)
+            .iter()
+            .any(|(_, ro, host)| host == "/proc/sys" && !ro);
+        assert_eq!(writable_sysctl, sysctl, "{component}: writable /proc/sys");
+        assert_eq!(
+            env_value(agent, "COREDUMP_PROC_SYS").is_some(),
+            sysctl,
+            "{component}: COREDUMP_PROC_SYS"
+        );
+        assert_eq!(
+            env_value(agent, "COREDUMP_SUID_DUMPABLE").is_some(),
+            sysctl,
+            "{component}: COREDUMP_SUID_DUMPABLE"
+        );
+        if !sysctl {
+            assert!(
+                pod_spec(ds)["volumes"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|v| !v["hostPath"]["path"]
+                        .as_str()
+                        .is_some_and(|p| p.starts_with("/proc/sys"))),
+                "{component}: no unused sysctl volume"
+            );
+        }
+        assert_eq!(capabilities(ds), set(&BASE_CAPS), "{component}");
+    }
+    // The example overlay is AL2023 with file intake.
+    let objects = objects("examples/file-intake");
+    let agent = agent_container(one(&objects, "DaemonSet"));
+    assert_eq!(env_value(agent, "COREDUMP_INTAKE").as_deref(), Some("file"));
+    assert!(env_value(agent, "AWS_REGION").is_some(), "on EKS");
+}
+
+#[test]
+fn crashme_mounts_nothing_and_raises_no_limit() {
+    // With socket and pipe intake the kernel hands every crash to the agent: the test pod
+    // shows that a pod needs nothing.
+    let pod: Value = serde_saphyr::from_str(&read(&deploy().join("examples/crashme.yaml")))
+        .expect("crashme.yaml parses");
+    assert_eq!(kind(&pod), "Pod");
+    assert!(
+        pod["spec"]["volumes"].is_null(),
+        "crashme has no volumes: {}",
+        pod["spec"]["volumes"]
+    );
+    let containers = pod["spec"]["containers"].as_array().expect("containers");
+    for c in containers {
+        assert!(c["volumeMounts"].is_null(), "{} mounts nothing", c["name"]);
+        assert!(
+            !c["command"].to_string().contains("ulimit"),
+            "{}: no core limit to raise",
+            c["name"]
+        );
+    }
 }
 
 // ---- the agent accepts what the manifests set -----------------------------------------------
@@ -725,11 +1077,15 @@ fn every_coredump_variable_is_a_flag_of_the_agent() {
         "help lists env names: {known:?}"
     );
     let mut unknown = BTreeSet::new();
-    for dir in kustomizations() {
-        let name = dir.strip_prefix(deploy()).unwrap().display().to_string();
+    let tmp = TempDir::new("deploy-env");
+    for (name, dir) in renderable(&tmp) {
         let objects = parse(&render(&dir));
         for ds in objects.iter().filter(|o| kind(o) == "DaemonSet") {
-            for (var, _) in env(agent_container(ds)) {
+            for (var, e) in env(agent_container(ds)) {
+                if var == "COREDUMP_INTAKE" {
+                    // Every intake named is one the agent knows (panics otherwise).
+                    intake_modes(e["value"].as_str().expect("a literal COREDUMP_INTAKE"));
+                }
                 if (var.starts_with("COREDUMP_") || var == "NODE_NAME")
                     && !known.contains(var.as_str())
                 {
@@ -824,6 +1180,46 @@ fn documented_pipe_pattern_is_one_the_agent_reads() {
     assert_eq!(
         (fields.host_pid, fields.host_tid, fields.signal, fields.time),
         (Some(4242), Some(4243), Some(11), Some(1_767_225_600))
+    );
+}
+
+#[test]
+fn operator_guide_shows_the_patterns_the_agent_installs() {
+    // With the base's paths, read from the manifest itself.
+    let base: Value = serde_saphyr::from_str(&read(&deploy().join("base/daemonset.yaml")))
+        .expect("base/daemonset.yaml parses");
+    let agent = agent_container(&base);
+    let state = env_value(agent, "COREDUMP_STATE_DIR").expect("COREDUMP_STATE_DIR");
+    let run = env_value(agent, "COREDUMP_RUN_DIR").expect("COREDUMP_RUN_DIR");
+    let receive = env_value(agent, "COREDUMP_RECEIVE_DIR").expect("COREDUMP_RECEIVE_DIR");
+    let guide = read(&root().join("docs/operator.md"));
+    let sock = Path::new(&run).join(core_pattern::KERNEL_SOCKET);
+    let file = core_pattern::agent_pattern(&Path::new(&state).join("dumps")).unwrap();
+    for pattern in [
+        socket::Protocol::Request.pattern(&sock),
+        pipe::pattern(&Path::new(&state).join("bin").join(pipe::HELPER)),
+        file,
+    ] {
+        assert!(
+            guide.contains(&pattern),
+            "docs/operator.md shows the pattern the agent installs: {pattern}"
+        );
+    }
+    for needle in [
+        receive.as_str(),
+        run.as_str(),
+        "components/socket-intake",
+        "components/file-intake",
+        "components/host-core-pattern",
+        "examples/file-intake",
+        "COREDUMP_INTAKE=socket,file",
+        "SYS_CHROOT",
+    ] {
+        assert!(guide.contains(needle), "docs/operator.md mentions {needle}");
+    }
+    assert!(
+        !guide.to_lowercase().contains("every pod must mount"),
+        "only file intake asks pods to mount anything"
     );
 }
 
