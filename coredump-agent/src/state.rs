@@ -72,6 +72,48 @@ pub fn private_dir(parent: &Path, name: &str) -> io::Result<PathBuf> {
     Ok(dir)
 }
 
+/// The state directory's lock, held for as long as an agent runs on it: a second agent on the
+/// same state (a rollout with surge, a manual `run` in the pod) would restore core_pattern under
+/// the first one and deliver the same spool twice.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+/// Takes the lock on `state_dir` (`agent.lock`, holding the holder's pid), or says who has it.
+pub fn lock(state_dir: &Path) -> io::Result<StateLock> {
+    use std::io::{Read as _, Seek as _};
+    let path = state_dir.join("agent.lock");
+    let mut file = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "another agent (pid {}) runs with the state directory {}: stop it first",
+                    holder.trim(),
+                    state_dir.display()
+                ),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    write!(file, "{}", std::process::id())?;
+    Ok(StateLock { _file: file })
+}
+
 /// A directory of JSON entries, `<id>.json`, each written with [`write_atomic`]. Ids are the
 /// agent's own (crash and record ids), never names from outside.
 #[derive(Debug, Clone)]
@@ -207,6 +249,20 @@ mod tests {
         );
         symlink("/etc", d.join("planted")).unwrap();
         assert!(private_dir(&d, "planted").is_err());
+    }
+
+    #[test]
+    fn one_agent_per_state_directory() {
+        let d = tempdir("lock");
+        let held = lock(&d).unwrap();
+        let err = lock(&d).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert!(
+            err.to_string().contains(&std::process::id().to_string()),
+            "{err}"
+        );
+        drop(held);
+        lock(&d).unwrap();
     }
 
     #[test]

@@ -318,6 +318,66 @@ fn another_pods_dump_cannot_be_rewritten() {
     );
 }
 
+/// A second agent on the same state directory (a rollout with surge, a manual `run` in the
+/// pod) refuses to start, instead of restoring core_pattern under the first and delivering its
+/// spool twice.
+#[test]
+fn a_second_agent_on_the_same_state_directory_refuses_to_start() {
+    if !require_root("abuse") {
+        return;
+    }
+    let n = node("second-agent");
+    let agent = n.start(&[]);
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    let mut second = std::process::Command::new(coredump_tests::agent_path())
+        .args(["run", "--state-dir", n.state.to_str().unwrap()])
+        .args(["--dest", n.store.to_str().unwrap()])
+        .args(["--run-dir", n.tmp.join("run2").to_str().unwrap()])
+        .args(["--receive-dir", n.tmp.join("received2").to_str().unwrap()])
+        .args(["--kube", "off"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while second.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            panic!("the second agent kept running beside the first");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = second.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("another agent (pid {})", agent.pid())),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        pattern,
+        "the first agent's pattern is untouched"
+    );
+    let c = Crasher::spawn_with(
+        "segv",
+        None,
+        &CrasherOpts {
+            core_limit: u64::MAX,
+            ..Default::default()
+        },
+    );
+    let pid = c.host_pid;
+    assert!(!c.go().success());
+    wait_for_store(&n.store, WAIT, |_| {
+        store_records(&n.store)
+            .iter()
+            .any(|(_, r)| r["crash"]["host_pid"] == pid)
+    });
+    assert!(agent.terminate().success());
+}
+
 // ---- the operator's CLI against a hostile bucket -------------------------------------------
 
 mod bucket {

@@ -321,6 +321,8 @@ pub async fn execute(args: RunArgs) -> anyhow::Result<ExitCode> {
             args.store.state_dir().display()
         )
     })?;
+    let _lock =
+        crate::state::lock(args.store.state_dir()).context("locking the state directory")?;
 
     // The store first: if it is unreachable, say so before touching anything else.
     let dest = args.store.dest()?;
