@@ -69,15 +69,33 @@ fn jittered(delay: Duration) -> Duration {
     delay + delay.mul_f64(f64::from(nanos % 1000) / 2000.0)
 }
 
-/// Stores one job, retrying until it succeeds or shutdown is requested. Returns whether it was
-/// stored.
+/// Jobs held at once (each holds its dump open): those uploading and those waiting to retry.
+const MAX_HELD: usize = 256;
+
+/// How a delivery ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Delivered {
+    /// Stored, and the local copy gone.
+    Stored,
+    /// Set aside: it cannot be stored however often it is tried.
+    Parked,
+    /// Shutdown came first: it stays spooled.
+    Interrupted,
+}
+
+/// Stores one job, retrying until it succeeds or shutdown is requested, each attempt holding one
+/// of `uploads` (none while it waits to retry). Errors about the store (unreachable, denied)
+/// are retried for as long as it takes; an error about the dump itself (it changed while read)
+/// is looked at once more, then the job is parked, so that a dump a container keeps changing
+/// cannot hold an upload slot forever.
 async fn deliver<S: Store>(
     cfg: &Config,
     store: &S,
     spool: &Spool,
+    uploads: &Semaphore,
     job: Job,
     cancel: &CancellationToken,
-) -> bool {
+) -> Delivered {
     let Job {
         record,
         dump,
@@ -108,8 +126,12 @@ async fn deliver<S: Store>(
     let metadata = layout::metadata(&record, size, layout::compression_name(stored_compression));
 
     let mut delay = BACKOFF_START;
+    let mut about_the_dump = 0;
     let started = Instant::now();
     loop {
+        let Ok(_slot) = uploads.acquire().await else {
+            return Delivered::Interrupted;
+        };
         let attempt = async {
             let mut bytes = 0;
             let mut stored_dump = None;
@@ -161,7 +183,7 @@ async fn deliver<S: Store>(
             r = attempt => r,
             () = async { cancel.cancelled().await; tokio::time::sleep(cfg.shutdown_grace).await } => {
                 tracing::warn!(id = %record.id, key, "shutdown: upload interrupted, the dump stays spooled for the next start");
-                return false;
+                return Delivered::Interrupted;
             }
         };
         match result {
@@ -189,13 +211,42 @@ async fn deliver<S: Store>(
                 }
                 break;
             }
+            Err(e) if e.is_about_the_dump() && about_the_dump >= 1 => {
+                METRICS.store_failures.inc();
+                METRICS.dumps_parked.inc();
+                let reason = format!("{:#}", anyhow::Error::new(e));
+                let job = Job {
+                    record,
+                    dump,
+                    upload_dump,
+                };
+                match spool.park(&job, &reason) {
+                    Ok(to) => {
+                        tracing::error!(id = %job.record.id, key, reason, parked = %to.display(), "the dump cannot be stored: set aside, kept on disk")
+                    }
+                    Err(e) => {
+                        tracing::error!(id = %job.record.id, key, reason, error = %e, "the dump cannot be stored, and setting it aside failed: kept on disk")
+                    }
+                }
+                return Delivered::Parked;
+            }
             Err(e) => {
                 METRICS.store_failures.inc();
-                let wait = if e.is_transient() { delay } else { BACKOFF_MAX };
+                // About the dump: one more look at once (the first read may have raced the
+                // end of a write). About the store: back off.
+                let wait = if e.is_about_the_dump() {
+                    about_the_dump += 1;
+                    Duration::ZERO
+                } else if e.is_transient() {
+                    delay
+                } else {
+                    BACKOFF_MAX
+                };
                 tracing::error!(id = %record.id, key, error = %format!("{e:#}"), transient = e.is_transient(), retry_in = ?wait, "store failed; the dump stays on disk");
+                drop(_slot);
                 tokio::select! {
                     () = tokio::time::sleep(jittered(wait)) => {}
-                    () = cancel.cancelled() => return false,
+                    () = cancel.cancelled() => return Delivered::Interrupted,
                 }
                 delay = (delay * 2).min(BACKOFF_MAX);
             }
@@ -221,7 +272,7 @@ async fn deliver<S: Store>(
     if let Err(e) = spool.remove(&record.id) {
         tracing::warn!(id = %record.id, error = %e, "could not remove spool entry");
     }
-    true
+    Delivered::Stored
 }
 
 /// Removes (or with `--keep-local`, moves to `kept`) the dump a record names, only if its
@@ -245,7 +296,9 @@ fn remove_local(dir: &Dir, kept: Option<&Dir>, info: &DumpFile, meta: &std::fs::
     }
 }
 
-/// Delivers jobs until the input closes, then waits for those in flight.
+/// Delivers jobs until the input closes, then waits for those in flight. At most
+/// `cfg.concurrency` upload at once; at most [`MAX_HELD`] are held (uploading or waiting to
+/// retry), after which the spool waits.
 pub async fn run<S: Store>(
     cfg: Config,
     store: Arc<S>,
@@ -254,25 +307,28 @@ pub async fn run<S: Store>(
     mut rx: tokio::sync::mpsc::Receiver<Job>,
     cancel: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let uploads = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let held = Arc::new(Semaphore::new(MAX_HELD));
     let cfg = Arc::new(cfg);
     let mut tasks = JoinSet::new();
     while let Some(job) = rx.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
+        let Ok(permit) = held.clone().acquire_owned().await else {
             break;
         };
-        let (cfg, store, spool, claims, cancel) = (
+        let (cfg, store, spool, claims, cancel, uploads) = (
             cfg.clone(),
             store.clone(),
             spool.clone(),
             claims.clone(),
             cancel.clone(),
+            uploads.clone(),
         );
         tasks.spawn(async move {
             let path = job.dump.as_ref().map(|d| d.path.clone());
-            let stored = deliver(&cfg, &*store, &spool, job, &cancel).await;
+            let delivered = deliver(&cfg, &*store, &spool, &uploads, job, &cancel).await;
+            // A parked dump stays claimed: it is not taken for a new one.
             if let Some(path) = path
-                && stored
+                && delivered == Delivered::Stored
             {
                 claims.release(path.as_os_str());
             }

@@ -81,6 +81,8 @@ pub struct Metrics {
     pub spool_depth: Gauge,
     /// Bytes of dumps in the spool.
     pub spool_bytes: Gauge,
+    /// Dumps set aside because they cannot be stored (they changed while read, …).
+    pub dumps_parked: Counter,
 }
 
 impl Metrics {
@@ -123,6 +125,12 @@ impl Metrics {
             "counter",
             "Bytes stored.",
             self.bytes_stored.get(),
+        );
+        one(
+            "dumps_parked_total",
+            "counter",
+            "Dumps set aside (state dir parked/) because they cannot be stored however often tried.",
+            self.dumps_parked.get(),
         );
         one(
             "crashes_without_dump_total",

@@ -44,12 +44,28 @@ pub enum SpoolError {
 struct Entry {
     record: Record,
     upload_dump: bool,
+    /// Why it was set aside (in `parked/`), if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    parked: Option<String>,
 }
 
-/// The spool directory.
+/// The spool directory, and beside it `parked/`: jobs whose dump cannot be stored however
+/// often it is tried (it changes while read, …), kept with their reason for an operator.
 #[derive(Debug, Clone)]
 pub struct Spool {
     entries: Entries,
+    parked: Entries,
+}
+
+/// A parked job, as `check` shows it.
+#[derive(Debug, Clone)]
+pub struct Parked {
+    /// Its record's id.
+    pub id: String,
+    /// Why it was parked.
+    pub reason: String,
+    /// Its dump's file name.
+    pub dump: Option<String>,
 }
 
 /// Where the dumps of spooled records are: the dump directory (file intake) and the receive
@@ -76,19 +92,76 @@ impl DumpDirs {
 impl Spool {
     /// Opens (creating) `<state_dir>/spool`.
     pub fn open(state_dir: &std::path::Path) -> Result<Self, SpoolError> {
-        let entries = Entries::open(state_dir, "spool").map_err(|source| SpoolError::Io {
-            op: "creating",
-            path: state_dir.join("spool"),
-            source,
-        })?;
-        Ok(Self { entries })
+        let open = |name: &str| {
+            Entries::open(state_dir, name).map_err(|source| SpoolError::Io {
+                op: "creating",
+                path: state_dir.join(name),
+                source,
+            })
+        };
+        Ok(Self {
+            entries: open("spool")?,
+            parked: open("parked")?,
+        })
     }
 
+    /// Sets a job aside with `reason`: its entry moves to `parked/`, its dump stays where it
+    /// is (and is not taken again at the next start). Returns where the entry went.
+    pub fn park(&self, job: &Job, reason: &str) -> Result<PathBuf, SpoolError> {
+        let entry = Entry {
+            record: job.record.clone(),
+            upload_dump: job.upload_dump,
+            parked: Some(reason.to_owned()),
+        };
+        let id = &job.record.id;
+        self.parked
+            .save(id, &entry)
+            .map_err(|source| SpoolError::Io {
+                op: "writing",
+                path: self.parked.path(id),
+                source,
+            })?;
+        self.remove(id)?;
+        Ok(self.parked.path(id))
+    }
+
+    /// The parked jobs.
+    pub fn parked(&self) -> Vec<Parked> {
+        parked_in(&self.parked)
+    }
+}
+
+/// The jobs parked in `<state_dir>/parked/`, read without creating anything (for `check`).
+pub fn parked_at(state_dir: &std::path::Path) -> Vec<Parked> {
+    if !state_dir.join("parked").is_dir() {
+        return Vec::new();
+    }
+    Entries::open(state_dir, "parked").map_or_else(|_| Vec::new(), |e| parked_in(&e))
+}
+
+fn parked_in(entries: &Entries) -> Vec<Parked> {
+    entries
+        .load::<Entry>()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(id, e)| {
+            let e = e.ok()?;
+            Some(Parked {
+                id,
+                reason: e.parked.unwrap_or_default(),
+                dump: e.record.dump.map(|d| d.name),
+            })
+        })
+        .collect()
+}
+
+impl Spool {
     /// Persists a job's record.
     pub fn write(&self, job: &Job) -> Result<(), SpoolError> {
         let entry = Entry {
             record: job.record.clone(),
             upload_dump: job.upload_dump,
+            parked: None,
         };
         self.entries
             .save(&job.record.id, &entry)
@@ -132,6 +205,7 @@ impl Spool {
             let Ok(Entry {
                 mut record,
                 upload_dump,
+                ..
             }) = entry
             else {
                 continue;
@@ -171,16 +245,34 @@ impl Spool {
                 upload_dump: upload,
             });
         }
+        // Parked dumps stay where they are, not taken for new ones.
+        for (id, entry) in self.parked.load::<Entry>().unwrap_or_default() {
+            let Ok(entry) = entry else { continue };
+            if let Some(j) = journal {
+                j.remove(&id);
+            }
+            if let (Some(info), Some(dir)) = (&entry.record.dump, dirs.of(&entry.record)) {
+                claims.claim(dir.join(OsStr::new(&info.name)).as_os_str());
+            }
+        }
         if !jobs.is_empty() {
             tracing::info!(count = jobs.len(), "resuming spooled dumps");
         }
         Ok(jobs)
     }
 
-    /// Receive ids of the spooled records (their crashes are taken care of).
-    pub fn receive_ids(jobs: &[Job]) -> HashSet<String> {
+    /// Receive ids of the spooled records and the parked ones (their crashes are taken care
+    /// of): the receive directory's recovery skips them.
+    pub fn receive_ids(&self, jobs: &[Job]) -> HashSet<String> {
+        let parked = self
+            .parked
+            .load::<Entry>()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(_, e)| e.ok()?.record.receive_id);
         jobs.iter()
             .filter_map(|j| j.record.receive_id.clone())
+            .chain(parked)
             .collect()
     }
 

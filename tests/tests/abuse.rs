@@ -318,6 +318,80 @@ fn another_pods_dump_cannot_be_rewritten() {
     );
 }
 
+/// Two files in the dump directory that a container keeps growing: each is read as a body
+/// that changes under the agent. Before the fix such a dump was retried every 300 s forever,
+/// holding one of the two upload slots: two of them stopped every upload on the node. Now
+/// each is looked at once more, then set aside (kept, counted, shown by `check`), and other
+/// pods' dumps go through.
+#[test]
+fn dumps_that_keep_changing_are_set_aside_and_do_not_stop_other_uploads() {
+    if !require_root("abuse") {
+        return;
+    }
+    let n = node("poison");
+    let agent = n.start(&["--intake", "file", "--uploads", "2"]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let growers: Vec<_> = (1..=2)
+        .map(|i| {
+            let path = n.dumps.join(format!("core.{i}.{i}.11.1700000000.poison"));
+            std::fs::write(&path, vec![b'x'; 4096]).unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(mut f) = std::fs::File::options().append(true).open(&path) {
+                        let _ = f.write_all(&[b'y'; 4096]);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        })
+        .collect();
+    // Long enough for both to be joined (unattested, after --event-wait) and tried.
+    std::thread::sleep(Duration::from_secs(4));
+    let c = Crasher::spawn_with(
+        "segv",
+        None,
+        &CrasherOpts {
+            core_limit: u64::MAX,
+            ..Default::default()
+        },
+    );
+    let pid = c.host_pid;
+    assert!(!c.go().success());
+    wait_for_store(&n.store, WAIT, |_| {
+        store_records(&n.store)
+            .iter()
+            .any(|(_, r)| r["crash"]["host_pid"] == pid && !r["dump"].is_null())
+    });
+    stop.store(true, Ordering::SeqCst);
+    for g in growers {
+        g.join().unwrap();
+    }
+    let parked = files_under(&n.state.join("parked"));
+    assert_eq!(parked.len(), 2, "{parked:?}\n{}", agent.log_text());
+    for i in 1..=2 {
+        assert!(
+            n.dumps
+                .join(format!("core.{i}.{i}.11.1700000000.poison"))
+                .exists(),
+            "kept on disk"
+        );
+    }
+    agent.terminate();
+    let out = std::process::Command::new(coredump_tests::agent_path())
+        .args(["check", "--json", "--kube", "off", "--intake", "file"])
+        .args(["--state-dir", n.state.to_str().unwrap()])
+        .args(["--dump-dir", n.dumps.to_str().unwrap()])
+        .args(["--dest", n.store.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("\"parked dumps\"") && stdout.contains("changed while it was stored"),
+        "{stdout}"
+    );
+}
+
 /// A second agent on the same state directory (a rollout with surge, a manual `run` in the
 /// pod) refuses to start, instead of restoring core_pattern under the first and delivering its
 /// spool twice.

@@ -370,6 +370,24 @@ fn sysctl_checks(
             ),
         });
     }
+    let parked = crate::spool::parked_at(args.store.state_dir());
+    if let Some(first) = parked.first() {
+        out.push(line(
+            Level::Warn,
+            "parked dumps",
+            format!(
+                "{} dump(s) set aside because they cannot be stored, e.g. {} ({}): {}",
+                parked.len(),
+                first.id,
+                first.dump.as_deref().unwrap_or("no dump"),
+                first.reason
+            ),
+            Some(&format!(
+                "look at {}; to try again, move an entry back to spool/ and restart the agent",
+                args.store.state_dir().join("parked").display()
+            )),
+        ));
+    }
     for stale in core_pattern::stale_backups(args.store.state_dir(), &wanted) {
         let detail = format!(
             "{} was set by a run that was killed and not restored; it was {:?} before ({})",

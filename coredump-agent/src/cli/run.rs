@@ -470,7 +470,7 @@ async fn run_pipeline(
     let journal = CrashJournal::open(state)?;
     let claims = Claims::default();
     let resumed = spool.recover(&dirs, &claims, Some(&journal))?;
-    let spooled: HashSet<String> = Spool::receive_ids(&resumed);
+    let spooled: HashSet<String> = spool.receive_ids(&resumed);
     let received_backlog = match &receive {
         Some(r) => r.recover(&claims, &spooled)?,
         None => Vec::new(),

@@ -253,6 +253,19 @@ impl StoreError {
         }
     }
 
+    /// Whether the error is about this dump, not the store: the same dump fails the same way
+    /// whatever the store does (it changes while read, it is not a regular file). Such a dump is
+    /// set aside after a second look, instead of holding an upload slot forever.
+    pub fn is_about_the_dump(&self) -> bool {
+        matches!(
+            self,
+            Self::BodyChanged { .. }
+                | Self::InvalidBody { .. }
+                | Self::InvalidKey { .. }
+                | Self::Compress { .. }
+        )
+    }
+
     /// An [`StoreError::Io`] for `op` on `path`, for `map_err`.
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
