@@ -124,8 +124,17 @@ impl Enricher {
 }
 
 /// `/proc/<pid>/status` keys worth keeping.
-const STATUS_KEYS: [&str; 9] = [
-    "Name", "Umask", "State", "PPid", "Uid", "Gid", "NSpid", "VmPeak", "VmRSS",
+const STATUS_KEYS: [&str; 10] = [
+    "Name",
+    "Umask",
+    "State",
+    "PPid",
+    "Uid",
+    "Gid",
+    "NSpid",
+    "VmPeak",
+    "VmRSS",
+    "CoreDumping",
 ];
 
 /// Longest command line kept, in bytes.
@@ -245,25 +254,43 @@ pub fn identity_of(
     identity
 }
 
-/// The identity as far as the cgroup path tells it.
+/// The identity as far as the cgroup path tells it. The kernel's cgroup id decides; a path from
+/// `/proc/<pid>/cgroup` is used only where it can be tied to the crash: its directory's inode is
+/// the kernel's cgroup id, or (cgroup v1 hosts, where the v2 id is the root's) the process
+/// read was still dumping core. A pid may belong to another process, in another pod, by the
+/// time it is read: then the cgroup is unknown, and said so.
 fn cgroup_identity(
     cgroup_id: Option<u64>,
     process: Option<&ProcessInfo>,
     cgroups: Option<&CgroupResolver>,
 ) -> Identity {
     let from_kernel = cgroups.zip(cgroup_id).and_then(|(r, id)| r.resolve(id));
-    // On a cgroup v1-only host the v2 id is the root's; /proc then knows better.
     let from_proc = process
         .and_then(|p| p.cgroup.as_deref())
         .and_then(cgroup_path::parse_proc_cgroup)
         .map(|(path, _)| path);
+    let dumping =
+        process.is_some_and(|p| p.status.iter().any(|(k, v)| k == "CoreDumping" && v == "1"));
     let path = match (from_kernel, from_proc) {
-        (Some(k), Some(p)) if k == "/" && p != "/" => p,
+        (Some(k), Some(p)) if k == "/" && p != "/" && dumping => p,
         (Some(k), _) => k,
-        (None, p) => match p {
-            Some(p) => p,
-            None => return Identity::default(),
-        },
+        (None, Some(p))
+            if cgroups
+                .zip(cgroup_id)
+                .map_or(dumping, |(r, id)| r.is(&p, id)) =>
+        {
+            p
+        }
+        (None, Some(_)) => {
+            return Identity {
+                unresolved: Some(format!(
+                    "the kernel's cgroup id {} no longer exists, and the process's /proc/<pid>/cgroup could not be tied to it",
+                    cgroup_id.map_or("?".into(), |id| id.to_string())
+                )),
+                ..Identity::default()
+            };
+        }
+        (None, None) => return Identity::default(),
     };
     Identity::from_cgroup_path(&path)
 }
@@ -284,7 +311,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(
             dir.join("status"),
-            "Name:\tserver\nUmask:\t0022\nState:\tR (running)\nTgid:\t42\nPPid:\t1\nUid:\t1000\t1000\t1000\t1000\nNSpid:\t42\t7\n",
+            "Name:\tserver\nUmask:\t0022\nState:\tR (running)\nTgid:\t42\nPPid:\t1\nUid:\t1000\t1000\t1000\t1000\nNSpid:\t42\t7\nCoreDumping:\t1\n",
         )
         .unwrap();
         std::fs::write(dir.join("cmdline"), b"/usr/bin/server\0--port\0\x38080\0").unwrap();
@@ -315,6 +342,44 @@ mod tests {
         assert_eq!(
             id.container_id.as_deref(),
             Some("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// The kernel's cgroup id is gone by the time the crash is read, and the pid's
+    /// `/proc/<pid>/cgroup` names another cgroup (the pid was reused, in another pod): the
+    /// identity is unknown, never that other pod's.
+    #[test]
+    fn a_proc_cgroup_that_is_not_the_kernels_is_not_trusted() {
+        use std::os::unix::fs::MetadataExt as _;
+        let root = std::env::temp_dir().join(format!("cgroups-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let other = "kubepods.slice/kubepods-pod2f6f5a3e_8a7b_4c1d_9e0f_1a2b3c4d5e6f.slice";
+        std::fs::create_dir_all(root.join(other)).unwrap();
+        let other_ino = std::fs::metadata(root.join(other)).unwrap().ino();
+        let resolver = CgroupResolver::new(root.clone());
+        let process = |dumping: &str| ProcessInfo {
+            cgroup: Some(format!("0::/{other}\n")),
+            status: vec![("CoreDumping".into(), dumping.into())],
+            ..ProcessInfo::default()
+        };
+        let gone = other_ino + 1_000_000;
+        let id = cgroup_identity(Some(gone), Some(&process("0")), Some(&resolver));
+        assert_eq!(id.pod_uid, None);
+        assert!(id.unresolved.unwrap().contains(&gone.to_string()));
+        // The path is the kernel's cgroup (same inode): trusted.
+        let id = cgroup_identity(Some(other_ino), Some(&process("0")), Some(&resolver));
+        assert_eq!(
+            id.pod_uid.as_deref(),
+            Some("2f6f5a3e-8a7b-4c1d-9e0f-1a2b3c4d5e6f")
+        );
+        // No cgroup2 hierarchy (v1 host): only a process still dumping core is believed.
+        let id = cgroup_identity(Some(gone), Some(&process("0")), None);
+        assert!(id.unresolved.is_some());
+        let id = cgroup_identity(Some(gone), Some(&process("1")), None);
+        assert_eq!(
+            id.pod_uid.as_deref(),
+            Some("2f6f5a3e-8a7b-4c1d-9e0f-1a2b3c4d5e6f")
         );
         std::fs::remove_dir_all(&root).unwrap();
     }

@@ -56,6 +56,13 @@ impl CgroupResolver {
         &self.root
     }
 
+    /// Whether `path` (relative to the root) is the cgroup with inode `id`: a path read from
+    /// `/proc` is trusted only if so, since the pid it was read for may have been reused.
+    pub fn is(&self, path: &str, id: u64) -> bool {
+        std::fs::symlink_metadata(self.root.join(path.trim_start_matches('/')))
+            .is_ok_and(|m| m.is_dir() && m.ino() == id)
+    }
+
     /// The cgroup's path relative to the root, beginning with `/`; `None` if it is gone.
     pub fn resolve(&self, id: u64) -> Option<String> {
         if let Some(hit) = self.cache.lock().ok()?.get(&id) {

@@ -4,9 +4,12 @@
 //!
 //! A path is split into components and each one is matched on its own: against
 //! `CONTAINER_RULES` (how each runtime names a container's cgroup) and the two pod forms in
-//! `match_pod` (systemd `…-pod<uid>.slice`, cgroupfs `pod<uid>`). The innermost match wins,
-//! so prefixes (kind's `/system.slice/docker-<node>.scope`, a custom kubelet cgroup root) and
-//! trailing sub-cgroups (`…/init`, `…/container`) need no rules of their own.
+//! `match_pod` (systemd `…-pod<uid>.slice`, cgroupfs `pod<uid>`), and runc's literal
+//! `<pod slice>:cri-containerd:<id>`. The outermost pod decides, and within it the first
+//! container: a container may create cgroups below its own, shaped like another pod's, and
+//! those are never trusted. A container above the pod (kind's `/system.slice/docker-<node>.scope`)
+//! is an enclosing one and is forgotten at the pod; a custom kubelet cgroup root and trailing
+//! sub-cgroups (`…/init`, `…/container`) need no rules of their own.
 
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +89,9 @@ const CONTAINER_RULES: &[ContainerRule] = &[
     rule("crio-conmon-", ".scope", None, Runtime::Crio, true),
     rule("crio-", ".scope", None, Runtime::Crio, false),
     rule("docker-", ".scope", None, Runtime::Docker, false),
+    // containerd under a systemd pod slice without the unit suffix (a containerd configured
+    // with a cgroup parent but no systemd driver names the directory this way).
+    rule("cri-containerd-", "", None, Runtime::Containerd, false),
     // cgroupfs driver: CRI-O keeps its prefix, without the systemd unit suffix.
     rule("crio-conmon-", "", None, Runtime::Crio, true),
     rule("crio-", "", None, Runtime::Crio, false),
@@ -141,14 +147,31 @@ pub fn parse(path: &str) -> CgroupIdentity {
         let parent = i.checked_sub(1).map(|j| components[j]);
         let grandparent = i.checked_sub(2).map(|j| components[j]);
 
-        if let Some((uid, qos)) = match_pod(component, parent, grandparent) {
-            // A container seen above the pod is an enclosing one (kind's node container), not
-            // this pod's: start over from here.
-            id.pod_uid = Some(uid);
-            id.qos = qos;
-            id.runtime = None;
-            id.container_id = None;
-        } else if let Some((runtime, container_id)) = match_container(component, parent) {
+        // Inside a pod, the first container cgroup is the container; anything below it is
+        // what the container made itself (a process with write access to its cgroupfs can
+        // nest `…pod<another>.slice/cri-containerd-<another>.scope` there): never trusted.
+        let settled = id.pod_uid.is_some() && id.container_id.is_some();
+        if settled {
+            // Sub-cgroups of the container (`/init`, CRI-O's `/container`): nothing to learn.
+        } else if let Some((pod, runtime, container_id)) = match_colon_form(component) {
+            // runc's `<pod slice>:<runtime>:<id>` as one directory: pod and container at once.
+            if id.pod_uid.is_none() {
+                (id.pod_uid, id.qos) = pod.map_or((None, None), |(uid, qos)| (Some(uid), qos));
+            }
+            id.runtime = Some(runtime);
+            id.container_id = Some(container_id);
+        } else if let Some((uid, qos)) = match_pod(component, parent, grandparent) {
+            // The outermost pod decides: one found inside a pod is a fake. A container seen
+            // above the pod is an enclosing one (kind's node container), not this pod's.
+            if id.pod_uid.is_none() {
+                id.pod_uid = Some(uid);
+                id.qos = qos;
+                id.runtime = None;
+                id.container_id = None;
+            }
+        } else if let Some((runtime, container_id)) = match_container(component, parent)
+            && !(id.pod_uid.is_some() && id.runtime.is_some())
+        {
             id.runtime = Some(runtime);
             id.container_id = container_id;
         }
@@ -186,13 +209,16 @@ pub fn parse_proc_cgroup(content: &str) -> Option<(String, CgroupIdentity)> {
             continue;
         };
         let identity = parse(path);
-        let names_workload = identity.pod_uid.is_some() || identity.container_id.is_some();
-        let names_anything =
-            names_workload || identity.runtime.is_some() || identity.systemd_unit.is_some();
-        let tier = match (names_workload, names_anything) {
-            (true, _) => 0,
-            (false, true) => 1,
-            (false, false) => 2,
+        // A pod beats a bare container (kind's node container on a mixed v1/v2 host), which
+        // beats a unit, which beats nothing.
+        let tier = if identity.pod_uid.is_some() {
+            0
+        } else if identity.container_id.is_some() {
+            1
+        } else if identity.runtime.is_some() || identity.systemd_unit.is_some() {
+            2
+        } else {
+            3
         };
         let rank = (tier, controller_rank(hierarchy, controllers), line_no);
         if best.as_ref().is_none_or(|(r, _, _)| rank < *r) {
@@ -240,7 +266,7 @@ fn match_pod(
     component: &str,
     parent: Option<&str>,
     grandparent: Option<&str>,
-) -> Option<(String, Option<Qos>)> {
+) -> Option<PodMatch> {
     if let Some(stem) = component.strip_suffix(SLICE_SUFFIX) {
         // systemd slice names spell their ancestry with dashes, so the QoS level is in the name.
         let (ancestry, uid) = stem.rsplit_once("-pod")?;
@@ -304,6 +330,31 @@ fn canonical_pod_uid(raw: &str, sep: u8) -> Option<String> {
         }
     }
     Some(out)
+}
+
+/// A pod's canonical UID and, where the kubelet's layout says it, its QoS class.
+type PodMatch = (String, Option<Qos>);
+
+/// runc's systemd cgroupsPath `<slice>:<prefix>:<id>` taken literally as one directory name,
+/// as runc does when it is not in systemd mode (containerd's `SystemdCgroup = false` under a
+/// kubelet with the systemd driver). The prefix names the runtime; the slice may name the pod.
+fn match_colon_form(component: &str) -> Option<(Option<PodMatch>, Runtime, String)> {
+    let mut parts = component.splitn(3, ':');
+    let (slice, prefix, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let runtime = match prefix {
+        "cri-containerd" => Runtime::Containerd,
+        "crio" => Runtime::Crio,
+        "docker" => Runtime::Docker,
+        _ => return None,
+    };
+    if !is_container_id(name) {
+        return None;
+    }
+    let pod = slice
+        .ends_with(SLICE_SUFFIX)
+        .then(|| match_pod(slice, None, None))
+        .flatten();
+    Some((pod, runtime, name.to_owned()))
 }
 
 /// Matches a container cgroup against [`CONTAINER_RULES`].
@@ -1059,5 +1110,524 @@ mod tests {
         // A well-formed line among junk is still found; colons inside the path survive.
         let (used, _) = parse_proc_cgroup("junk\r\n0::/a:b/c.service\r\n").expect("v2");
         assert_eq!(used, "/a:b/c.service");
+    }
+    // ---- real-world layouts from other projects' test data (see the repositories each case names) ----
+
+    /// One expected parse result. `pod_uid` is canonical (dashes) or a static pod's 32-hex hash.
+    struct Case {
+        name: &'static str,
+        path: &'static str,
+        pod_uid: Option<&'static str>,
+        qos: Option<Qos>,
+        runtime: Option<Runtime>,
+        container_id: Option<&'static str>,
+        systemd_unit: Option<&'static str>,
+    }
+
+    fn expected(c: &Case) -> CgroupIdentity {
+        CgroupIdentity {
+            pod_uid: c.pod_uid.map(str::to_owned),
+            qos: c.qos,
+            runtime: c.runtime,
+            container_id: c.container_id.map(str::to_owned),
+            systemd_unit: c.systemd_unit.map(str::to_owned),
+        }
+    }
+
+    /// Names of the cases whose parse result differs from the expectation.
+    fn failing(cases: &[Case]) -> Vec<String> {
+        cases
+            .iter()
+            .filter_map(|c| {
+                let got = parse(c.path);
+                (got != expected(c)).then(|| format!("{}: got {got:?}", c.name))
+            })
+            .collect()
+    }
+
+    use Qos::{BestEffort, Burstable, Guaranteed};
+    use Runtime::{Containerd, Crio, Docker, Unknown};
+
+    /// containerd CRI with a `.slice` cgroup parent always emits runc's systemd form
+    /// `<pod slice>:cri-containerd:<id>`; when runc is not in systemd mode (containerd
+    /// `SystemdCgroup = false`, the containerd 1.x default, with kubelet `cgroupDriver: systemd`,
+    /// the kubeadm default since 1.22) that string becomes one literal cgroup directory name,
+    /// at the root or under containerd's own cgroup. FAILS TODAY: none of these yields a pod or
+    /// container, and those under containerd.service are reported as `containerd.service`.
+    const CRI_CONTAINERD_COLON_FORM: &[Case] = &[
+        Case {
+            name: "falco libs#63 (v1 pids, k8s>=1.20, Debian 10)",
+            path: "/system.slice/containerd.service/kubepods-burstable-podb4f3dfaf_f987_499d_a04c_2c60eb01958c.slice:cri-containerd:f659de946112140fd722cddfd24015a8c9fce51b7ab7f007ac30612b6f9acfc9",
+            pod_uid: Some("b4f3dfaf-f987-499d-a04c-2c60eb01958c"),
+            qos: Some(Burstable),
+            runtime: Some(Containerd),
+            container_id: Some("f659de946112140fd722cddfd24015a8c9fce51b7ab7f007ac30612b6f9acfc9"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "otel-java ContainerResourceTest cgroup6 (k8s 1.24, guaranteed)",
+            path: "/system.slice/containerd.service/kubepods-pod87a18a64_b74a_454a_b10b_a4a36059d0a3.slice:cri-containerd:05c48c82caff3be3d7f1e896981dd410e81487538936914f32b624d168de9db0",
+            pod_uid: Some("87a18a64-b74a-454a-b10b-a4a36059d0a3"),
+            qos: Some(Guaranteed),
+            runtime: Some(Containerd),
+            container_id: Some("05c48c82caff3be3d7f1e896981dd410e81487538936914f32b624d168de9db0"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "pixie BareMetalK8s_1_21",
+            path: "/system.slice/containerd.service/kubepods-besteffort-pod1544eb37_e4f7_49eb_8cc4_3d01c41be77b.slice:cri-containerd:8618d3540ce713dd59ed0549719643a71dd482c40c21685773e7ac1291b004f5",
+            pod_uid: Some("1544eb37-e4f7-49eb-8cc4-3d01c41be77b"),
+            qos: Some(BestEffort),
+            runtime: Some(Containerd),
+            container_id: Some("8618d3540ce713dd59ed0549719643a71dd482c40c21685773e7ac1291b004f5"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "elastic apm-agent-nodejs#3550 (name=systemd line)",
+            path: "/system.slice/containerd.service/kubepods-burstable-podff49d0be_16b7_4a49_bb9e_8ec1f1f4e27f.slice:cri-containerd:0f99ad5f45163ed14ab8eaf92ed34bb4a631d007f8755a7d79be614bcb0df0ef",
+            pod_uid: Some("ff49d0be-16b7-4a49-bb9e-8ec1f1f4e27f"),
+            qos: Some(Burstable),
+            runtime: Some(Containerd),
+            container_id: Some("0f99ad5f45163ed14ab8eaf92ed34bb4a631d007f8755a7d79be614bcb0df0ef"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "tetragon proc_test: GKE-style podruntime.slice (v1 pids)",
+            path: "/podruntime.slice/containerd.service/kubepods-burstable-pod29349498_197c_4919_b13f_9a928e7d001b.slice:cri-containerd:0ca2b3cd20e5f55a2bbe8d4aa3f811cf7963b40f0542ad147054b0fcb60fc400",
+            pod_uid: Some("29349498-197c-4919-b13f-9a928e7d001b"),
+            qos: Some(Burstable),
+            runtime: Some(Containerd),
+            container_id: Some("0ca2b3cd20e5f55a2bbe8d4aa3f811cf7963b40f0542ad147054b0fcb60fc400"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "neuvector TestK8sContainerd_v1_4_4 (root-level controllers)",
+            path: "/kubepods-besteffort-pod2105e389_7471_476e_a50f_6074cef29bbd.slice:cri-containerd:d3d8ccf5cca91931c6285c1d7472c413dd5a7700fddc0aa9f89a9ac7008b003e",
+            pod_uid: Some("2105e389-7471-476e-a50f-6074cef29bbd"),
+            qos: Some(BestEffort),
+            runtime: Some(Containerd),
+            container_id: Some("d3d8ccf5cca91931c6285c1d7472c413dd5a7700fddc0aa9f89a9ac7008b003e"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "spire k8s_posix_test cri-containerd",
+            path: "/kubepods-besteffort-pod72f7f152_440c_66ac_9084_e0fc1d8a910c.slice:cri-containerd:b2a102854b4969b2ce98dc329c86b4fb2b06e4ad2cc8da9d8a7578c9cd2004a2",
+            pod_uid: Some("72f7f152-440c-66ac-9084-e0fc1d8a910c"),
+            qos: Some(BestEffort),
+            runtime: Some(Containerd),
+            container_id: Some("b2a102854b4969b2ce98dc329c86b4fb2b06e4ad2cc8da9d8a7578c9cd2004a2"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "falco container_cgroup containerd_unknown (static pod hash)",
+            path: "/kubepods-burstable-podbd12dd3393227d950605a2444b13c27a.slice:cri-containerd:d52db56a9c80d536a91354c0951c061187ca46249e64865a12703003d8f42366",
+            pod_uid: Some("bd12dd3393227d950605a2444b13c27a"),
+            qos: Some(Burstable),
+            runtime: Some(Containerd),
+            container_id: Some("d52db56a9c80d536a91354c0951c061187ca46249e64865a12703003d8f42366"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "argo-workflows pns executor comment (v1 cpuset)",
+            path: "/kubepods-besteffort-pod30556cce_0f92_11eb_b36d_02623cf324c8.slice:cri-containerd:c688c856b21cfb29c1dbf6c14793435e44a1299dfc12add33283239bffed2620",
+            pod_uid: Some("30556cce-0f92-11eb-b36d-02623cf324c8"),
+            qos: Some(BestEffort),
+            runtime: Some(Containerd),
+            container_id: Some("c688c856b21cfb29c1dbf6c14793435e44a1299dfc12add33283239bffed2620"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "ddosify alaz cri parseCgroupV2 comment (v2, under system.slice)",
+            path: "/system.slice/kubepods-burstable-pod22fd933a_ee61_46bd_93ae_ebace73c1160.slice:cri-containerd:3a31a360e5aea903274416e0c4cf8ca8c050fd523cc5d91a82ec5707d5ee9fa1",
+            pod_uid: Some("22fd933a-ee61-46bd-93ae-ebace73c1160"),
+            qos: Some(Burstable),
+            runtime: Some(Containerd),
+            container_id: Some("3a31a360e5aea903274416e0c4cf8ca8c050fd523cc5d91a82ec5707d5ee9fa1"),
+            systemd_unit: None,
+        },
+    ];
+
+    /// Layouts the current rules already get right: pin them.
+    const ALREADY_RIGHT: &[Case] = &[
+        Case {
+            name: "containerd<=1.2 cgroupfs runc under kubelet systemd pod slice (no prefix, no .scope)",
+            path: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod57009a28_e677_4550_8e14_7724a18cc70c.slice/62b0b04c0d518199a25d7cd859c376caf71a850374ce1d76fc7410e54dd63a10",
+            pod_uid: Some("57009a28-e677-4550-8e14-7724a18cc70c"),
+            qos: Some(Burstable),
+            runtime: Some(Unknown),
+            container_id: Some("62b0b04c0d518199a25d7cd859c376caf71a850374ce1d76fc7410e54dd63a10"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "spire: Docker for Desktop doubled kubepods",
+            path: "/kubepods/kubepods/besteffort/pod6bd2a4d3-a55a-4450-b6fd-2a7ecc72c904/a55d9ac3b312d8a2627824b6d6dd8af66fbec439bf4e0ec22d6d9945ad337a38",
+            pod_uid: Some("6bd2a4d3-a55a-4450-b6fd-2a7ecc72c904"),
+            qos: Some(BestEffort),
+            runtime: Some(Unknown),
+            container_id: Some("a55d9ac3b312d8a2627824b6d6dd8af66fbec439bf4e0ec22d6d9945ad337a38"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "spire: kind v1 nested under /docker/<node>",
+            path: "/docker/93529524695bb00d91c1f6dba692ea8d3550c3b94fb2463af7bc9ec82f992d26/kubepods/besteffort/poda2830d0d-b0f0-4ff0-81b5-0ee4e299cf80/09bc3d7ade839efec32b6bec4ec79d099027a668ddba043083ec21d3c3b8f1e6",
+            pod_uid: Some("a2830d0d-b0f0-4ff0-81b5-0ee4e299cf80"),
+            qos: Some(BestEffort),
+            runtime: Some(Unknown),
+            container_id: Some("09bc3d7ade839efec32b6bec4ec79d099027a668ddba043083ec21d3c3b8f1e6"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "spire: reader in another cgroup namespace, cgroupfs (QoS not recoverable)",
+            path: "/../../../burstable/pod095e82d2-713c-467a-a18a-cbb50a075296/6d1234da0f5aa7fa0ccae4c7d2d109929eb9a81694e6357bcd4547ab3985911b",
+            pod_uid: Some("095e82d2-713c-467a-a18a-cbb50a075296"),
+            qos: None,
+            runtime: Some(Unknown),
+            container_id: Some("6d1234da0f5aa7fa0ccae4c7d2d109929eb9a81694e6357bcd4547ab3985911b"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "spire: kubeedge CRI-O seen from another cgroup namespace",
+            path: "/../crio-45490e76e0878aaa4d9808f7d2eefba37f093c3efbba9838b6d8ab804d9bd814.scope",
+            pod_uid: None,
+            qos: None,
+            runtime: Some(Crio),
+            container_id: Some("45490e76e0878aaa4d9808f7d2eefba37f093c3efbba9838b6d8ab804d9bd814"),
+            systemd_unit: Some(
+                "crio-45490e76e0878aaa4d9808f7d2eefba37f093c3efbba9838b6d8ab804d9bd814.scope",
+            ),
+        },
+        Case {
+            name: "neuvector: docker k8s v2 seen from another cgroup namespace",
+            path: "/../../kubepods-besteffort-podfd698699_eabf_4c23_92ef_cf0bbdb78261.slice/docker-2cc65c162ca1388b6b8d5ccfb701d22fc96675ccf8b2f1590c490c2c4039547f.scope",
+            pod_uid: Some("fd698699-eabf-4c23-92ef-cf0bbdb78261"),
+            qos: Some(BestEffort),
+            runtime: Some(Docker),
+            container_id: Some("2cc65c162ca1388b6b8d5ccfb701d22fc96675ccf8b2f1590c490c2c4039547f"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "neuvector: host init from another cgroup namespace",
+            path: "/../../init.scope",
+            pod_uid: None,
+            qos: None,
+            runtime: None,
+            container_id: None,
+            systemd_unit: Some("init.scope"),
+        },
+        Case {
+            name: "neuvector: kube-proxy sub-cgroup below the container",
+            path: "/kubepods/besteffort/podf8a694f2-7c08-11e9-98da-000c29077430/c04e0a88a1de067f25bece337d4dbb897396e0b623c2a65330850fc9823f1903/kube-proxy",
+            pod_uid: Some("f8a694f2-7c08-11e9-98da-000c29077430"),
+            qos: Some(BestEffort),
+            runtime: Some(Unknown),
+            container_id: Some("c04e0a88a1de067f25bece337d4dbb897396e0b623c2a65330850fc9823f1903"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "neuvector: RancherOS docker-in-docker (innermost wins)",
+            path: "/docker/a9a5ad238e59234193ee7ec3fcff5e735b3708ea1068826952255b69e3cfa413/docker/ec08435e04266c5ba381fccbb829f626d11d8ddf5f8f547263c7a2d79ab4787a",
+            pod_uid: None,
+            qos: None,
+            runtime: Some(Docker),
+            container_id: Some("ec08435e04266c5ba381fccbb829f626d11d8ddf5f8f547263c7a2d79ab4787a"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "neuvector: OpenShift 4.4 CRI-O static pod",
+            path: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod487a0dc6dccaeefbcfedba7a7ce1ca18.slice/crio-7a1fd6fe8cdfbd44dc78c4cc85dad7031eaab4365801684cad0aabdeaf863f9e.scope",
+            pod_uid: Some("487a0dc6dccaeefbcfedba7a7ce1ca18"),
+            qos: Some(Burstable),
+            runtime: Some(Crio),
+            container_id: Some("7a1fd6fe8cdfbd44dc78c4cc85dad7031eaab4365801684cad0aabdeaf863f9e"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "tetragon: minikube node systemd (init.scope in node container)",
+            path: "/system.slice/docker-1b3319ed9c1d4cca681f9c102da9b015555785b6240c4e4619f11b535cabdc07.scope/init.scope",
+            pod_uid: None,
+            qos: None,
+            runtime: Some(Docker),
+            container_id: Some("1b3319ed9c1d4cca681f9c102da9b015555785b6240c4e4619f11b535cabdc07"),
+            systemd_unit: Some("init.scope"),
+        },
+        Case {
+            name: "tetragon: minikube docker+systemd pod inside node container",
+            path: "/system.slice/docker-1b3319ed9c1d4cca681f9c102da9b015555785b6240c4e4619f11b535cabdc07.scope/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podeb653d22_2525_47ca_9fc4_3762497ae1d2.slice/docker-84e9ffffe97fea4c5a0f01d401611cbafbf7e559fc6190ed74abfc2b25e889d4.scope",
+            pod_uid: Some("eb653d22-2525-47ca-9fc4-3762497ae1d2"),
+            qos: Some(BestEffort),
+            runtime: Some(Docker),
+            container_id: Some("84e9ffffe97fea4c5a0f01d401611cbafbf7e559fc6190ed74abfc2b25e889d4"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "tetragon: minikube containerd cgroupfs inside node container",
+            path: "/system.slice/docker-94acc75af8cf9c56e10676b0760ed424bec95dadc91f68f6564014686930200e.scope/kubepods/besteffort/pod13cb8437-00ed-40e4-99d8-e17193a58086/a5a6a3af5d51ad95b915ca948710b90a94abc279e84963b9d22a39f342ce67d9",
+            pod_uid: Some("13cb8437-00ed-40e4-99d8-e17193a58086"),
+            qos: Some(BestEffort),
+            runtime: Some(Unknown),
+            container_id: Some("a5a6a3af5d51ad95b915ca948710b90a94abc279e84963b9d22a39f342ce67d9"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "tetragon: kind cgroupfs /kubelet root, static pod",
+            path: "/system.slice/docker-c1146e7ccca9ab4436abd69923c07d097b37b762ed21cc3f24584c2f84e77c57.scope/kubelet/kubepods/burstable/pod09a70ae9ccc491e651e5c773579b3490/b0e6aa50e847c3d3b1880e307ec7996040275c8063832cffc9274defce2cb655",
+            pod_uid: Some("09a70ae9ccc491e651e5c773579b3490"),
+            qos: Some(Burstable),
+            runtime: Some(Unknown),
+            container_id: Some("b0e6aa50e847c3d3b1880e307ec7996040275c8063832cffc9274defce2cb655"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "tetragon: kind cgroupfs /kubelet root, guaranteed",
+            path: "/system.slice/docker-c1146e7ccca9ab4436abd69923c07d097b37b762ed21cc3f24584c2f84e77c57.scope/kubelet/kubepods/pod55db13a1-c151-4cdd-a48b-e002a2b1fb58/21e677e6fe95215ea48bcb5609c10e67ba8e76a7a3ea749af704e72260eb93fe",
+            pod_uid: Some("55db13a1-c151-4cdd-a48b-e002a2b1fb58"),
+            qos: Some(Guaranteed),
+            runtime: Some(Unknown),
+            container_id: Some("21e677e6fe95215ea48bcb5609c10e67ba8e76a7a3ea749af704e72260eb93fe"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "tetragon: kind node kubelet.service",
+            path: "/system.slice/docker-c1146e7ccca9ab4436abd69923c07d097b37b762ed21cc3f24584c2f84e77c57.scope/system.slice/kubelet.service",
+            pod_uid: None,
+            qos: None,
+            runtime: Some(Docker),
+            container_id: Some("c1146e7ccca9ab4436abd69923c07d097b37b762ed21cc3f24584c2f84e77c57"),
+            systemd_unit: Some("kubelet.service"),
+        },
+        Case {
+            name: "datadog readerv2_test: kind-like cluster inside a podman cgroupfs container",
+            path: "/libpod_parent/libpod-6dc3fdffbf66b1239d55e98da9aaa759ea51ed35d04eb09d19ebd78963aa26c2/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-poda2acd1bccd50fd7790183537181f658e.slice/docker-1575e8b4a92a9c340a657f3df4ddc0f6a6305c200879f3898b26368ad019b503.scope",
+            pod_uid: Some("a2acd1bccd50fd7790183537181f658e"),
+            qos: Some(Burstable),
+            runtime: Some(Docker),
+            container_id: Some("1575e8b4a92a9c340a657f3df4ddc0f6a6305c200879f3898b26368ad019b503"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "datadog readerv2_test: containerd rootfs .mount unit is not a container",
+            path: "/system.slice/run-containerd-io.containerd.runtime.v2.task-k8s.io-2327a2aec169e25cf05f2a901486b7463fdb513ae097fc0ae6a3ca94381ddc42-rootfs.mount",
+            pod_uid: None,
+            qos: None,
+            runtime: None,
+            container_id: None,
+            systemd_unit: Some("system.slice"),
+        },
+        Case {
+            name: "cadvisor crio factory_test: crio .scope directly under cgroupfs pod",
+            path: "/kubepods/pod068e8fa0-9213-11e7-a01f-507b9d4141fa/crio-81e5c2990803c383229c9680ce964738d5e566d97f5bd436ac34808d2ec75d5f.scope",
+            pod_uid: Some("068e8fa0-9213-11e7-a01f-507b9d4141fa"),
+            qos: Some(Guaranteed),
+            runtime: Some(Crio),
+            container_id: Some("81e5c2990803c383229c9680ce964738d5e566d97f5bd436ac34808d2ec75d5f"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "cadvisor crio factory_test: crio-<id>.mount is not a container",
+            path: "/kubepods/pod068e8fa0-9213-11e7-a01f-507b9d4141fa/crio-81e5c2990803c383229c9680ce964738d5e566d97f5bd436ac34808d2ec75d5f.mount",
+            pod_uid: Some("068e8fa0-9213-11e7-a01f-507b9d4141fa"),
+            qos: Some(Guaranteed),
+            runtime: None,
+            container_id: None,
+            systemd_unit: None,
+        },
+        Case {
+            name: "minikube#11280: crio systemd pods inside /docker/<node> (v1)",
+            path: "/docker/d6701ec289c56e4391acb11d07474b3139466857a305490575508a8b7a9fcf22/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod2ca4a155_3599_498d_bb9d_4446693fa3ea.slice/crio-0ba8ac17e4e7a31fb82279503552fe94e64bab4745bf6fd2ff231e7c8ca8bed0.scope",
+            pod_uid: Some("2ca4a155-3599-498d-bb9d-4446693fa3ea"),
+            qos: Some(BestEffort),
+            runtime: Some(Crio),
+            container_id: Some("0ba8ac17e4e7a31fb82279503552fe94e64bab4745bf6fd2ff231e7c8ca8bed0"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "CRI-O conmon moved to system.slice (conmon_cgroup = system.slice)",
+            path: "/system.slice/crio-conmon-0644511bc2734f5ff9f9532fdecddb9f1b92597fe269168b137ada040c3a3118.scope",
+            pod_uid: None,
+            qos: None,
+            runtime: Some(Crio),
+            container_id: None,
+            systemd_unit: Some(
+                "crio-conmon-0644511bc2734f5ff9f9532fdecddb9f1b92597fe269168b137ada040c3a3118.scope",
+            ),
+        },
+        Case {
+            name: "dd-trace ContainerInfoTest: ECS classic /ecs/<cluster>/<task>/<id>",
+            path: "/ecs/haissam-ecs-classic/5a0d5ceddf6c44c1928d367a815d890f/38fac3e99302b3622be089dd41e7ccf38aff368a86cc339972075136ee2710ce",
+            pod_uid: None,
+            qos: None,
+            runtime: Some(Unknown),
+            container_id: Some("38fac3e99302b3622be089dd41e7ccf38aff368a86cc339972075136ee2710ce"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "dd-trace ContainerInfoTest: ECS/Fargate /ecs/<task uuid>/<id>",
+            path: "/ecs/55091c13-b8cf-4801-b527-f4601742204d/432624d2150b349fe35ba397284dea788c2bf66b885d14dfc1569b01890ca7da",
+            pod_uid: None,
+            qos: None,
+            runtime: Some(Unknown),
+            container_id: Some("432624d2150b349fe35ba397284dea788c2bf66b885d14dfc1569b01890ca7da"),
+            systemd_unit: None,
+        },
+        Case {
+            name: "ECS agent cgroup v2 task slice + docker scope (slice name from amazon-ecs-agent; scope inferred)",
+            path: "/ecstasks.slice/ecstasks-e95a40efbde84cbc8600660a109ec194.slice/docker-38fac3e99302b3622be089dd41e7ccf38aff368a86cc339972075136ee2710ce.scope",
+            pod_uid: None,
+            qos: None,
+            runtime: Some(Docker),
+            container_id: Some("38fac3e99302b3622be089dd41e7ccf38aff368a86cc339972075136ee2710ce"),
+            systemd_unit: Some(
+                "docker-38fac3e99302b3622be089dd41e7ccf38aff368a86cc339972075136ee2710ce.scope",
+            ),
+        },
+        Case {
+            name: "tetragon proc_test: GitHub Actions /actions_job/<id>",
+            path: "/actions_job/ec5fd62ba68d0b75a3cbdb7f7f78b526440b7969e22b2b362fb6f429ded42fdc",
+            pod_uid: None,
+            qos: None,
+            runtime: Some(Unknown),
+            container_id: Some("ec5fd62ba68d0b75a3cbdb7f7f78b526440b7969e22b2b362fb6f429ded42fdc"),
+            systemd_unit: None,
+        },
+    ];
+
+    #[test]
+    fn cri_containerd_colon_form() {
+        let f = failing(CRI_CONTAINERD_COLON_FORM);
+        assert!(f.is_empty(), "{}", f.join("\n"));
+    }
+
+    #[test]
+    fn real_world_layouts_already_right() {
+        let f = failing(ALREADY_RIGHT);
+        assert!(f.is_empty(), "{}", f.join("\n"));
+    }
+
+    /// spire testdata/cgroups_pid_in_kind_pod.txt: kind on a hybrid (v1 + unified) host. The kubelet
+    /// uses the v1 hierarchies; the unified line only shows where systemd put the shim, inside the
+    /// kind node container. FAILS TODAY: the `0::` line wins (it names a container, the node), so
+    /// the crash is reported as the node's docker container in `containerd.service`.
+    #[test]
+    fn proc_cgroup_kind_hybrid_prefers_v1_pod_over_v2_node_container() {
+        let node = "93529524695bb00d91c1f6dba692ea8d3550c3b94fb2463af7bc9ec82f992d26";
+        let p = format!(
+            "/docker/{node}/kubepods/besteffort/poda2830d0d-b0f0-4ff0-81b5-0ee4e299cf80/09bc3d7ade839efec32b6bec4ec79d099027a668ddba043083ec21d3c3b8f1e6"
+        );
+        let content = format!(
+            "13:name=systemd:{p}\n12:pids:{p}\n11:hugetlb:{p}\n10:net_prio:{p}\n9:perf_event:{p}\n8:net_cls:{p}\n\
+         7:freezer:{p}\n6:devices:{p}\n5:memory:{p}\n4:blkio:{p}\n3:cpuacct:{p}\n2:cpu:{p}\n1:cpuset:{p}\n\
+         0::/docker/{node}/system.slice/containerd.service\n"
+        );
+        let (used, id) = parse_proc_cgroup(&content).expect("lines");
+        assert_eq!(used, p);
+        assert_eq!(
+            id.pod_uid.as_deref(),
+            Some("a2830d0d-b0f0-4ff0-81b5-0ee4e299cf80")
+        );
+        assert_eq!(id.qos, Some(Qos::BestEffort));
+        assert_eq!(
+            id.container_id.as_deref(),
+            Some("09bc3d7ade839efec32b6bec4ec79d099027a668ddba043083ec21d3c3b8f1e6")
+        );
+    }
+
+    /// neuvector share/system/cgroup_test.go TestK8sContainerd_v1_4_4: a real containerd 1.4.4 v1
+    /// file where runc put the literal `slice:prefix:name` directory under containerd.service for
+    /// some controllers and at the root for others. FAILS TODAY: reported as `containerd.service`.
+    #[test]
+    fn proc_cgroup_containerd_1_4_colon_form_mixed_controllers() {
+        let leaf = "kubepods-besteffort-pod2105e389_7471_476e_a50f_6074cef29bbd.slice:cri-containerd:d3d8ccf5cca91931c6285c1d7472c413dd5a7700fddc0aa9f89a9ac7008b003e";
+        let under = format!("/system.slice/containerd.service/{leaf}");
+        let root = format!("/{leaf}");
+        let content = format!(
+            "11:pids:{under}\n10:freezer:{root}\n9:perf_event:{root}\n8:cpu,cpuacct:{under}\n7:cpuset:{root}\n\
+         6:devices:{under}\n5:net_cls,net_prio:{root}\n4:memory:{under}\n3:hugetlb:{root}\n2:blkio:{under}\n\
+         1:name=systemd:{under}\n"
+        );
+        let (used, id) = parse_proc_cgroup(&content).expect("v1");
+        assert_eq!(used, under);
+        assert_eq!(
+            id.pod_uid.as_deref(),
+            Some("2105e389-7471-476e-a50f-6074cef29bbd")
+        );
+        assert_eq!(id.qos, Some(Qos::BestEffort));
+        assert_eq!(id.runtime, Some(Runtime::Containerd));
+        assert_eq!(
+            id.container_id.as_deref(),
+            Some("d3d8ccf5cca91931c6285c1d7472c413dd5a7700fddc0aa9f89a9ac7008b003e")
+        );
+        assert_eq!(id.systemd_unit, None);
+    }
+
+    /// spire testdata/systemd_crio_cgroups_pid_in_pod.txt: v1 CRI-O with a `1:systemd:` line (no
+    /// `name=`) and a unified line naming only crio.service. Passes today; pin it.
+    #[test]
+    fn proc_cgroup_crio_hybrid_unified_line_is_only_crio_service() {
+        let p = "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-poda2830d0d_b0f0_4ff0_81b5_0ee4e299cf80.slice/crio-09bc3d7ade839efec32b6bec4ec79d099027a668ddba043083ec21d3c3b8f1e6.scope";
+        let content = format!(
+            "12:hugetlb:{p}\n11:netcls,net_prio:{p}\n10:pids:{p}\n9:cpuset:{p}\n8:devices:{p}\n7:memory:{p}\n\
+         6:perf_event:{p}\n5:blkio:{p}\n4:cpu,cpuacct:{p}\n3:rdma:/\n2:freezer:{p}\n1:systemd:{p}\n\
+         0::/system.slice/crio.service\n"
+        );
+        let (used, id) = parse_proc_cgroup(&content).expect("lines");
+        assert_eq!(used, p);
+        assert_eq!(id.runtime, Some(Runtime::Crio));
+        assert_eq!(
+            id.pod_uid.as_deref(),
+            Some("a2830d0d-b0f0-4ff0-81b5-0ee4e299cf80")
+        );
+    }
+
+    #[test]
+    fn containerd_without_the_scope_suffix_is_named() {
+        let id = parse(&format!(
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod2105e389_7471_476e_a50f_6074cef29bbd.slice/cri-containerd-{}",
+            "d".repeat(64)
+        ));
+        assert_eq!(
+            id.pod_uid.as_deref(),
+            Some("2105e389-7471-476e-a50f-6074cef29bbd")
+        );
+        assert_eq!(id.runtime, Some(Runtime::Containerd));
+        assert_eq!(id.container_id, Some("d".repeat(64)));
+    }
+
+    /// A container that can write its own cgroupfs nests another pod's cgroups inside its own: the
+    /// outermost pod, and its first container, still decide.
+    #[test]
+    fn cgroups_nested_inside_a_container_are_never_trusted() {
+        let own = "kubepods-burstable-pod11111111_2222_3333_4444_555555555555.slice";
+        let own_ctr = format!("cri-containerd-{}.scope", "a".repeat(64));
+        let victim = "kubepods-burstable-pod99999999_8888_7777_6666_555555555555.slice";
+        let victim_ctr = format!("cri-containerd-{}.scope", "b".repeat(64));
+        for path in [
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/{own}/{own_ctr}/{victim}/{victim_ctr}"
+            ),
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/{own}/{own_ctr}/x/kubepods/burstable/pod99999999-8888-7777-6666-555555555555/{}",
+                "b".repeat(64)
+            ),
+            format!(
+                "/kubepods.slice/kubepods-burstable.slice/{own}/{own_ctr}/{}",
+                "b".repeat(64)
+            ),
+        ] {
+            let id = parse(&path);
+            assert_eq!(
+                id.pod_uid.as_deref(),
+                Some("11111111-2222-3333-4444-555555555555"),
+                "{path}"
+            );
+            assert_eq!(id.container_id, Some("a".repeat(64)), "{path}");
+        }
+        // A pod slice nested in another pod's slice, above any container: the outer pod.
+        let id = parse(&format!(
+            "/kubepods.slice/kubepods-burstable.slice/{own}/{victim}/{victim_ctr}"
+        ));
+        assert_eq!(
+            id.pod_uid.as_deref(),
+            Some("11111111-2222-3333-4444-555555555555")
+        );
     }
 }

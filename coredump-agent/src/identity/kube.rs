@@ -130,6 +130,9 @@ pub struct PodMatch {
     /// Image of every container of the spec (regular, init and ephemeral), by name: names
     /// the image when the container's name is only known from elsewhere.
     pub images: BTreeMap<String, String>,
+    /// The cgroup's container id is none of this pod's, though every container of the pod
+    /// has reported its id: the cgroup path is not this pod's, whatever it says.
+    pub foreign_container: bool,
 }
 
 /// The node's pods as last seen through the watch, plus recently deleted ones. Cheap to clone
@@ -523,12 +526,20 @@ fn describe(pod: &Pod, container_id: Option<&str>) -> Option<PodMatch> {
             image: images.get(&s.name).cloned().or_else(|| non_empty(&s.image)),
             image_id: non_empty(&s.image_id),
         });
+    // Every container of the spec reported an id (a container crashing before its status is
+    // posted gets the benefit of the doubt).
+    let all_reported = images.keys().all(|name| {
+        statuses(pod)
+            .any(|s| &s.name == name && s.container_id.as_deref().is_some_and(|i| !i.is_empty()))
+    });
+    let foreign_container = container_id.is_some() && container.is_none() && all_reported;
     Some(PodMatch {
         namespace: meta.namespace.clone()?,
         name: meta.name.clone()?,
         labels: meta.labels.clone().unwrap_or_default(),
         container,
         images,
+        foreign_container,
     })
 }
 

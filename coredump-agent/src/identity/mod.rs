@@ -65,6 +65,10 @@ pub struct Identity {
     /// Where the names came from (`kubernetes-api`, `kubelet-logs`), when resolved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Why the crash's cgroup is not known, when it is not: the kernel's cgroup id was gone,
+    /// and nothing else could be tied to it. Stored under `_unknown/<node>/`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<String>,
 }
 
 impl Identity {

@@ -42,6 +42,16 @@ impl PodResolver {
             .as_ref()
             .and_then(|c| c.lookup(pod_uid, container_id))
         {
+            if found.foreign_container {
+                tracing::warn!(pod = %found.name, namespace = %found.namespace, container_id = container_id.unwrap_or(""), "the crash's cgroup names a container this pod does not have: not attributed to the pod");
+                identity.unresolved = Some(format!(
+                    "the cgroup names container {} in pod {}/{}, which that pod's status does not list",
+                    container_id.unwrap_or(""),
+                    found.namespace,
+                    found.name
+                ));
+                return;
+            }
             identity.namespace = Some(found.namespace);
             identity.pod = Some(found.name);
             identity.labels = found.labels;
@@ -220,5 +230,22 @@ mod tests {
         assert_eq!(id.image, None);
         assert_eq!(id.source.as_deref(), Some("kubelet-logs"));
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// Every container of the pod reported its id, and the cgroup names another: the path was
+    /// made by someone, not the kubelet. The crash is not attributed to that pod.
+    #[tokio::test]
+    async fn a_container_the_pod_does_not_have_is_not_attributed_to_it() {
+        let mut all_reported = pod();
+        all_reported.spec.as_mut().unwrap().containers.truncate(1);
+        let resolver = PodResolver::new(Some(kube::cache_of(vec![all_reported]).await), None);
+        let mut id = k8s(Some(UID), Some(&"f".repeat(64)));
+        resolver.resolve(&mut id);
+        assert_eq!(id.pod, None);
+        assert!(id.unresolved.unwrap().contains("does not list"));
+        // Its own container: named.
+        let mut id = k8s(Some(UID), Some(CID));
+        resolver.resolve(&mut id);
+        assert_eq!(id.container.as_deref(), Some("api"));
     }
 }

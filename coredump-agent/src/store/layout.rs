@@ -9,6 +9,7 @@
 //! <prefix>/_host/<node>/<crash-time>___<comm>_<pid>_<signal>.core…  outside any pod (container `_`)
 //! <prefix>/_pod-uid/<pod-uid>/…                                      in a pod whose name is unknown
 //! <prefix>/_unattested/<node>/…                                     no kernel event vouches for it
+//! <prefix>/_unknown/<node>/…                                        the crash's cgroup is gone
 //! ```
 //!
 //! `crash-time` is UTC
@@ -56,6 +57,8 @@ pub const MAX_METADATA_LEN: usize = 2048;
 pub const HOST_SEGMENT: &str = "_host";
 /// First key segment of dumps no kernel crash event vouches for.
 pub const UNATTESTED_SEGMENT: &str = "_unattested";
+/// First key segment of crashes whose cgroup could not be known (gone, and nothing tied to it).
+pub const UNKNOWN_SEGMENT: &str = "_unknown";
 /// First key segment of pods whose UID is known but whose name could not be resolved.
 pub const POD_UID_SEGMENT: &str = "_pod-uid";
 /// Key part for a value that is not known.
@@ -92,6 +95,8 @@ pub fn object_key(prefix: &str, record: &Record, stored: Stored) -> String {
     let node = || sanitize_part(Some(&record.node), MAX_PART_LEN);
     let (group, owner) = if !record.attestation.attested {
         (UNATTESTED_SEGMENT.to_owned(), node())
+    } else if identity.unresolved.is_some() {
+        (UNKNOWN_SEGMENT.to_owned(), node())
     } else if let (None, Some(uid)) = (&identity.pod, &identity.pod_uid) {
         (
             POD_UID_SEGMENT.to_owned(),
