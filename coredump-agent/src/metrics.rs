@@ -83,6 +83,8 @@ pub struct Metrics {
     pub spool_bytes: Gauge,
     /// Dumps set aside because they cannot be stored (they changed while read, …).
     pub dumps_parked: Counter,
+    /// Crash events not taken in: their cgroup was over its budget (a crash loop).
+    pub crashes_throttled: Counter,
 }
 
 impl Metrics {
@@ -125,6 +127,12 @@ impl Metrics {
             "counter",
             "Bytes stored.",
             self.bytes_stored.get(),
+        );
+        one(
+            "crashes_throttled_total",
+            "counter",
+            "Crash events not taken in because their cgroup crashed in a loop (over its budget).",
+            self.crashes_throttled.get(),
         );
         one(
             "dumps_parked_total",

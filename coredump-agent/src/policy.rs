@@ -86,6 +86,51 @@ impl RateLimiter {
     }
 }
 
+/// Crash events each cgroup may have taken in at once, and how fast its budget refills: a
+/// cgroup crashing in a loop cannot crowd other pods' crash events out of the agent (the
+/// pending crashes, the journal, the record uploads).
+pub const CRASH_BURST: u32 = 50;
+/// See [`CRASH_BURST`]: one more event per second.
+pub const CRASH_REFILL: Duration = Duration::from_secs(1);
+/// Cgroups the budget remembers; beyond, the one idle longest is forgotten.
+pub const MAX_BUDGETS: usize = 4096;
+
+/// A token bucket of crash events per cgroup id, taken before anything else is done with an
+/// event.
+#[derive(Debug, Default)]
+pub struct CrashBudget {
+    buckets: HashMap<u64, (u32, Instant)>,
+}
+
+impl CrashBudget {
+    /// Whether a crash event of `cgroup` may be taken in at `now` (if so, it is counted).
+    pub fn admit(&mut self, cgroup: u64, now: Instant) -> bool {
+        if !self.buckets.contains_key(&cgroup) && self.buckets.len() >= MAX_BUDGETS {
+            if let Some(idle) = self
+                .buckets
+                .iter()
+                .min_by_key(|(_, (_, t))| *t)
+                .map(|(k, _)| *k)
+            {
+                self.buckets.remove(&idle);
+            }
+        }
+        let (tokens, since) = self.buckets.entry(cgroup).or_insert((CRASH_BURST, now));
+        let refilled = now.duration_since(*since).as_secs() / CRASH_REFILL.as_secs().max(1);
+        if refilled > 0 {
+            *tokens = (*tokens)
+                .saturating_add(u32::try_from(refilled).unwrap_or(u32::MAX))
+                .min(CRASH_BURST);
+            *since = now;
+        }
+        if *tokens == 0 {
+            return false;
+        }
+        *tokens -= 1;
+        true
+    }
+}
+
 /// The rate limit's key for a crash: its container, else its cgroup, both from the kernel's
 /// cgroup id. `None` when nothing the kernel reported names one: such a dump (a file no crash
 /// event vouches for) is never dropped by a key an attacker could have chosen, such as a comm
@@ -201,6 +246,22 @@ mod tests {
         tokio::time::advance(WINDOW).await;
         r.prune(Instant::now());
         assert!(r.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crash_loop_spends_its_own_budget_only() {
+        let mut b = CrashBudget::default();
+        let t = Instant::now();
+        for _ in 0..CRASH_BURST {
+            assert!(b.admit(7, t));
+        }
+        assert!(!b.admit(7, t), "the looping cgroup is over its budget");
+        assert!(b.admit(8, t), "another cgroup is not");
+        tokio::time::advance(CRASH_REFILL * 3).await;
+        for _ in 0..3 {
+            assert!(b.admit(7, Instant::now()));
+        }
+        assert!(!b.admit(7, Instant::now()));
     }
 
     #[test]

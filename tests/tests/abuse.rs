@@ -392,6 +392,114 @@ fn dumps_that_keep_changing_are_set_aside_and_do_not_stop_other_uploads() {
     );
 }
 
+/// One cgroup crashes in a loop (2,500 crashes, 100 a second) while the store is down, and five
+/// other pods crash once each near its end: every one of the five is stored, attested, once the
+/// store is back. Before the fix the flood's records queued behind the outage until correlate
+/// stopped reading crash events, and the kernel's ring buffer dropped the victims'.
+/// Now a cgroup spends its own crash budget only, and crash intake never waits on delivery.
+#[test]
+fn a_crash_flood_during_a_store_outage_costs_no_other_pod_its_dump() {
+    if !require_root("abuse") {
+        return;
+    }
+    let Some(moto) = coredump_tests::moto::Moto::launch("a_crash_flood_during_a_store_outage")
+    else {
+        return;
+    };
+    let n = node("flood");
+    let env: Vec<(&str, String)> = moto.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let p = |p: &Path| p.to_str().unwrap().to_owned();
+    let args: Vec<String> = [
+        "run",
+        "--intake",
+        "file",
+        "--node-name",
+        NODE,
+        "--kube",
+        "off",
+        "--min-free-disk",
+        "0",
+        "--event-wait",
+        "2s",
+        "--dump-wait",
+        "10s",
+        "--s3-path-style",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([
+        "--dump-dir".into(),
+        p(&n.dumps),
+        "--state-dir".into(),
+        p(&n.state),
+        "--dest".into(),
+        "s3://dumps/flood".into(),
+        "--s3-endpoint".into(),
+        moto.endpoint(),
+    ])
+    .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start_with_env(&args, n.tmp.join("agent.log"), &env);
+    moto.stop();
+    let flood_cgroup =
+        coredump_tests::TempCgroup::create(&format!("coredump-test-flood-{}", std::process::id()));
+    let mut flood = Crasher::spawn_with("flood", Some("2500:100"), &CrasherOpts::default());
+    flood_cgroup.add(flood.child_pid());
+    flood.release();
+    std::thread::sleep(Duration::from_secs(20));
+    let victims: Vec<(coredump_tests::TempCgroup, u32)> = (0..5)
+        .map(|i| {
+            let cgroup = coredump_tests::TempCgroup::create(&format!(
+                "coredump-test-victim-{}-{i}",
+                std::process::id()
+            ));
+            let mut c = Crasher::spawn_with(
+                "segv",
+                None,
+                &CrasherOpts {
+                    core_limit: u64::MAX,
+                    ..Default::default()
+                },
+            );
+            cgroup.add(c.child_pid());
+            let pid = c.host_pid;
+            c.release();
+            assert!(!c.wait().success());
+            (cgroup, pid)
+        })
+        .collect();
+    assert!(flood.wait().success());
+    std::thread::sleep(Duration::from_secs(3));
+    moto.start();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for (_, pid) in &victims {
+        let suffix = format!("_{pid}_SIGSEGV.core.zst");
+        loop {
+            let stored = agent.logs().into_iter().find(|l| {
+                l["message"] == "stored" && l["key"].as_str().is_some_and(|k| k.ends_with(&suffix))
+            });
+            if let Some(line) = stored {
+                assert_eq!(line["attested"], true, "{line}");
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "victim {pid} was not stored:\n{}",
+                agent
+                    .log_text()
+                    .lines()
+                    .filter(|l| l.contains("lost") || l.contains("WARN") || l.contains("ERROR"))
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    agent.terminate();
+}
+
 /// A second agent on the same state directory (a rollout with surge, a manual `run` in the
 /// pod) refuses to start, instead of restoring core_pattern under the first and delivering its
 /// spool twice.

@@ -13,7 +13,7 @@ pub mod follow;
 pub mod join;
 
 use std::{
-    collections::HashSet,
+    collections::{HashSet, VecDeque},
     ffi::OsString,
     os::unix::fs::MetadataExt as _,
     sync::Arc,
@@ -99,6 +99,9 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const MAX_PENDING: usize = 10_000;
 /// Most unknown names remembered (to log each once).
 const MAX_IGNORED: usize = 10_000;
+/// Jobs correlate holds for the spool before it stops reading dump events (crash events are
+/// read regardless).
+const MAX_BACKLOG: usize = 4096;
 /// Most received dumps waiting for their crash event.
 const MAX_WAITING_RECEIVED: usize = 1024;
 
@@ -680,13 +683,17 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut crashes_open, mut dumps_open) = (true, true);
     let mut out = Vec::new();
+    // Jobs the spool has not taken yet. Crash events are read whatever the spool and the
+    // store do (a slow upload must not make the kernel drop crash events); dump events wait
+    // while this backlog is long.
+    let mut backlog: VecDeque<Job> = VecDeque::new();
     while crashes_open || dumps_open {
         tokio::select! {
             crash = crashes.recv(), if crashes_open => match crash {
                 Some(facts) => c.on_crash(facts, &mut out),
                 None => crashes_open = false,
             },
-            ev = dumps.recv(), if dumps_open => match ev {
+            ev = dumps.recv(), if dumps_open && backlog.len() < MAX_BACKLOG => match ev {
                 Some(DumpEvent::File(ev)) => match c.cfg.file.clone() {
                     Some(file) => c.on_file(&file, ev, &mut out),
                     None => tracing::warn!(name = %ev.name.to_string_lossy(), "a file event without file intake"),
@@ -697,13 +704,18 @@ pub async fn run(
                 Some(DumpEvent::Received(received)) => c.on_received(*received, false, &mut out),
                 None => dumps_open = false,
             },
+            permit = jobs.reserve(), if !backlog.is_empty() => {
+                let permit = permit.map_err(|_| CorrelateError::SpoolGone)?;
+                permit.send(backlog.pop_front().expect("not empty"));
+            },
             _ = tick.tick() => c.tick(&mut out),
         }
-        for job in out.drain(..) {
-            jobs.send(job)
-                .await
-                .map_err(|_| CorrelateError::SpoolGone)?;
-        }
+        backlog.extend(out.drain(..));
+    }
+    for job in backlog {
+        jobs.send(job)
+            .await
+            .map_err(|_| CorrelateError::SpoolGone)?;
     }
     Ok(())
 }

@@ -262,11 +262,7 @@ fn controller_rank(hierarchy: &str, controllers: &str) -> usize {
 /// Matches a pod cgroup: systemd `<root>-kubepods[-<qos>]-pod<uid_with_underscores>.slice` or
 /// cgroupfs `pod<uid>` under `kubepods[/<qos>]`. Returns the canonical UID and, when the pod
 /// sits where the kubelet puts it, its QoS class.
-fn match_pod(
-    component: &str,
-    parent: Option<&str>,
-    grandparent: Option<&str>,
-) -> Option<PodMatch> {
+fn match_pod(component: &str, parent: Option<&str>, grandparent: Option<&str>) -> Option<PodMatch> {
     if let Some(stem) = component.strip_suffix(SLICE_SUFFIX) {
         // systemd slice names spell their ancestry with dashes, so the QoS level is in the name.
         let (ancestry, uid) = stem.rsplit_once("-pod")?;

@@ -368,6 +368,9 @@ impl Probe {
 /// How often lost events are checked for while the ring is quiet.
 const STATS_INTERVAL: Duration = Duration::from_secs(10);
 
+/// How often crash events over a cgroup's budget are summed up in the log.
+const THROTTLE_SUMMARY: Duration = Duration::from_secs(10);
+
 /// Reads crashes until `cancel` fires or the receiver goes away, then detaches.
 ///
 /// The channel applies backpressure to the reader, which leaves events in the kernel ring
@@ -387,6 +390,10 @@ pub async fn run(
     let mut ring = sys::async_ring_buf(ring).map_err(ProbeError::Read)?;
     let mut reported_drops = 0;
     let mut batch = Vec::new();
+    // Taken before anything else: a cgroup in a crash loop spends its own budget only.
+    let mut budget = crate::policy::CrashBudget::default();
+    let mut throttled: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+    let mut last_summary = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
@@ -405,6 +412,11 @@ pub async fn run(
             () = tokio::time::sleep(STATS_INTERVAL) => {}
         }
         for ev in batch.drain(..) {
+            if !budget.admit(ev.cgroup_id, tokio::time::Instant::now()) {
+                crate::metrics::METRICS.crashes_throttled.inc();
+                *throttled.entry(ev.cgroup_id).or_default() += 1;
+                continue;
+            }
             let time = sys::boot_to_system_time(Duration::from_nanos(ev.boot_ns));
             let crash = Crash::from_event(&ev, hook, time);
             let sent = tokio::select! {
@@ -415,7 +427,18 @@ pub async fn run(
                 break;
             }
         }
+        if !throttled.is_empty() && last_summary.elapsed() >= THROTTLE_SUMMARY {
+            for (cgroup_id, events) in throttled.drain() {
+                tracing::warn!(
+                    cgroup_id,
+                    events,
+                    "a cgroup crashing in a loop: crash events over its budget were not taken in"
+                );
+            }
+            last_summary = tokio::time::Instant::now();
+        }
         let dropped = stats_probe.sum(stats::DROPPED);
+        crate::metrics::METRICS.ring_buffer_drops.set(dropped);
         if dropped > reported_drops {
             tracing::error!(
                 lost = dropped - reported_drops,

@@ -14,7 +14,8 @@
 //! half-readable-args [PAD] (the same, but the area's first 8 bytes stay readable: it first
 //! re-executes itself with a padding argument that puts them at the end of a page),
 //! mountns MODE (MODE in a new mount namespace where /tmp, /run and /var/lib are empty: a
-//! container that mounts nothing), big MIB (segfaults holding MIB MiB of written memory).
+//! container that mounts nothing), big MIB (segfaults holding MIB MiB of written memory),
+//! flood N[:PER_SEC] (N forked children segfault, at once or paced; prints how many did).
 //! Arguments after `--` are ignored: tests use them to give it a recognisable command line.
 //!
 //! `CRASHER_CORE_LIMIT` sets RLIMIT_CORE (default 0: the probe tests need no core file).
@@ -176,6 +177,14 @@ fn act(mode: &str, arg: Option<&str>) {
         "sleep" => {
             ready_and_wait(host_tid());
             std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+        "flood" => {
+            // `flood N [PER_SEC]`: N children segfault at once, or paced at PER_SEC.
+            let mut parts = arg.unwrap_or("100").split(':');
+            let n: u32 = parts.next().and_then(|a| a.parse().ok()).unwrap_or(100);
+            let per_sec: u32 = parts.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+            ready_and_wait(host_tid());
+            flood(n, per_sec);
         }
         "mountns" => {
             hide_host_dirs();
@@ -358,6 +367,33 @@ fn hide_host_dirs() {
             std::io::Error::last_os_error()
         );
     }
+}
+
+/// Forks `n` children that segfault at once (paced at `per_sec` a second unless 0), reaps them,
+/// and prints how many died of SIGSEGV.
+fn flood(n: u32, per_sec: u32) {
+    let started = Instant::now();
+    let mut children = Vec::new();
+    for i in 0..n {
+        if per_sec > 0 {
+            let due = std::time::Duration::from_secs_f64(f64::from(i) / f64::from(per_sec));
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        // SAFETY: single-threaded; the child only segfaults.
+        match unsafe { libc::fork() } {
+            0 => segv(),
+            -1 => break,
+            pid => children.push(pid),
+        }
+    }
+    let crashed = children
+        .into_iter()
+        .filter(|&pid| wait_status(pid) == 128 + libc::SIGSEGV)
+        .count();
+    // Nobody may be reading any more.
+    let _ = writeln!(std::io::stdout(), "{crashed}");
 }
 
 /// `len` bytes of memory written with a cheap pseudo-random sequence: a core that compresses
