@@ -105,15 +105,15 @@ pub struct CrashBudget {
 impl CrashBudget {
     /// Whether a crash event of `cgroup` may be taken in at `now` (if so, it is counted).
     pub fn admit(&mut self, cgroup: u64, now: Instant) -> bool {
-        if !self.buckets.contains_key(&cgroup) && self.buckets.len() >= MAX_BUDGETS {
-            if let Some(idle) = self
+        if !self.buckets.contains_key(&cgroup)
+            && self.buckets.len() >= MAX_BUDGETS
+            && let Some(idle) = self
                 .buckets
                 .iter()
                 .min_by_key(|(_, (_, t))| *t)
                 .map(|(k, _)| *k)
-            {
-                self.buckets.remove(&idle);
-            }
+        {
+            self.buckets.remove(&idle);
         }
         let (tokens, since) = self.buckets.entry(cgroup).or_insert((CRASH_BURST, now));
         let refilled = now.duration_since(*since).as_secs() / CRASH_REFILL.as_secs().max(1);
