@@ -81,6 +81,7 @@ fn record(i: u32, pods: u32) -> Record {
         stored: None,
         intake: Default::default(),
         receive_id: None,
+        kernel: None,
     }
 }
 

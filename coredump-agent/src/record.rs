@@ -66,6 +66,10 @@ pub struct Record {
     /// receive directory are `<id>.json` and `<id>.core…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receive_id: Option<String>,
+    /// With socket and pipe intake: what the kernel said when it handed the crash over (the
+    /// host pid; the pipe helper's `%` arguments), also when no dump came with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<NameFields>,
 }
 
 /// The dump as the store holds it.
@@ -201,16 +205,24 @@ impl AgentInfo {
 }
 
 impl Record {
+    /// What the dump's name, or the kernel handing the crash over, said.
+    fn fields(&self) -> Option<&NameFields> {
+        self.dump
+            .as_ref()
+            .map(|d| &d.fields)
+            .or(self.kernel.as_ref())
+    }
+
     /// When the crash happened: the kernel's time, else the name's `%t`, else the file's mtime.
     pub fn crash_time(&self) -> SystemTime {
         if let Some(c) = &self.crash {
             return c.time;
         }
-        let dump = self.dump.as_ref();
         // `%t` comes from a file name a container may have chosen: never overflow on it.
-        dump.and_then(|d| d.fields.time)
+        self.fields()
+            .and_then(|f| f.time)
             .and_then(|t| SystemTime::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(t)))
-            .or_else(|| dump.map(|d| d.modified))
+            .or_else(|| self.dump.as_ref().map(|d| d.modified))
             .unwrap_or(SystemTime::UNIX_EPOCH)
     }
 
@@ -219,7 +231,7 @@ impl Record {
         self.crash
             .as_ref()
             .map(|c| c.comm.as_str())
-            .or_else(|| self.dump.as_ref()?.fields.comm.as_deref())
+            .or_else(|| self.fields()?.comm.as_deref())
     }
 
     /// The signal: the kernel's, else the name's `%s`.
@@ -227,7 +239,7 @@ impl Record {
         self.crash
             .as_ref()
             .map(|c| c.signal)
-            .or_else(|| self.dump.as_ref()?.fields.signal.map(Signal))
+            .or_else(|| self.fields()?.signal.map(Signal))
     }
 
     /// The executable. `/proc/<pid>/exe` (a full path) when it names the file the kernel
@@ -286,7 +298,7 @@ impl Record {
     /// The pid as the process saw it (kernel, else `%p`, else `%P`).
     pub fn pid(&self) -> Option<u32> {
         self.crash.as_ref().map(Crash::visible_pid).or_else(|| {
-            let f = &self.dump.as_ref()?.fields;
+            let f = self.fields()?;
             f.pid.or(f.host_pid)
         })
     }

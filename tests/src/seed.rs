@@ -70,6 +70,7 @@ pub fn record(pod: Option<(&str, &str, &str)>, crash: Crash) -> Record {
         stored: None,
         intake: Default::default(),
         receive_id: None,
+        kernel: None,
     }
 }
 

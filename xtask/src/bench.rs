@@ -1,5 +1,6 @@
 //! `cargo xtask bench …`: measurements that compare against a baseline taken in the same run.
 
+mod flood;
 mod intake;
 mod upload;
 
@@ -43,6 +44,17 @@ pub enum Bench {
         #[arg(long, default_value_t = 1024)]
         mib: u64,
     },
+    /// A crash flood: one cgroup crashes in a loop while five other pods crash once each; how
+    /// many of the five are stored attested, events lost, the agent's peak RSS and CPU. Needs
+    /// root; changes core_pattern and puts it back.
+    Flood {
+        /// Crashes of the flooding cgroup.
+        #[arg(long, default_value_t = 1000)]
+        crashes: u32,
+        /// Over this many seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
     /// `find` at scale: a store of 10,000 dumps over 500 pods; one pod's dumps (narrowed by
     /// key prefix) and one signal over everything, each against reading every object's tags.
     Find {
@@ -60,6 +72,7 @@ pub fn run(root: &Path, which: Bench) -> anyhow::Result<()> {
         Bench::Probe { signals, rounds } => probe(root, signals, rounds),
         Bench::Upload { sizes, level } => upload::run(root, &sizes, level),
         Bench::Intake { mib } => intake::run(root, mib),
+        Bench::Flood { crashes, seconds } => flood::run(root, crashes, seconds),
         Bench::Find { dumps, pods } => status(cargo(root).args([
             "run",
             "--release",

@@ -152,6 +152,7 @@ impl Correlator {
             stored: None,
             intake: Intake::File,
             receive_id: None,
+            kernel: None,
         }
     }
 
@@ -254,6 +255,7 @@ impl Correlator {
         }
         record.intake = header.intake;
         record.receive_id = Some(header.id.clone());
+        record.kernel = Some(header.kernel.clone());
         if rate_limited {
             METRICS.rate_limited.inc();
         }

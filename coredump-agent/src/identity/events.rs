@@ -144,6 +144,7 @@ mod tests {
             stored: None,
             intake: Default::default(),
             receive_id: None,
+            kernel: None,
         }
     }
 

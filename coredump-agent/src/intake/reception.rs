@@ -101,6 +101,10 @@ impl Reception {
             self.enricher.pods.as_ref(),
         );
         kernel.host_pid = Some(pinned.host_pid);
+        // The time the kernel handed it over (a pipe helper's %t says the same).
+        kernel.time = kernel
+            .time
+            .or_else(|| Some(crate::sys::unix_secs(SystemTime::now())));
         let status = |key: &str| {
             process
                 .as_ref()?

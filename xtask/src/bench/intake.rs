@@ -28,13 +28,13 @@ const PIPE_LIMIT: &str = "/proc/sys/kernel/core_pipe_limit";
 
 /// Puts core_pattern and core_pipe_limit back on drop, and holds the tests' machine-wide lock
 /// meanwhile (a test run at the same time would fight over the pattern).
-struct KernelState {
+pub(super) struct KernelState {
     saved: Vec<(&'static str, String)>,
     _lock: File,
 }
 
 impl KernelState {
-    fn save() -> anyhow::Result<Self> {
+    pub(super) fn save() -> anyhow::Result<Self> {
         use std::os::fd::AsRawFd as _;
         let lock = File::options()
             .create(true)
@@ -142,13 +142,13 @@ impl Crash {
 }
 
 /// The agent, running with JSON logs.
-struct Agent {
-    child: Child,
+pub(super) struct Agent {
+    pub(super) child: Child,
     log: PathBuf,
 }
 
 impl Agent {
-    fn start(
+    pub(super) fn start(
         agent: &Path,
         args: &[String],
         env: &[(&str, String)],
@@ -167,7 +167,11 @@ impl Agent {
         Ok(agent)
     }
 
-    fn wait_for(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> anyhow::Result<String> {
+    pub(super) fn wait_for(
+        &self,
+        pred: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
             let text = std::fs::read_to_string(&self.log)?;
@@ -179,6 +183,13 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+}
+
+impl Agent {
+    /// Its log so far.
+    pub(super) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
