@@ -172,9 +172,17 @@ impl Sysctl {
         self.root.join(setting.file())
     }
 
-    /// A setting's live value, without the trailing newline.
+    /// A setting's live value, without the trailing newline. The read-only ones
+    /// (`core_uses_pid`, `core_modes`) come from this process's own `/proc/sys` when the tree
+    /// does not hold them: a DaemonSet may mount only the host files the agent writes, and
+    /// these are not namespaced, so a container's read-only view shows the host's values.
     pub fn read(&self, setting: Setting) -> Result<String, CorePatternError> {
-        read_file(&self.path(setting))
+        let path = self.path(setting);
+        let read_only = matches!(setting, Setting::CoreUsesPid | Setting::CoreModes);
+        if read_only && !path.exists() && self.root != Path::new(PROC_SYS) {
+            return read_file(&Path::new(PROC_SYS).join(setting.file()));
+        }
+        read_file(&path)
     }
 
     /// Writes a setting, and reads it back: the kernel may refuse a value silently (some

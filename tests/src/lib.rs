@@ -21,16 +21,19 @@ pub fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// Whether this test can use root-only features (BPF, cgroups, core_pattern). Outside CI a
-/// non-root run skips with a message; under CI it fails.
+/// Checks that this test can use root-only features (BPF, cgroups, core_pattern), and fails
+/// it loudly if not. Such tests are `#[ignore = "needs root …"]`: a plain `cargo test` reports
+/// them as ignored (never as passed), and `cargo xtask test` runs them as root. Returns true
+/// (kept as a guard so that a test reads the same whichever way it is run).
 pub fn require_root(test: &str) -> bool {
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(!ci(), "{test}: needs root, and CI=true forbids skipping");
-    eprintln!("SKIPPED {test}: needs root (BPF, cgroups, core_pattern)");
-    false
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "{test}: needs root (BPF, cgroups, core_pattern); run it with `cargo xtask test` as root{}",
+        if ci() { " (CI=true)" } else { "" }
+    );
+    true
 }
 
 /// An exclusive lock held while a test changes global kernel state (core_pattern, cgroups),

@@ -60,7 +60,8 @@ pub fn installed(dist: &str) -> Option<String> {
 }
 
 /// Whether `test` can run: every distribution in `dists` is installed at its pinned version.
-/// Outside CI a missing or mismatched one skips the test with a message; under CI it fails.
+/// Outside CI a missing or mismatched one skips the test with a message (the tests that need
+/// them are `#[ignore]`d, so only an explicit run gets here); under CI it fails.
 pub fn require(test: &str, dists: &[&str]) -> bool {
     let wrong: Vec<String> = dists
         .iter()

@@ -135,6 +135,7 @@ fn exchange(a: &Path, b: &Path) -> bool {
 /// folder by path, then renamed into it by path: the files landed in `spool/`, and the next
 /// start trusted them as records (any pod, attested).
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn the_quarantine_swap_race_never_puts_a_file_in_the_state_directory() {
     if !require_root("abuse") {
         return;
@@ -190,6 +191,7 @@ fn the_quarantine_swap_race_never_puts_a_file_in_the_state_directory() {
 /// number): the agent follows a bounded number, drops the ones nobody writes, and stays small.
 /// Before the fix every name stayed followed forever, and memory grew with their number.
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn two_hundred_thousand_empty_matching_files_leave_the_agent_small() {
     if !require_root("abuse") {
         return;
@@ -235,6 +237,7 @@ fn two_hundred_thousand_empty_matching_files_leave_the_agent_small() {
 /// handing dumps over (the default intake), no dump ever passes through a directory a
 /// container sees, and the stored dump is the victim's.
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn another_pods_dump_cannot_be_rewritten() {
     if !require_root("abuse") {
         return;
@@ -324,6 +327,7 @@ fn another_pods_dump_cannot_be_rewritten() {
 /// each is looked at once more, then set aside (kept, counted, shown by `check`), and other
 /// pods' dumps go through.
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn dumps_that_keep_changing_are_set_aside_and_do_not_stop_other_uploads() {
     if !require_root("abuse") {
         return;
@@ -398,6 +402,7 @@ fn dumps_that_keep_changing_are_set_aside_and_do_not_stop_other_uploads() {
 /// stopped reading crash events, and the kernel's ring buffer dropped the victims'.
 /// Now a cgroup spends its own crash budget only, and crash intake never waits on delivery.
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn a_crash_flood_during_a_store_outage_costs_no_other_pod_its_dump() {
     if !require_root("abuse") {
         return;
@@ -504,6 +509,7 @@ fn a_crash_flood_during_a_store_outage_costs_no_other_pod_its_dump() {
 /// pod) refuses to start, instead of restoring core_pattern under the first and delivering its
 /// spool twice.
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn a_second_agent_on_the_same_state_directory_refuses_to_start() {
     if !require_root("abuse") {
         return;

@@ -343,6 +343,7 @@ fn assert_named(key: &str, record: &Value, pod: &TestPod, source: &str) {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn every_runtime_and_cgroup_driver_is_named_from_the_api() {
     if !require_root("identity") {
         return;
@@ -466,6 +467,7 @@ fn every_runtime_and_cgroup_driver_is_named_from_the_api() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn kubelet_logs_name_pods_without_api_access() {
     if !require_root("identity") {
         return;
@@ -503,6 +505,7 @@ fn kubelet_logs_name_pods_without_api_access() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn watch_resumes_after_a_dropped_connection_and_deleted_pods_keep_their_names() {
     if !require_root("identity") {
         return;
@@ -611,6 +614,7 @@ fn watch_resumes_after_a_dropped_connection_and_deleted_pods_keep_their_names() 
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn a_misleading_hostname_does_not_name_the_pod() {
     if !require_root("identity") {
         return;
@@ -652,6 +656,7 @@ fn a_misleading_hostname_does_not_name_the_pod() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn a_crash_outside_kubernetes_names_its_unit_and_no_pod() {
     if !require_root("identity") {
         return;

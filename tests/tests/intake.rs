@@ -280,6 +280,7 @@ fn pod_that_mounts_nothing(intake: &str) {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn socket_a_pod_that_mounts_nothing_gives_its_dump() {
     if require_root("intake") {
         pod_that_mounts_nothing("socket");
@@ -287,6 +288,7 @@ fn socket_a_pod_that_mounts_nothing_gives_its_dump() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn pipe_a_pod_that_mounts_nothing_gives_its_dump() {
     if require_root("intake") {
         pod_that_mounts_nothing("pipe");
@@ -338,6 +340,7 @@ fn storm(intake: &str) {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn socket_pid_namespace_and_a_storm_of_30_are_each_stored_once() {
     if require_root("intake") {
         storm("socket");
@@ -345,6 +348,7 @@ fn socket_pid_namespace_and_a_storm_of_30_are_each_stored_once() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn pipe_pid_namespace_and_a_storm_of_30_are_each_stored_once() {
     if require_root("intake") {
         storm("pipe");
@@ -352,6 +356,7 @@ fn pipe_pid_namespace_and_a_storm_of_30_are_each_stored_once() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn pipe_dumps_wait_in_the_receive_directory_while_no_agent_runs() {
     if !require_root("intake") {
         return;
@@ -406,6 +411,7 @@ fn pipe_dumps_wait_in_the_receive_directory_while_no_agent_runs() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn socket_kill_9_during_a_1_gib_receive_leaves_nothing_half_stored_and_records_the_crash() {
     if !require_root("intake") {
         return;
@@ -457,6 +463,7 @@ fn socket_kill_9_during_a_1_gib_receive_leaves_nothing_half_stored_and_records_t
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn socket_rate_limit_makes_the_kernel_write_nothing() {
     if !require_root("intake") {
         return;
@@ -560,6 +567,7 @@ fn restores(intake: &str) {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn socket_settings_are_restored_on_sigterm_after_kill_9_and_by_restore() {
     if require_root("intake") {
         restores("socket");
@@ -567,6 +575,7 @@ fn socket_settings_are_restored_on_sigterm_after_kill_9_and_by_restore() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn pipe_settings_and_helper_are_restored_on_sigterm_after_kill_9_and_by_restore() {
     if require_root("intake") {
         restores("pipe");
@@ -574,6 +583,7 @@ fn pipe_settings_and_helper_are_restored_on_sigterm_after_kill_9_and_by_restore(
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn a_symlink_planted_for_the_helper_is_never_followed() {
     if !require_root("intake") {
         return;
@@ -629,6 +639,7 @@ fn kernel_log() -> String {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn check_names_the_intake_it_would_use_and_why() {
     if !require_root("intake") {
         return;

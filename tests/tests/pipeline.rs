@@ -149,6 +149,7 @@ fn record_of(records: &[(String, Value)], host_pid: u32) -> (String, Value) {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn crash_is_stored_locally_with_its_record_and_removed() {
     if !require_root("pipeline") {
         return;
@@ -239,6 +240,7 @@ fn crash_is_stored_locally_with_its_record_and_removed() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn seed_pattern_without_host_pid_joins_by_namespace_pid() {
     if !require_root("pipeline") {
         return;
@@ -262,6 +264,7 @@ fn seed_pattern_without_host_pid_joins_by_namespace_pid() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn gzip_pipe_pattern_is_understood() {
     if !require_root("pipeline") {
         return;
@@ -289,6 +292,7 @@ fn gzip_pipe_pattern_is_understood() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn pid_namespace_crash_joins_without_host_pid_in_pattern() {
     if !require_root("pipeline") {
         return;
@@ -311,6 +315,7 @@ fn pid_namespace_crash_joins_without_host_pid_in_pattern() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn fifty_same_comm_crashes_are_never_mixed_up() {
     if !require_root("pipeline") {
         return;
@@ -363,6 +368,7 @@ fn fifty_same_comm_crashes_are_never_mixed_up() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn backlog_present_before_start_is_processed() {
     if !require_root("pipeline") {
         return;
@@ -399,6 +405,7 @@ fn backlog_present_before_start_is_processed() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn kill_9_between_spool_and_store_resumes_with_full_identity() {
     if !require_root("pipeline") {
         return;
@@ -437,6 +444,7 @@ fn sha256_of(path: &Path) -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn hostile_files_are_never_read_and_never_block() {
     if !require_root("pipeline") {
         return;
@@ -534,6 +542,7 @@ fn hostile_files_are_never_read_and_never_block() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn crash_without_a_dump_is_recorded() {
     if !require_root("pipeline") {
         return;
@@ -560,6 +569,7 @@ fn crash_without_a_dump_is_recorded() {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn crash_loop_is_rate_limited_but_every_crash_is_recorded() {
     if !require_root("pipeline") {
         return;
@@ -601,6 +611,7 @@ fn sysctl(path: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn sigterm_restores_the_core_sysctls_installed_by_the_agent() {
     if !require_root("pipeline") {
         return;
@@ -726,6 +737,7 @@ fn sigterm_restores_the_core_sysctls_installed_by_the_agent() {
 /// is recorded without a dump. With `--suid-dumpable 2` the kernel writes its dump (owned by
 /// root), and the agent stores it.
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn suid_dumpable_2_keeps_dumps_of_processes_that_dropped_privileges() {
     if !require_root("pipeline") {
         return;
@@ -776,6 +788,7 @@ fn http_get(addr: &str, path: &str) -> (String, String) {
 }
 
 #[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn health_endpoints_follow_the_store() {
     if !require_root("pipeline") {
         return;

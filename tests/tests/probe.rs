@@ -161,21 +161,25 @@ async fn crash_gives_one_event(mode: &str, signal: i32) {
 }
 
 #[tokio::test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 async fn null_dereference_is_one_sigsegv_event() {
     crash_gives_one_event("segv", libc::SIGSEGV).await;
 }
 
 #[tokio::test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 async fn abort_is_one_sigabrt_event() {
     crash_gives_one_event("abort", libc::SIGABRT).await;
 }
 
 #[tokio::test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 async fn sigquit_is_one_event() {
     crash_gives_one_event("quit", libc::SIGQUIT).await;
 }
 
 #[tokio::test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 async fn handled_terminated_and_ignored_signals_give_no_event() {
     if !require_root("no_event") {
         return;
@@ -205,6 +209,7 @@ async fn handled_terminated_and_ignored_signals_give_no_event() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 async fn crash_in_a_new_pid_namespace_reports_both_pids() {
     if !require_root("pidns") {
         return;
@@ -232,6 +237,7 @@ async fn crash_in_a_new_pid_namespace_reports_both_pids() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 async fn crash_in_a_cgroup_reports_its_inode_as_cgroup_id() {
     if !require_root("cgroup") {
         return;
@@ -251,6 +257,7 @@ async fn crash_in_a_cgroup_reports_its_inode_as_cgroup_id() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 async fn crash_in_a_named_thread_reports_thread_and_process() {
     if !require_root("thread") {
         return;
@@ -277,6 +284,7 @@ async fn crash_in_a_named_thread_reports_thread_and_process() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 async fn renamed_process_is_reported_by_its_new_name() {
     if !require_root("comm") {
         return;
@@ -307,6 +315,7 @@ async fn renamed_process_is_reported_by_its_new_name() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 async fn long_command_line_is_cut_at_512_bytes_and_marked() {
     if !require_root("long_cmdline") {
         return;
@@ -344,6 +353,7 @@ async fn long_command_line_is_cut_at_512_bytes_and_marked() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 async fn unreadable_command_line_is_left_out_and_the_crash_still_reported() {
     if !require_root("unreadable_cmdline") {
         return;
@@ -380,6 +390,7 @@ async fn unreadable_command_line_is_left_out_and_the_crash_still_reported() {
 }
 
 #[tokio::test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 async fn long_executable_name_is_cut_and_marked() {
     if !require_root("long_exe_name") {
         return;

@@ -95,6 +95,7 @@ fn keys(objects: &[coredump_agent::store::ObjectInfo]) -> Vec<&str> {
 }
 
 #[tokio::test]
+#[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
 async fn small_objects_round_trip_with_tags_and_metadata() {
     let Some(moto) = Moto::launch("small_objects_round_trip_with_tags_and_metadata") else {
         return;
@@ -160,6 +161,7 @@ async fn small_objects_round_trip_with_tags_and_metadata() {
 }
 
 #[tokio::test]
+#[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
 async fn multipart_uploads_round_trip_in_both_checksum_modes() {
     let Some(moto) = Moto::launch("multipart_uploads_round_trip_in_both_checksum_modes") else {
         return;
@@ -231,6 +233,7 @@ async fn multipart_uploads_round_trip_in_both_checksum_modes() {
 /// reply's root element wrongly; a proxy can garble it; S3 can cut a connection it held open
 /// while assembling): the put is confirmed by the object itself, not failed and uploaded again.
 #[tokio::test]
+#[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
 async fn an_unreadable_answer_to_complete_multipart_upload_is_confirmed_by_the_object() {
     let test = "an_unreadable_answer_to_complete_multipart_upload_is_confirmed_by_the_object";
     let Some(moto) = Moto::launch(test) else {
@@ -278,6 +281,7 @@ async fn an_unreadable_answer_to_complete_multipart_upload_is_confirmed_by_the_o
 }
 
 #[tokio::test]
+#[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
 async fn tag_values_with_forbidden_characters_are_sanitized_and_findable() {
     let Some(moto) =
         Moto::launch("tag_values_with_forbidden_characters_are_sanitized_and_findable")
@@ -323,6 +327,7 @@ async fn tag_values_with_forbidden_characters_are_sanitized_and_findable() {
 }
 
 #[tokio::test]
+#[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
 async fn errors_name_their_cause() {
     let Some(moto) = Moto::launch("errors_name_their_cause") else {
         return;
@@ -401,6 +406,7 @@ async fn errors_name_their_cause() {
 }
 
 #[tokio::test]
+#[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
 async fn server_down_mid_multipart_then_back_uploads_once_and_leaves_no_orphan() {
     let test = "server_down_mid_multipart_then_back_uploads_once_and_leaves_no_orphan";
     let Some(moto) = Moto::launch(test) else {
@@ -531,6 +537,7 @@ fn message_is(line: &Value, message: &str) -> bool {
 }
 
 #[test]
+#[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
 fn agent_refuses_to_start_without_a_usable_bucket_and_keeps_the_dump() {
     let test = "agent_refuses_to_start_without_a_usable_bucket_and_keeps_the_dump";
     let (Some(moto), Some(strict)) = (Moto::launch(test), Moto::launch_with_auth(test)) else {
@@ -599,6 +606,7 @@ fn agent_refuses_to_start_without_a_usable_bucket_and_keeps_the_dump() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
 async fn agent_keeps_the_dump_through_an_outage_then_uploads_it_once() {
     let test = "agent_keeps_the_dump_through_an_outage_then_uploads_it_once";
     let Some(moto) = Moto::launch(test) else {
@@ -662,6 +670,7 @@ async fn agent_keeps_the_dump_through_an_outage_then_uploads_it_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 async fn a_real_crash_ends_in_the_bucket_with_its_tags_and_metadata() {
     let test = "a_real_crash_ends_in_the_bucket_with_its_tags_and_metadata";
     if !require_root(test) {

@@ -829,15 +829,21 @@ mod tests {
     async fn cancel_stops_the_watch() {
         let (cache, writer) = PodCache::new();
         let cancel = CancellationToken::new();
-        cancel.cancel();
-        drive(
+        let watch = tokio::spawn(drive(
             cache.clone(),
             writer,
             stream::pending(),
             "node-a".into(),
-            cancel,
-        )
-        .await;
+            cancel.clone(),
+        ));
+        // A stream that never yields: only the cancel can end the watch, and it must, soon.
+        tokio::task::yield_now().await;
+        assert!(!watch.is_finished(), "the watch runs until cancelled");
+        cancel.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(5), watch)
+            .await
+            .expect("the watch stops within 5 s of the cancel")
+            .expect("the watch task");
         assert!(!cache.is_ready());
     }
 
