@@ -280,6 +280,54 @@ async fn an_unreadable_answer_to_complete_multipart_upload_is_confirmed_by_the_o
     assert_eq!(records(&state), 0, "upload records left");
 }
 
+/// A node never replaces an object: new keys are written with `If-None-Match: *`. A retry of a
+/// put that did complete (its answer lost) finds the same bytes there and counts as stored; a
+/// different object under the key is left as it is, and the put fails.
+#[tokio::test]
+#[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
+async fn an_existing_object_is_never_replaced() {
+    let Some(moto) = Moto::launch("an_existing_object_is_never_replaced") else {
+        return;
+    };
+    let tmp = TempDir::new("s3-ifnone");
+    let store = moto.store(BUCKET, ConnectOptions::default());
+    let tags = pairs(&[("pod", "web-3")]);
+    let (small, other) = (core_like(64 << 10), core_like(64 << 10 | 1));
+    let large = core_like(11 * MIB);
+    let file = tmp.join("large.core");
+    std::fs::write(&file, &large).unwrap();
+    for (key, body, different) in [
+        (
+            "ifnone/small.core",
+            Body::Bytes(&small),
+            Body::Bytes(&other),
+        ),
+        ("ifnone/large.core", Body::File(&file), Body::Bytes(&other)),
+    ] {
+        let first = store.put(key, body, &tags, &Tags::new()).await.unwrap();
+        let again = store
+            .put(key, body, &tags, &Tags::new())
+            .await
+            .unwrap_or_else(|e| panic!("{key}: the same bytes again: {}", chain(&e)));
+        assert_eq!(first.sha256, again.sha256);
+        let err = store
+            .put(key, different, &tags, &Tags::new())
+            .await
+            .expect_err("other bytes under the same key");
+        assert!(
+            chain(&err).contains("does not replace objects"),
+            "{}",
+            chain(&err)
+        );
+        assert_eq!(
+            sha256(&read_object(&store, key).await).await,
+            first.sha256,
+            "{key} kept"
+        );
+    }
+    assert_eq!(uploads_in_progress(&moto).await, 0);
+}
+
 #[tokio::test]
 #[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
 async fn tag_values_with_forbidden_characters_are_sanitized_and_findable() {

@@ -120,6 +120,13 @@ pub enum StoreError {
         #[source]
         source: io::Error,
     },
+    /// An object already has this key, and the store keeps it (a conditional write,
+    /// `If-None-Match: *`, refused to replace it).
+    #[error("an object already exists under {key:?}")]
+    Exists {
+        /// The key.
+        key: String,
+    },
     /// The key cannot name an object.
     #[error("invalid object key {key:?}: {reason}")]
     InvalidKey {
@@ -242,6 +249,7 @@ impl StoreError {
             Self::Unreachable { .. } | Self::NoCredentials { .. } => true,
             Self::Other { transient, .. } => *transient,
             Self::NotFound { .. }
+            | Self::Exists { .. }
             | Self::InvalidKey { .. }
             | Self::InvalidBody { .. }
             | Self::BodyChanged { .. }

@@ -342,11 +342,13 @@ impl S3Store {
         tags: &Tags,
         metadata: &Metadata,
     ) -> Result<(), StoreError> {
+        // A node never replaces an object, its own or another's.
         let mut request = self
             .client
             .put_object()
             .bucket(&*self.bucket)
             .key(key)
+            .if_none_match("*")
             .set_metadata(Some(metadata.clone().into_iter().collect()));
         if !tags.is_empty() {
             request = request.tagging(encode_tags(tags));
@@ -437,6 +439,38 @@ impl S3Store {
             .set_e_tag(uploaded.e_tag().map(str::to_owned))
             .set_checksum_crc32_c(uploaded.checksum_crc32_c().map(str::to_owned))
             .build())
+    }
+
+    /// Whether the object at `key` holds exactly the bytes `digest` describes (read back and
+    /// hashed); an error naming the conflict if another object is there.
+    async fn holds(&self, key: &str, digest: &BodyDigest) -> Result<bool, StoreError> {
+        use sha2::{Digest as _, Sha256};
+        use tokio::io::AsyncReadExt as _;
+        let mut reader = self.open(key).await?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .await
+                .map_err(StoreError::io("read back", key))?;
+            if n == 0 {
+                break;
+            }
+            size += n as u64;
+            hasher.update(&buf[..n]);
+        }
+        if size == digest.size && hex(&hasher.finalize()) == digest.sha256 {
+            return Ok(true);
+        }
+        Err(StoreError::Other {
+            dest: self.describe(),
+            op: "store a dump under a key another object has (If-None-Match)",
+            transient: false,
+            source: format!("{key:?} holds {size} other bytes: this node does not replace objects")
+                .into(),
+        })
     }
 
     /// The size of `key` if it is an object assembled from `parts` parts (its ETag ends in
@@ -575,6 +609,11 @@ impl S3Store {
             (SdkError::TimeoutError(_), ..) => StoreError::Unreachable { dest, op, source },
             (SdkError::DispatchFailure(f), ..) if f.is_io() || f.is_timeout() => {
                 StoreError::Unreachable { dest, op, source }
+            }
+            (_, Some("PreconditionFailed"), _) | (_, None, Some(412)) if key.is_some() => {
+                StoreError::Exists {
+                    key: key.unwrap_or_default().to_owned(),
+                }
             }
             (_, Some("NoSuchBucket"), _) => StoreError::BucketNotFound {
                 dest,
@@ -828,6 +867,7 @@ impl Multipart {
             .complete_multipart_upload()
             .bucket(&*store.bucket)
             .key(&self.key)
+            .if_none_match("*")
             .upload_id(&self.upload_id)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
@@ -1213,12 +1253,24 @@ impl S3Store {
             progress.update(reader.source_read());
         }
         let digest = reader.finish()?;
-        match upload {
-            None => self.put_object(key, part, tags, metadata).await?,
-            Some(multipart) => {
-                multipart.send(part).await?;
-                multipart.complete(digest.size).await?;
+        let stored = match upload {
+            None => self.put_object(key, part, tags, metadata).await,
+            Some(multipart) => match multipart.send(part).await {
+                Ok(()) => multipart.complete(digest.size).await,
+                Err(e) => Err(e),
+            },
+        };
+        match stored {
+            // A retry of a put that did complete (its answer was lost): the object there is
+            // this very body, or it is not ours to replace.
+            Err(StoreError::Exists { .. }) if self.holds(key, &digest).await? => {
+                tracing::info!(key, "already stored, byte for byte: not written again");
+                if let Some(m) = upload.take() {
+                    m.abort().await;
+                }
             }
+            Err(e) => return Err(e),
+            Ok(()) => {}
         }
         Ok(digest)
     }
