@@ -505,6 +505,60 @@ fn a_crash_flood_during_a_store_outage_costs_no_other_pod_its_dump() {
     agent.terminate();
 }
 
+/// Puts a sysctl back on drop.
+struct SysctlGuard(&'static str, String);
+
+impl SysctlGuard {
+    fn set(path: &'static str, value: &str) -> Self {
+        let before = std::fs::read_to_string(path).unwrap().trim().to_owned();
+        std::fs::write(path, value).unwrap();
+        Self(path, before)
+    }
+}
+
+impl Drop for SysctlGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0, &self.1);
+    }
+}
+
+/// The node's inotify instances are used up (a container can open them until the user's
+/// limit): file intake lists the dump directory on a timer instead of refusing to run, and
+/// dumps are still stored. Before the fix the agent exited.
+#[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
+fn with_no_inotify_instance_left_file_intake_rescans() {
+    if !require_root("abuse") {
+        return;
+    }
+    let n = node("no-inotify");
+    let agent = {
+        let _limit = SysctlGuard::set("/proc/sys/fs/inotify/max_user_instances", "0");
+        n.start(&["--intake", "file"])
+    };
+    assert!(
+        agent.log_text().contains("no inotify watch to be had"),
+        "{}",
+        agent.log_text()
+    );
+    let c = Crasher::spawn_with(
+        "segv",
+        None,
+        &CrasherOpts {
+            core_limit: u64::MAX,
+            ..Default::default()
+        },
+    );
+    let pid = c.host_pid;
+    assert!(!c.go().success());
+    wait_for_store(&n.store, WAIT, |_| {
+        store_records(&n.store)
+            .iter()
+            .any(|(_, r)| r["crash"]["host_pid"] == pid && !r["dump"].is_null())
+    });
+    agent.terminate();
+}
+
 /// A second agent on the same state directory (a rollout with surge, a manual `run` in the
 /// pod) refuses to start, instead of restoring core_pattern under the first and delivering its
 /// spool twice.

@@ -69,11 +69,15 @@ pub enum WatchError {
 }
 
 /// An inotify watch on the dump directory, set up before the first listing so that no file
-/// can slip between the two.
+/// can slip between the two. Without one (the user's inotify instances or watches are used up,
+/// perhaps by a container on purpose), the directory is listed every [`RESCAN`] instead.
 pub struct Watcher {
     dir: PathBuf,
-    inotify: Inotify,
+    inotify: Option<Inotify>,
 }
+
+/// How often the dump directory is listed when no inotify watch could be had.
+pub const RESCAN: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Watcher {
     /// Starts watching `dir` (which must exist).
@@ -82,18 +86,31 @@ impl Watcher {
             dir: dir.clone(),
             source,
         };
-        let inotify = Inotify::init().map_err(init)?;
-        inotify
-            .watches()
-            .add(
+        let watched = Inotify::init().and_then(|inotify| {
+            inotify.watches().add(
                 &dir,
                 WatchMask::CLOSE_WRITE
                     | WatchMask::MOVED_TO
                     | WatchMask::CREATE
                     | WatchMask::ONLYDIR
                     | WatchMask::EXCL_UNLINK,
-            )
-            .map_err(init)?;
+            )?;
+            Ok(inotify)
+        });
+        let inotify = match watched {
+            Ok(inotify) => Some(inotify),
+            // Limits (fs.inotify.max_user_instances / max_user_watches), not a broken setup.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOSPC | libc::ENOMEM)
+                ) =>
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, every = ?RESCAN, "no inotify watch to be had: listing the dump directory on a timer instead");
+                None
+            }
+            Err(e) => return Err(init(e)),
+        };
         Ok(Self { dir, inotify })
     }
 }
@@ -151,6 +168,17 @@ pub async fn run(
         return Ok(());
     }
     let Watcher { dir, inotify } = watcher;
+    let Some(inotify) = inotify else {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                () = tokio::time::sleep(RESCAN) => {}
+            }
+            if !list(&dir, &tx, &cancel).await? {
+                return Ok(());
+            }
+        }
+    };
     let mut events = inotify
         .into_event_stream(vec![0u8; BUFFER])
         .map_err(|source| WatchError::Init {
