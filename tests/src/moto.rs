@@ -171,6 +171,11 @@ impl Moto {
         *self.relay.shared.rewrite.lock().unwrap() = Some((from.into(), to.into()));
     }
 
+    /// Answers reach clients as moto sent them again.
+    pub fn stop_garbling(&self) {
+        *self.relay.shared.rewrite.lock().unwrap() = None;
+    }
+
     /// Whether the port is closed (after [`Moto::stop`], or the bytes of [`Moto::stop_after`]).
     pub fn stopped(&self) -> bool {
         self.relay.shared.stopped.load(Ordering::SeqCst)

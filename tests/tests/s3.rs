@@ -280,6 +280,43 @@ async fn an_unreadable_answer_to_complete_multipart_upload_is_confirmed_by_the_o
     assert_eq!(records(&state), 0, "upload records left");
 }
 
+/// radosgw drops the tags given at CreateMultipartUpload, then answers GetObjectTagging with 200
+/// and an empty body. That answer means "no tags" (and they are set again), not a failed
+/// upload retried every 300 s with the dump kept on the node forever.
+#[tokio::test]
+#[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
+async fn a_tagging_answer_without_a_tag_set_means_no_tags() {
+    let Some(moto) = Moto::launch("a_tagging_answer_without_a_tag_set_means_no_tags") else {
+        return;
+    };
+    let tmp = TempDir::new("s3-notags");
+    let data = core_like(12 * MIB);
+    let file = tmp.join("core.3");
+    std::fs::write(&file, &data).unwrap();
+    let store = moto.store(BUCKET, ConnectOptions::default());
+    let tags = pairs(&[("pod", "web-4"), ("signal", "SIGABRT")]);
+    moto.garble_answers("<Tagging", "<TaggXng");
+    store
+        .put("notags/core.3", Body::File(&file), &tags, &Tags::new())
+        .await
+        .unwrap_or_else(|e| panic!("{}", chain(&e)));
+    moto.stop_garbling();
+    let out = moto
+        .direct_client()
+        .get_object_tagging()
+        .bucket(BUCKET)
+        .key("notags/core.3")
+        .send()
+        .await
+        .unwrap();
+    let stored: Tags = out
+        .tag_set()
+        .iter()
+        .map(|t| (t.key().to_owned(), t.value().to_owned()))
+        .collect();
+    assert_eq!(stored, tags);
+}
+
 /// A node never replaces an object: new keys are written with `If-None-Match: *`. A retry of a
 /// put that did complete (its answer lost) finds the same bytes there and counts as stored; a
 /// different object under the key is left as it is, and the put fails.

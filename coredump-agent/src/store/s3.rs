@@ -586,6 +586,15 @@ impl S3Store {
                 .map(|t| (t.key().to_owned(), t.value().to_owned()))
                 .collect()),
             Err(e) if not_implemented(&e) => Err(TagsError::Unsupported),
+            // radosgw answers 200 with an empty body for an object whose tags it dropped at
+            // CreateMultipartUpload: no tags, which the caller then sets.
+            Err(e) if unreadable_ok(&e) => {
+                tracing::debug!(
+                    key,
+                    "GetObjectTagging answered 200 without a tag set: taken as no tags"
+                );
+                Ok(Tags::new())
+            }
             Err(e) => Err(TagsError::Store(self.error(
                 "read the tags (GetObjectTagging)",
                 Some(key),
@@ -683,6 +692,15 @@ fn caused_by<T: std::error::Error + 'static>(err: &(dyn std::error::Error + 'sta
         cause = e.source();
     }
     false
+}
+
+/// A 200 answer the SDK could not read (an empty or foreign body), not an error document.
+fn unreadable_ok<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
+    matches!(err, SdkError::ServiceError(_))
+        && err.code().is_none()
+        && err
+            .raw_response()
+            .is_some_and(|r| r.status().as_u16() == 200)
 }
 
 /// Whether a failed call may still have taken effect: the request went out, but no readable
