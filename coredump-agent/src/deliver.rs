@@ -100,6 +100,7 @@ async fn deliver<S: Store>(
         record,
         dump,
         upload_dump,
+        rate_limited,
     } = job;
     let dump = dump.filter(|_| upload_dump);
     let source_compression = record.dump.as_ref().and_then(|d| d.compression);
@@ -114,6 +115,7 @@ async fn deliver<S: Store>(
         None => Stored::RecordOnly,
     };
     let key = layout::object_key(&cfg.prefix, &record, stored);
+    tracing::Span::current().record("key", key.as_str());
     let tags = layout::tags(&record);
     // What the kernel wrote: a received dump is already compressed on disk.
     let size = dump.as_ref().map_or(0, |d| {
@@ -132,6 +134,7 @@ async fn deliver<S: Store>(
         let Ok(_slot) = uploads.acquire().await else {
             return Delivered::Interrupted;
         };
+        let attempt_started = Instant::now();
         let attempt = async {
             let mut bytes = 0;
             let mut stored_dump = None;
@@ -188,9 +191,32 @@ async fn deliver<S: Store>(
         };
         match result {
             Ok(bytes) => {
-                METRICS.bytes_stored.add(bytes);
+                use crate::metrics::{CompressionLabels, Outcome};
+                let name = |c: Option<Compression>| CompressionLabels {
+                    compression: layout::compression_name(c).to_owned(),
+                };
+                let outcome = match (&dump, record.attestation.attested) {
+                    (Some(_), true) => Outcome::stored,
+                    (Some(_), false) => Outcome::unattested,
+                    (None, _) if rate_limited => Outcome::rate_limited,
+                    (None, _) => Outcome::crash_only,
+                };
+                METRICS.crash(&record, outcome);
                 if dump.is_some() {
-                    METRICS.dumps_stored.inc();
+                    METRICS
+                        .dump_bytes_in
+                        .get_or_create(&name(source_compression))
+                        .inc_by(size);
+                    METRICS
+                        .dump_bytes_out
+                        .get_or_create(&name(stored_compression))
+                        .inc_by(bytes);
+                    METRICS
+                        .upload_seconds
+                        .observe(attempt_started.elapsed().as_secs_f64());
+                }
+                if let Ok(age) = record.crash_time().elapsed() {
+                    METRICS.crash_to_stored_seconds.observe(age.as_secs_f64());
                 }
                 tracing::info!(
                     id = %record.id,
@@ -212,13 +238,14 @@ async fn deliver<S: Store>(
                 break;
             }
             Err(e) if e.is_about_the_dump() && about_the_dump >= 1 => {
-                METRICS.store_failures.inc();
-                METRICS.dumps_parked.inc();
+                METRICS.store_error(e.class());
+                METRICS.crash(&record, crate::metrics::Outcome::parked);
                 let reason = format!("{:#}", anyhow::Error::new(e));
                 let job = Job {
                     record,
                     dump,
                     upload_dump,
+                    rate_limited,
                 };
                 match spool.park(&job, &reason) {
                     Ok(to) => {
@@ -231,7 +258,7 @@ async fn deliver<S: Store>(
                 return Delivered::Parked;
             }
             Err(e) => {
-                METRICS.store_failures.inc();
+                METRICS.store_error(e.class());
                 // About the dump: one more look at once (the first read may have raced the
                 // end of a write). About the store: back off.
                 let wait = if e.is_about_the_dump() {
@@ -323,18 +350,29 @@ pub async fn run<S: Store>(
             cancel.clone(),
             uploads.clone(),
         );
-        tasks.spawn(async move {
-            let path = job.dump.as_ref().map(|d| d.path.clone());
-            let delivered = deliver(&cfg, &*store, &spool, &uploads, job, &cancel).await;
-            // A parked dump stays claimed: it is not taken for a new one.
-            if let Some(path) = path
-                && delivered == Delivered::Stored
-            {
-                claims.release(path.as_os_str());
-            }
-            METRICS.spool_depth.set(spool.depth() as u64);
-            drop(permit);
-        });
+        // Every line about this crash carries its id, pod and key.
+        let span = tracing::info_span!(
+            "crash",
+            id = %job.record.id,
+            namespace = job.record.identity.namespace.as_deref().unwrap_or(""),
+            pod = job.record.identity.pod.as_deref().unwrap_or(""),
+            key = tracing::field::Empty,
+        );
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let path = job.dump.as_ref().map(|d| d.path.clone());
+                let delivered = deliver(&cfg, &*store, &spool, &uploads, job, &cancel).await;
+                // A parked dump stays claimed: it is not taken for a new one.
+                if let Some(path) = path
+                    && delivered == Delivered::Stored
+                {
+                    claims.release(path.as_os_str());
+                }
+                METRICS.spool_depth.set(spool.depth() as i64);
+                drop(permit);
+            },
+            span,
+        ));
         // Reap finished tasks so the set does not grow with the number of dumps.
         while tasks.try_join_next().is_some() {}
     }

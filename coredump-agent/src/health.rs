@@ -1,24 +1,31 @@
 //! health: `/healthz`, `/readyz` and `/metrics` over HTTP, for the kubelet's probes and
-//! Prometheus.
+//! Prometheus, on hyper's HTTP/1 server.
 //!
-//! Three fixed GET endpoints do not need a web framework: each connection gets one request
-//! (read with a size and time bound), one response, and is closed.
+//! The port may be reachable from every pod, so a client gets little: one request per
+//! connection (no keep-alive), a bounded time to send its request head, and a bounded number
+//! of connections that have not sent anything yet. When that many are idle, the oldest idle
+//! one is closed to make room: a flood of idle connections cannot keep the kubelet's probe,
+//! which sends its request at once, from being answered, nor hold the agent's file
+//! descriptors. Requests being answered are bounded too.
 
 use std::{
+    collections::VecDeque,
+    convert::Infallible,
     sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering::Relaxed},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
 
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Incoming, header, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics::METRICS, store::Store};
+use crate::{metrics::METRICS, spool::Spool, store::Store};
 
 /// What readiness depends on.
 #[derive(Debug, Default)]
@@ -29,6 +36,8 @@ pub struct Health {
     pub store_ok: AtomicBool,
     /// The kernel probe is attached.
     pub probe_attached: AtomicBool,
+    /// The spool, for its oldest entry's age at scrape time.
+    pub spool: Mutex<Option<Spool>>,
 }
 
 impl Health {
@@ -38,104 +47,179 @@ impl Health {
     }
 }
 
-/// Longest request head read.
-const MAX_REQUEST: usize = 8 * 1024;
-/// A client has this long to send its request.
+/// Connections that have not sent a byte yet, at most; beyond, the oldest is closed.
+pub const MAX_IDLE: usize = 256;
+/// Requests answered at once, at most.
+const MAX_ACTIVE: usize = 32;
+/// A connection has this long to start its request, and to finish its head.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn response(health: &Health, path: &str) -> (&'static str, &'static str, String) {
-    match path {
-        "/healthz" => ("200 OK", "text/plain", "ok\n".into()),
-        "/readyz" if health.ready() => ("200 OK", "text/plain", "ready\n".into()),
+/// The content type of a `/metrics` answer: OpenMetrics for a scraper that asks for it, the
+/// Prometheus text format otherwise (the same text: OpenMetrics' extra lines are comments to
+/// it).
+fn metrics_type(accept: Option<&str>) -> &'static str {
+    if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    }
+}
+
+fn answer(health: &Health, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, content_type: &str, body: String| {
+        Response::builder()
+            .status(status)
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::CONNECTION, "close")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    };
+    if req.method() != hyper::Method::GET && req.method() != hyper::Method::HEAD {
+        return text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" if health.ready() => text(StatusCode::OK, "text/plain", "ready\n".into()),
         "/readyz" => {
-            let why = if !health.running.load(Relaxed) {
-                "not running yet"
-            } else {
+            let why = if health.running.load(Relaxed) {
                 "store unreachable"
+            } else {
+                "not running yet"
             };
-            (
-                "503 Service Unavailable",
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain",
                 format!("not ready: {why}\n"),
             )
         }
         "/metrics" => {
-            let mut body = METRICS.render();
-            body.push_str(&format!(
-                "# HELP coredump_probe_attached Whether the kernel crash probe is attached.\n# TYPE coredump_probe_attached gauge\ncoredump_probe_attached {}\n# HELP coredump_store_reachable Whether the last store check succeeded.\n# TYPE coredump_store_reachable gauge\ncoredump_store_reachable {}\n",
-                u8::from(health.probe_attached.load(Relaxed)),
-                u8::from(health.store_ok.load(Relaxed)),
-            ));
-            ("200 OK", "text/plain; version=0.0.4", body)
+            METRICS
+                .probe_attached
+                .set(health.probe_attached.load(Relaxed).into());
+            METRICS
+                .store_reachable
+                .set(health.store_ok.load(Relaxed).into());
+            METRICS.ready.set(health.ready().into());
+            if let Some(spool) = health.spool.lock().ok().and_then(|s| s.clone()) {
+                METRICS.spool_depth.set(spool.depth() as i64);
+                METRICS
+                    .spool_oldest_seconds
+                    .set(spool.oldest_age().as_secs() as i64);
+            }
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            text(StatusCode::OK, metrics_type(accept), METRICS.render())
         }
-        _ => ("404 Not Found", "text/plain", "not found\n".into()),
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
 }
 
-async fn handle(mut conn: TcpStream, health: &Health) -> std::io::Result<()> {
-    let mut buf = vec![0u8; MAX_REQUEST];
-    let mut len = 0;
-    let head_read = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        while len < buf.len() {
-            let n = conn.read(&mut buf[len..]).await?;
-            if n == 0 {
-                break;
-            }
-            len += n;
-            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                break;
+/// The connections that have not sent anything yet, oldest first.
+#[derive(Default)]
+struct Idle {
+    next: AtomicU64,
+    waiting: Mutex<VecDeque<(u64, CancellationToken)>>,
+}
+
+impl Idle {
+    /// Enters a new connection, closing the oldest idle one if there are too many.
+    fn enter(&self) -> (u64, CancellationToken) {
+        let id = self.next.fetch_add(1, Relaxed);
+        let token = CancellationToken::new();
+        let mut waiting = self.lock();
+        while waiting.len() >= MAX_IDLE {
+            if let Some((_, oldest)) = waiting.pop_front() {
+                oldest.cancel();
             }
         }
-        Ok::<(), std::io::Error>(())
-    })
-    .await;
-    if !matches!(head_read, Ok(Ok(()))) {
-        return Ok(());
+        waiting.push_back((id, token.clone()));
+        (id, token)
     }
-    let head = String::from_utf8_lossy(&buf[..len]);
-    let mut parts = head.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, content_type, body) = if method == "GET" || method == "HEAD" {
-        response(health, path)
-    } else {
-        ("405 Method Not Allowed", "text/plain", "GET only\n".into())
+
+    fn leave(&self, id: u64) {
+        self.lock().retain(|(i, _)| *i != id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, CancellationToken)>> {
+        self.waiting
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn connection(
+    conn: TcpStream,
+    health: Arc<Health>,
+    idle: Arc<Idle>,
+    active: Arc<tokio::sync::Semaphore>,
+) {
+    let (id, evicted) = idle.enter();
+    // A byte to peek at, not mere readiness (which may be spurious): the request has begun.
+    let mut first = [0u8; 1];
+    let started = tokio::select! {
+        r = conn.peek(&mut first) => r.is_ok_and(|n| n > 0),
+        () = evicted.cancelled() => false,
+        () = tokio::time::sleep(REQUEST_TIMEOUT) => false,
     };
-    let body = if method == "HEAD" {
-        String::new()
-    } else {
-        body
+    idle.leave(id);
+    if !started {
+        return;
+    }
+    let Ok(Ok(_permit)) = tokio::time::timeout(REQUEST_TIMEOUT, active.acquire_owned()).await
+    else {
+        return;
     };
-    let reply = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    conn.write_all(reply.as_bytes()).await?;
-    conn.shutdown().await
+    let service = service_fn(|req: Request<Incoming>| {
+        let response = answer(&health, &req);
+        async move { Ok::<_, Infallible>(response) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(REQUEST_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(conn), service);
+    if let Ok(Err(e)) = tokio::time::timeout(REQUEST_TIMEOUT * 2, served).await {
+        tracing::debug!(error = %e, "health connection");
+    }
 }
 
 /// Serves until cancelled.
 pub async fn serve(listener: TcpListener, health: Arc<Health>, cancel: CancellationToken) {
+    let idle = Arc::new(Idle::default());
+    let active = Arc::new(tokio::sync::Semaphore::new(MAX_ACTIVE));
+    let connections = tokio_util::task::TaskTracker::new();
     loop {
         let conn = tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => break,
             c = listener.accept() => c,
         };
         match conn {
             Ok((conn, _)) => {
-                let health = health.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = handle(conn, &health).await {
-                        tracing::debug!(error = %e, "health connection");
-                    }
-                });
+                connections.spawn(connection(
+                    conn,
+                    health.clone(),
+                    idle.clone(),
+                    active.clone(),
+                ));
             }
             Err(e) => {
+                // EMFILE: the process is out of descriptors; do not spin.
                 tracing::warn!(error = %e, "accepting a health connection");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
+    for (_, token) in idle.lock().drain(..) {
+        token.cancel();
+    }
+    connections.close();
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, connections.wait()).await;
 }
 
 /// Checks the store every `interval`, for readiness.
@@ -169,6 +253,7 @@ pub async fn watch_store<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     async fn get(addr: std::net::SocketAddr, path: &str) -> String {
         let mut c = TcpStream::connect(addr).await.unwrap();
@@ -199,15 +284,42 @@ mod tests {
         );
         health.store_ok.store(true, Relaxed);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200 OK"));
-        METRICS.dumps_stored.inc();
+        METRICS.reject("symlink");
         let m = get(addr, "/metrics").await;
+        assert!(m.contains("content-type: text/plain; version=0.0.4"), "{m}");
         assert!(
-            m.contains("# TYPE coredump_dumps_stored_total counter"),
+            m.contains("# TYPE coredump_agent_files_rejected counter"),
             "{m}"
         );
-        assert!(m.contains("coredump_store_reachable 1"));
-        assert!(m.contains("coredump_rejected_files_total{reason=\"symlink\"}"));
+        assert!(m.contains("coredump_agent_store_reachable 1"), "{m}");
+        assert!(m.contains("coredump_agent_files_rejected_total{reason=\"symlink\"}"));
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        cancel.cancel();
+        server.await.unwrap();
+    }
+
+    /// A flood of connections that send nothing does not keep a probe from its answer: the
+    /// oldest idle ones are closed to make room, and the agent holds at most MAX_IDLE.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_connections_cannot_crowd_out_the_probe() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cancel = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, Arc::default(), cancel.clone()));
+        let fds = || std::fs::read_dir("/proc/self/fd").unwrap().count();
+        let before = fds();
+        let mut idle = Vec::new();
+        for _ in 0..2000 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The test's own 2,000 ends, and at most MAX_IDLE of the server's.
+        let held = fds() - before - idle.len();
+        assert!(held <= MAX_IDLE + 8, "the server holds {held} descriptors");
+        let answered = tokio::time::timeout(Duration::from_secs(3), get(addr, "/healthz"))
+            .await
+            .expect("answered within the probe's timeout");
+        assert!(answered.starts_with("HTTP/1.1 200 OK"), "{answered}");
         cancel.cancel();
         server.await.unwrap();
     }

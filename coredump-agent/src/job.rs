@@ -35,6 +35,8 @@ pub struct Job {
     pub dump: Option<OpenedDump>,
     /// Whether to upload the dump (false: rate-limited, only the record is stored).
     pub upload_dump: bool,
+    /// The dump was dropped (or refused) by the per-container rate limit.
+    pub rate_limited: bool,
 }
 
 /// Dump files handed to the spool and store and not finished yet: events for them are ignored.

@@ -1,207 +1,396 @@
-//! metrics: process-wide counters every stage increments, rendered in Prometheus text format.
+//! metrics: the agent's Prometheus metrics, through `prometheus-client` (the Prometheus
+//! project's Rust client), served as OpenMetrics text (or Prometheus text 0.0.4 to a scraper
+//! that asks for it) by [`crate::health`].
 //!
-//! Plain atomics: a handful of counters updated a few times per crash need no registry.
+//! Every metric is `coredump_agent_…`, counters end in `_total`, units are in the names. Crashes
+//! are counted by namespace, signal and outcome: the namespace label takes at most
+//! `--metrics-max-namespaces` distinct values, then `other`, so a node running thousands of
+//! namespaces cannot blow up a Prometheus.
 
 use std::{
-    fmt::Write as _,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    collections::HashSet,
+    sync::{
+        Mutex,
+        atomic::{AtomicI64, AtomicUsize, Ordering},
+    },
 };
 
-/// A monotonically increasing counter.
-#[derive(Debug, Default)]
-pub struct Counter(AtomicU64);
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+        info::Info,
+    },
+    registry::{Registry, Unit},
+};
 
-impl Counter {
-    /// Adds one.
-    pub fn inc(&self) {
-        self.add(1);
-    }
-    /// Adds `n`.
-    pub fn add(&self, n: u64) {
-        self.0.fetch_add(n, Relaxed);
-    }
-    /// Current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Relaxed)
-    }
+use crate::record::Record;
+
+/// What became of a crash.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, reason = "label values are snake_case")]
+pub enum Outcome {
+    /// Its dump stored, attested.
+    stored,
+    /// Its dump stored, not attested (no kernel crash event vouched for it).
+    unattested,
+    /// Recorded without a dump (none came, or it was refused for the disk).
+    crash_only,
+    /// Recorded, its dump dropped by the per-container rate limit.
+    rate_limited,
+    /// A file in the dump directory moved aside (hostile, too large, not attested).
+    quarantined,
+    /// A dump that cannot be stored, set aside.
+    parked,
 }
 
-/// A value that goes up and down.
-#[derive(Debug, Default)]
-pub struct Gauge(AtomicU64);
-
-impl Gauge {
-    /// Sets the value.
-    pub fn set(&self, v: u64) {
-        self.0.store(v, Relaxed);
-    }
-    /// Current value.
-    pub fn get(&self) -> u64 {
-        self.0.load(Relaxed)
-    }
+/// Labels of [`Metrics::crashes`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CrashLabels {
+    /// The pod's namespace; `_host` outside pods, `_unknown`, or `other` beyond the cap.
+    pub namespace: String,
+    /// `SIGSEGV`, …, or `unknown`.
+    pub signal: String,
+    /// What became of it.
+    pub outcome: Outcome,
 }
 
-/// Labels of [`Metrics::rejected`], one counter each (see `intake::Rejection::label`).
-pub const REJECTION_LABELS: [&str; 7] = [
-    "symlink",
-    "not_regular",
-    "hard_link",
-    "too_large",
-    "owner_mismatch",
-    "replaced",
-    "unknown_name",
-];
+/// A compression label: `zstd`, `gzip`, …, `none`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CompressionLabels {
+    /// The compression.
+    pub compression: String,
+}
 
-/// Every counter of the agent.
-#[derive(Debug, Default)]
+/// A reason label (why a file was rejected, how a store failed).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// The reason.
+    pub reason: String,
+}
+
+/// The build and the node, as labels of an info metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// Agent version.
+    pub version: String,
+    /// `uname -r`.
+    pub kernel: String,
+    /// The probe's hook, or `none`.
+    pub hook: String,
+    /// The intake in use.
+    pub intake: String,
+}
+
+/// Namespace label values with a meaning of their own.
+const HOST: &str = "_host";
+const UNKNOWN: &str = "_unknown";
+const OTHER: &str = "other";
+/// Default of `--metrics-max-namespaces`.
+pub const DEFAULT_MAX_NAMESPACES: usize = 100;
+
+/// Every metric of the agent, registered in one registry.
 pub struct Metrics {
-    /// Crash events received from the kernel probe.
-    pub crashes_seen: Counter,
-    /// Finished dump files found.
-    pub dumps_detected: Counter,
-    /// Dumps stored.
-    pub dumps_stored: Counter,
-    /// Bytes stored (after compression).
-    pub bytes_stored: Counter,
-    /// Records of crashes that left no dump.
-    pub crashes_without_dump: Counter,
-    /// Dumps stored without kernel attestation.
-    pub not_attested: Counter,
-    /// Dumps dropped by the per-container rate limit (their crash record is kept).
-    pub rate_limited: Counter,
-    /// Dumps left waiting because the disk is nearly full.
-    pub deferred_low_disk: Counter,
-    /// Files rejected by intake, by reason (index into [`REJECTION_LABELS`]).
-    pub rejected: [Counter; 7],
-    /// Store operations that failed (each retry counts).
-    pub store_failures: Counter,
-    /// Crash events the kernel dropped because the ring buffer was full.
-    pub ring_buffer_drops: Gauge,
-    /// Records in the spool (accepted, not yet stored).
-    pub spool_depth: Gauge,
-    /// Bytes of dumps in the spool.
-    pub spool_bytes: Gauge,
-    /// Dumps set aside because they cannot be stored (they changed while read, …).
-    pub dumps_parked: Counter,
+    registry: Registry,
+    /// Crashes by namespace, signal and outcome.
+    pub crashes: Family<CrashLabels, Counter>,
+    /// Crash events taken in from the kernel probe.
+    pub crash_events: Counter,
     /// Crash events not taken in: their cgroup was over its budget (a crash loop).
-    pub crashes_throttled: Counter,
+    pub crash_events_throttled: Counter,
+    /// Crash events the kernel dropped because the probe's ring buffer was full.
+    pub crash_events_lost: Counter,
+    /// Bytes of dumps as the kernel wrote them, by the compression they arrived in.
+    pub dump_bytes_in: Family<CompressionLabels, Counter>,
+    /// Bytes stored, by the compression they are stored in.
+    pub dump_bytes_out: Family<CompressionLabels, Counter>,
+    /// How long a dump's upload took (its last attempt).
+    pub upload_seconds: Histogram,
+    /// From the crash to its dump (or record) being stored.
+    pub crash_to_stored_seconds: Histogram,
+    /// Records spooled and not stored yet.
+    pub spool_depth: Gauge,
+    /// Age of the oldest spooled record.
+    pub spool_oldest_seconds: Gauge,
+    /// Store operations that failed (each retry counts), by class.
+    pub store_errors: Family<ReasonLabels, Counter>,
+    /// Files of the dump directory rejected, by reason.
+    pub files_rejected: Family<ReasonLabels, Counter>,
+    /// Dumps left waiting because the disk was nearly full.
+    pub deferred_low_disk: Counter,
+    /// 1 while the kernel probe is attached.
+    pub probe_attached: Gauge,
+    /// 1 while the last store check succeeded.
+    pub store_reachable: Gauge,
+    /// 1 while the agent is ready (what /readyz says).
+    pub ready: Gauge,
+    lost_seen: AtomicI64,
+    max_namespaces: AtomicUsize,
+    namespaces: Mutex<HashSet<String>>,
 }
 
 impl Metrics {
-    /// Counts a rejection by its label.
-    pub fn reject(&self, label: &str) {
-        if let Some(i) = REJECTION_LABELS.iter().position(|l| *l == label) {
-            self.rejected[i].inc();
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("coredump_agent");
+        let crashes = Family::default();
+        registry.register(
+            "crashes",
+            "Crashes, by the crashed pod's namespace, the signal, and what became of them",
+            crashes.clone(),
+        );
+        let crash_events = Counter::default();
+        registry.register(
+            "crash_events",
+            "Crash events taken in from the kernel probe",
+            crash_events.clone(),
+        );
+        let crash_events_throttled = Counter::default();
+        registry.register(
+            "crash_events_throttled",
+            "Crash events not taken in because their cgroup crashed in a loop (over its budget)",
+            crash_events_throttled.clone(),
+        );
+        let crash_events_lost = Counter::default();
+        registry.register(
+            "crash_events_lost",
+            "Crash events the kernel dropped: the probe's ring buffer was full",
+            crash_events_lost.clone(),
+        );
+        let dump_bytes_in = Family::default();
+        registry.register_with_unit(
+            "dump_in",
+            "Bytes of dumps as the kernel wrote them, by the compression they arrived in",
+            Unit::Bytes,
+            dump_bytes_in.clone(),
+        );
+        let dump_bytes_out = Family::default();
+        registry.register_with_unit(
+            "dump_stored",
+            "Bytes stored, by the compression they are stored in",
+            Unit::Bytes,
+            dump_bytes_out.clone(),
+        );
+        let upload_seconds = Histogram::new(exponential_buckets(0.05, 2.0, 14));
+        registry.register_with_unit(
+            "upload_duration",
+            "How long storing a dump and its record took",
+            Unit::Seconds,
+            upload_seconds.clone(),
+        );
+        let crash_to_stored_seconds = Histogram::new(exponential_buckets(0.1, 2.0, 14));
+        registry.register_with_unit(
+            "crash_to_stored",
+            "Time from a crash to its dump (or record) stored",
+            Unit::Seconds,
+            crash_to_stored_seconds.clone(),
+        );
+        let spool_depth = Gauge::default();
+        registry.register(
+            "spool_depth",
+            "Records spooled and not stored yet",
+            spool_depth.clone(),
+        );
+        let spool_oldest_seconds = Gauge::default();
+        registry.register_with_unit(
+            "spool_oldest_age",
+            "Age of the oldest record spooled and not stored yet",
+            Unit::Seconds,
+            spool_oldest_seconds.clone(),
+        );
+        let store_errors = Family::default();
+        registry.register(
+            "store_errors",
+            "Store operations that failed, by class (each retry counts)",
+            store_errors.clone(),
+        );
+        let files_rejected = Family::default();
+        registry.register(
+            "files_rejected",
+            "Files of the dump directory rejected, by reason",
+            files_rejected.clone(),
+        );
+        let deferred_low_disk = Counter::default();
+        registry.register(
+            "deferred_low_disk",
+            "Dumps left waiting because the disk was nearly full",
+            deferred_low_disk.clone(),
+        );
+        let probe_attached = Gauge::default();
+        registry.register(
+            "probe_attached",
+            "1 while the kernel crash probe is attached",
+            probe_attached.clone(),
+        );
+        let store_reachable = Gauge::default();
+        registry.register(
+            "store_reachable",
+            "1 while the last store check succeeded",
+            store_reachable.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 while the agent is ready (/readyz)",
+            ready.clone(),
+        );
+        Self {
+            registry,
+            crashes,
+            crash_events,
+            crash_events_throttled,
+            crash_events_lost,
+            dump_bytes_in,
+            dump_bytes_out,
+            upload_seconds,
+            crash_to_stored_seconds,
+            spool_depth,
+            spool_oldest_seconds,
+            store_errors,
+            files_rejected,
+            deferred_low_disk,
+            probe_attached,
+            store_reachable,
+            ready,
+            lost_seen: AtomicI64::new(0),
+            max_namespaces: AtomicUsize::new(DEFAULT_MAX_NAMESPACES),
+            namespaces: Mutex::new(HashSet::new()),
         }
     }
 
-    /// Prometheus text exposition.
+    /// Sets the build info (at start, once the hook and intake are known).
+    pub fn set_build(&self, labels: BuildLabels) {
+        BUILD
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .replace(labels);
+    }
+
+    /// At most this many namespaces get a label of their own.
+    pub fn set_max_namespaces(&self, n: usize) {
+        self.max_namespaces.store(n, Ordering::Relaxed);
+    }
+
+    /// The namespace label of a record: its pod's namespace while the cap allows, else
+    /// `other`; `_host` outside pods, `_unknown` when the kernel did not say.
+    pub fn namespace(&self, record: &Record) -> String {
+        let id = &record.identity;
+        let Some(ns) = &id.namespace else {
+            // Not attested, the cgroup gone, or a pod whose name is unknown: not a host process.
+            let unknown =
+                !record.attestation.attested || id.unresolved.is_some() || id.pod_uid.is_some();
+            return if unknown { UNKNOWN } else { HOST }.to_owned();
+        };
+        let mut seen = self
+            .namespaces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(ns) {
+            return ns.clone();
+        }
+        if seen.len() < self.max_namespaces.load(Ordering::Relaxed) {
+            seen.insert(ns.clone());
+            return ns.clone();
+        }
+        OTHER.to_owned()
+    }
+
+    /// Counts a crash's outcome.
+    pub fn crash(&self, record: &Record, outcome: Outcome) {
+        let labels = CrashLabels {
+            namespace: self.namespace(record),
+            signal: record
+                .signal()
+                .map_or_else(|| "unknown".to_owned(), |s| s.to_string()),
+            outcome,
+        };
+        self.crashes.get_or_create(&labels).inc();
+    }
+
+    /// Counts a file rejected by the dump directory's checks.
+    pub fn reject(&self, reason: &str) {
+        self.files_rejected
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed store operation by its class.
+    pub fn store_error(&self, class: &str) {
+        self.store_errors
+            .get_or_create(&ReasonLabels {
+                reason: class.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The kernel's running count of lost events: counts what is new.
+    pub fn lost_total(&self, total: u64) {
+        let total = i64::try_from(total).unwrap_or(i64::MAX);
+        let before = self.lost_seen.swap(total, Ordering::Relaxed);
+        if total > before {
+            self.crash_events_lost.inc_by((total - before) as u64);
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let mut one = |name: &str, kind: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP coredump_{name} {help}\n# TYPE coredump_{name} {kind}\ncoredump_{name} {v}"
-            );
-        };
-        one(
-            "crashes_seen_total",
-            "counter",
-            "Crash events from the kernel probe.",
-            self.crashes_seen.get(),
-        );
-        one(
-            "dumps_detected_total",
-            "counter",
-            "Finished dump files found.",
-            self.dumps_detected.get(),
-        );
-        one(
-            "dumps_stored_total",
-            "counter",
-            "Dumps stored.",
-            self.dumps_stored.get(),
-        );
-        one(
-            "bytes_stored_total",
-            "counter",
-            "Bytes stored.",
-            self.bytes_stored.get(),
-        );
-        one(
-            "crashes_throttled_total",
-            "counter",
-            "Crash events not taken in because their cgroup crashed in a loop (over its budget).",
-            self.crashes_throttled.get(),
-        );
-        one(
-            "dumps_parked_total",
-            "counter",
-            "Dumps set aside (state dir parked/) because they cannot be stored however often tried.",
-            self.dumps_parked.get(),
-        );
-        one(
-            "crashes_without_dump_total",
-            "counter",
-            "Crashes that left no dump.",
-            self.crashes_without_dump.get(),
-        );
-        one(
-            "not_attested_total",
-            "counter",
-            "Dumps stored without kernel attestation.",
-            self.not_attested.get(),
-        );
-        one(
-            "rate_limited_total",
-            "counter",
-            "Dumps dropped by the per-container rate limit.",
-            self.rate_limited.get(),
-        );
-        one(
-            "deferred_low_disk_total",
-            "counter",
-            "Dumps deferred because the disk is nearly full.",
-            self.deferred_low_disk.get(),
-        );
-        one(
-            "store_failures_total",
-            "counter",
-            "Failed store operations.",
-            self.store_failures.get(),
-        );
-        one(
-            "ring_buffer_drops",
-            "gauge",
-            "Crash events lost in the kernel ring buffer.",
-            self.ring_buffer_drops.get(),
-        );
-        one(
-            "spool_depth",
-            "gauge",
-            "Records accepted and not yet stored.",
-            self.spool_depth.get(),
-        );
-        one(
-            "spool_bytes",
-            "gauge",
-            "Bytes of dumps accepted and not yet stored.",
-            self.spool_bytes.get(),
-        );
-        let _ = writeln!(
-            out,
-            "# HELP coredump_rejected_files_total Hostile or invalid files in the dump directory.\n# TYPE coredump_rejected_files_total counter"
-        );
-        for (label, c) in REJECTION_LABELS.iter().zip(&self.rejected) {
-            let _ = writeln!(
-                out,
-                "coredump_rejected_files_total{{reason=\"{label}\"}} {}",
-                c.get()
+        let mut build = Registry::with_prefix("coredump_agent");
+        if let Some(labels) = BUILD
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+        {
+            build.register(
+                "build",
+                "The agent's version, kernel, probe hook and intake",
+                Info::new(labels),
             );
         }
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &build);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
 }
 
-/// The agent's counters.
-pub static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::default);
+/// The build info's labels, set once at start.
+static BUILD: Mutex<Option<BuildLabels>> = Mutex::new(None);
+
+/// The process's metrics.
+pub static METRICS: std::sync::LazyLock<Metrics> = std::sync::LazyLock::new(Metrics::new);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_beyond_the_cap_are_other() {
+        let m = Metrics::new();
+        m.set_max_namespaces(2);
+        let mut r: Record = serde_json::from_value(serde_json::json!({
+            "schema": 1, "id": "x", "node": "n", "crash": null,
+            "attestation": {"attested": true, "reason": ""}, "dump": null,
+            "agent": {"version": "0", "kernel": "k"}
+        }))
+        .unwrap();
+        assert_eq!(m.namespace(&r), "_host");
+        for (ns, want) in [("a", "a"), ("b", "b"), ("c", "other"), ("a", "a")] {
+            r.identity.namespace = Some(ns.into());
+            assert_eq!(m.namespace(&r), want);
+        }
+        m.crash(&r, Outcome::stored);
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"coredump_agent_crashes_total{namespace="a",signal="unknown",outcome="stored"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

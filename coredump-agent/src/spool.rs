@@ -44,6 +44,9 @@ pub enum SpoolError {
 struct Entry {
     record: Record,
     upload_dump: bool,
+    /// Its dump was dropped by the rate limit (what the metrics count it as).
+    #[serde(default)]
+    rate_limited: bool,
     /// Why it was set aside (in `parked/`), if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     parked: Option<String>,
@@ -111,6 +114,7 @@ impl Spool {
         let entry = Entry {
             record: job.record.clone(),
             upload_dump: job.upload_dump,
+            rate_limited: job.rate_limited,
             parked: Some(reason.to_owned()),
         };
         let id = &job.record.id;
@@ -161,6 +165,7 @@ impl Spool {
         let entry = Entry {
             record: job.record.clone(),
             upload_dump: job.upload_dump,
+            rate_limited: job.rate_limited,
             parked: None,
         };
         self.entries
@@ -205,6 +210,7 @@ impl Spool {
             let Ok(Entry {
                 mut record,
                 upload_dump,
+                rate_limited,
                 ..
             }) = entry
             else {
@@ -240,6 +246,7 @@ impl Spool {
                 }
             }
             jobs.push(Job {
+                rate_limited,
                 record,
                 dump,
                 upload_dump: upload,
@@ -276,6 +283,23 @@ impl Spool {
             .collect()
     }
 
+    /// Age of the oldest entry (for the spool age gauge), from its file's time.
+    pub fn oldest_age(&self) -> std::time::Duration {
+        self.entries
+            .ids()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| {
+                std::fs::metadata(self.entries.path(id))
+                    .ok()?
+                    .modified()
+                    .ok()
+            })
+            .min()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default()
+    }
+
     /// Number of entries (for the spool depth gauge).
     pub fn depth(&self) -> usize {
         self.entries.count()
@@ -305,7 +329,7 @@ pub async fn run(
                     tracing::error!(id = %job.record.id, error = %e, "could not spool record; storing without a restart checkpoint");
                 }
             }
-            METRICS.spool_depth.set(spool.depth() as u64);
+            METRICS.spool_depth.set(spool.depth() as i64);
             job
         })
         .await

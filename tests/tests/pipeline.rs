@@ -810,17 +810,26 @@ fn health_endpoints_follow_the_store() {
     let metrics = loop {
         let (status, metrics) = http_get(&addr, "/metrics");
         assert_eq!(status, "HTTP/1.1 200 OK");
-        if metrics.contains("coredump_dumps_stored_total 1") {
+        if metrics.contains(
+            r#"coredump_agent_crashes_total{namespace="_host",signal="SIGSEGV",outcome="stored"} 1"#,
+        ) {
             break metrics;
         }
         assert!(std::time::Instant::now() < deadline, "{metrics}");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(
-        metrics.contains("coredump_crashes_seen_total 1"),
+        metrics.contains("coredump_agent_crash_events_total 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("coredump_probe_attached 1"), "{metrics}");
+    assert!(
+        metrics.contains("coredump_agent_probe_attached 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"coredump_agent_build_info{version="#),
+        "{metrics}"
+    );
     // The store becomes unusable: readiness turns false, and back once it is fixed.
     std::fs::remove_dir_all(&n.store).unwrap();
     std::fs::write(&n.store, b"not a directory").unwrap();

@@ -174,6 +174,9 @@ pub struct GetArgs {
     /// With --no-verify, the most a dump may decompress to (otherwise its recorded size).
     #[arg(long, value_parser = parse_bytes, default_value = "64GiB")]
     pub max_size: u64,
+    /// No progress bar, no summary line: only errors.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
 }
 
 /// `coredump-agent info`.
@@ -450,6 +453,10 @@ pub struct RunArgs {
     /// Serve /healthz, /readyz and /metrics (Prometheus) on this address, e.g. 0.0.0.0:9102.
     #[arg(long, env = "COREDUMP_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
+    /// At most this many namespaces get a label of their own in the crash metrics; the others
+    /// are counted as `other` (a Prometheus does not like unbounded label values).
+    #[arg(long, env = "COREDUMP_METRICS_MAX_NAMESPACES", default_value_t = crate::metrics::DEFAULT_MAX_NAMESPACES)]
+    pub metrics_max_namespaces: usize,
     /// How often the store is checked for /readyz.
     #[arg(long, env = "COREDUMP_STORE_CHECK_INTERVAL", value_parser = humantime::parse_duration, default_value = "30s")]
     pub store_check_interval: Duration,

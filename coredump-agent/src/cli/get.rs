@@ -4,7 +4,6 @@ use std::{
     io::{self, IsTerminal as _, Read, Write},
     path::{Path, PathBuf},
     process::ExitCode,
-    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
@@ -17,14 +16,12 @@ use crate::{
     store::{Dest, Store as _, layout},
 };
 
-/// Counts and hashes the bytes read through it, and shows progress on a terminal.
+/// Counts and hashes the bytes read through it, and moves the progress bar.
 struct Verifying<R> {
     inner: R,
     hasher: Sha256,
     read: u64,
-    total: u64,
-    progress: Option<Instant>,
-    started: Instant,
+    progress: indicatif::ProgressBar,
 }
 
 impl<R: Read> Read for Verifying<R> {
@@ -32,21 +29,27 @@ impl<R: Read> Read for Verifying<R> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
         self.read += n as u64;
-        if let Some(last) = self.progress
-            && (last.elapsed() >= Duration::from_millis(200) || n == 0)
-        {
-            let secs = self.started.elapsed().as_secs_f64().max(0.001);
-            eprint!(
-                "\r{:>6.1} / {:.1} MiB ({:>3}%)  {:.1} MiB/s ",
-                self.read as f64 / 1048576.0,
-                self.total as f64 / 1048576.0,
-                (self.read * 100).checked_div(self.total).unwrap_or(100),
-                self.read as f64 / 1048576.0 / secs
-            );
-            self.progress = Some(Instant::now());
-        }
+        self.progress.inc(n as u64);
         Ok(n)
     }
+}
+
+/// A progress bar of the download (bytes, rate, time left) on stderr, drawn only when stderr
+/// is a terminal and not `--quiet`.
+fn progress_bar(total: u64, shown: bool) -> indicatif::ProgressBar {
+    if !shown {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta} left",
+    ) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 /// A download in progress: removed on drop unless committed, so a failed download never
@@ -218,7 +221,7 @@ pub async fn execute(args: GetArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("downloading {key}"))?;
     let mut sink = Sink::open(args.output.as_deref(), &default_name(&key, decompress))?;
-    let show_progress = io::stderr().is_terminal() && !matches!(sink, Sink::Stdout);
+    let show_progress = io::stderr().is_terminal() && !args.quiet;
     let total = info.size;
     let key_owned = key.clone();
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<(Sink, u64, String)> {
@@ -226,9 +229,7 @@ pub async fn execute(args: GetArgs) -> anyhow::Result<ExitCode> {
             inner: SyncIoBridge::new(body),
             hasher: Sha256::new(),
             read: 0,
-            total,
-            progress: show_progress.then(Instant::now),
-            started: Instant::now(),
+            progress: progress_bar(total, show_progress),
         };
         let copied = {
             let mut out = sink.writer();
@@ -253,9 +254,7 @@ pub async fn execute(args: GetArgs) -> anyhow::Result<ExitCode> {
         // Drain anything a decoder did not need, so the checksum covers every byte (and no
         // more than the store said there is).
         io::copy(&mut (&mut reader).take(total + 1), &mut io::sink())?;
-        if show_progress {
-            eprintln!();
-        }
+        reader.progress.finish_and_clear();
         let sha = hex(&reader.hasher.finalize_reset());
         if reader.read != total {
             bail!("downloaded {} bytes, the store says {total}", reader.read);
@@ -271,7 +270,9 @@ pub async fn execute(args: GetArgs) -> anyhow::Result<ExitCode> {
         drop(sink);
         bail!("checksum mismatch for {key}: sha256 {sha}, the record says {expected}");
     }
-    if let Some(path) = sink.commit()? {
+    if let Some(path) = sink.commit()?
+        && !args.quiet
+    {
         eprintln!("{} ({written} bytes)", path.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -501,6 +501,18 @@ async fn run_pipeline(
     health
         .probe_attached
         .store(probe.is_some(), Ordering::Relaxed);
+    if let Ok(mut s) = health.spool.lock() {
+        *s = Some(spool.clone());
+    }
+    crate::metrics::METRICS.set_max_namespaces(args.metrics_max_namespaces);
+    crate::metrics::METRICS.set_build(crate::metrics::BuildLabels {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel: crate::record::AgentInfo::current().kernel,
+        hook: probe
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |p| p.hook().to_string()),
+        intake: intake.name().to_owned(),
+    });
     if let Some(addr) = args.listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -647,7 +659,7 @@ async fn run_pipeline(
     cancel.cancel();
     if let Some(t) = probe_task {
         match t.await {
-            Ok(Ok(stats)) => crate::metrics::METRICS.ring_buffer_drops.set(stats.dropped),
+            Ok(Ok(stats)) => crate::metrics::METRICS.lost_total(stats.dropped),
             Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "probe"),
             Err(e) => tracing::error!(error = %e, "probe task"),
         }

@@ -157,7 +157,7 @@ impl Correlator {
     }
 
     fn on_crash(&mut self, facts: CrashFacts, out: &mut Vec<Job>) {
-        METRICS.crashes_seen.inc();
+        METRICS.crash_events.inc();
         let host_pid = facts.crash.host_pid;
         self.crashes.push(Pending {
             facts,
@@ -256,14 +256,6 @@ impl Correlator {
         record.intake = header.intake;
         record.receive_id = Some(header.id.clone());
         record.kernel = Some(header.kernel.clone());
-        if rate_limited {
-            METRICS.rate_limited.inc();
-        }
-        if dump.is_none() {
-            METRICS.crashes_without_dump.inc();
-        } else {
-            METRICS.dumps_detected.inc();
-        }
         tracing::info!(
             host_pid,
             intake = header.intake.name(),
@@ -281,6 +273,7 @@ impl Correlator {
             upload_dump: dump.is_some(),
             record,
             dump,
+            rate_limited,
         }
     }
 
@@ -372,7 +365,6 @@ impl Correlator {
             return;
         }
         self.low_disk_warned = false;
-        METRICS.dumps_detected.inc();
         self.decide(file, name, parses, dump, false, out);
     }
 
@@ -482,6 +474,8 @@ impl Correlator {
         };
         if !attestation.attested && self.cfg.policy.require_attestation {
             tracing::warn!(name = %info.name, reason = %attestation.reason, "dump not attested: quarantined (--require-attestation)");
+            let record = self.record(String::new(), None, attestation, Some(info));
+            METRICS.crash(&record, crate::metrics::Outcome::quarantined);
             self.quarantine(file, &name);
             return;
         }
@@ -500,15 +494,11 @@ impl Correlator {
         let upload = !record.attestation.attested
             || self.cfg.policy.judge(&record.identity) == Verdict::Keep;
         if !upload {
-            METRICS.rate_limited.inc();
             tracing::warn!(
                 container = record.identity.container_id.as_deref().unwrap_or(""),
                 cgroup = record.identity.cgroup_path.as_deref().unwrap_or(""),
                 "rate limit: crash recorded, dump dropped"
             );
-        }
-        if !record.attestation.attested {
-            METRICS.not_attested.inc();
         }
         tracing::info!(
             name = %name.to_string_lossy(),
@@ -523,6 +513,7 @@ impl Correlator {
                 record,
                 dump: Some(dump),
                 upload_dump: upload,
+                rate_limited: !upload,
             });
         }
     }
@@ -563,11 +554,11 @@ impl Correlator {
                 reason: format!("dump file {} {why}: not stored", name.to_string_lossy()),
             };
             let record = self.record(crash_id(&pending.crash), Some(&pending), attestation, None);
-            METRICS.crashes_without_dump.inc();
             out.push(Job {
                 record,
                 dump: None,
                 upload_dump: false,
+                rate_limited: false,
             });
         }
     }
@@ -631,12 +622,12 @@ impl Correlator {
                 reason: format!("no dump appeared within {:?}", self.cfg.dump_wait),
             };
             let record = self.record(crash_id(&p.crash), Some(&p), attestation, None);
-            METRICS.crashes_without_dump.inc();
             tracing::info!(host_pid = p.crash.host_pid, comm = %p.crash.comm, "crash without dump");
             out.push(Job {
                 record,
                 dump: None,
                 upload_dump: false,
+                rate_limited: false,
             });
         }
     }

@@ -413,7 +413,7 @@ pub async fn run(
         }
         for ev in batch.drain(..) {
             if !budget.admit(ev.cgroup_id, tokio::time::Instant::now()) {
-                crate::metrics::METRICS.crashes_throttled.inc();
+                crate::metrics::METRICS.crash_events_throttled.inc();
                 *throttled.entry(ev.cgroup_id).or_default() += 1;
                 continue;
             }
@@ -438,7 +438,7 @@ pub async fn run(
             last_summary = tokio::time::Instant::now();
         }
         let dropped = stats_probe.sum(stats::DROPPED);
-        crate::metrics::METRICS.ring_buffer_drops.set(dropped);
+        crate::metrics::METRICS.lost_total(dropped);
         if dropped > reported_drops {
             tracing::error!(
                 lost = dropped - reported_drops,

@@ -261,6 +261,27 @@ impl StoreError {
         }
     }
 
+    /// A short class for metrics: `unreachable`, `access_denied`, `no_credentials`, … .
+    pub fn class(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => "not_found",
+            Self::Exists { .. } => "exists",
+            Self::Io { .. } => "io",
+            Self::InvalidKey { .. } | Self::InvalidBody { .. } | Self::BodyChanged { .. } => "dump",
+            Self::CorruptMetadata { .. } => "corrupt_metadata",
+            Self::Unreachable { .. } => "unreachable",
+            Self::AccessDenied { .. } => "access_denied",
+            Self::Other {
+                transient: true, ..
+            } => "transient",
+            Self::Other { .. } => "other",
+            Self::NoCredentials { .. } => "no_credentials",
+            Self::BucketNotFound { .. } => "bucket_not_found",
+            Self::Compress { .. } => "compress",
+            Self::Config { .. } => "config",
+        }
+    }
+
     /// Whether the error is about this dump, not the store: the same dump fails the same way
     /// whatever the store does (it changes while read, it is not a regular file). Such a dump is
     /// set aside after a second look, instead of holding an upload slot forever.
