@@ -1,27 +1,30 @@
 //! deploy/: every kustomization, and every component on top of the base, renders (`kubectl
 //! kustomize`) and validates offline against the Kubernetes API schemas (`kubernetes-validate
 //! --strict`, schemas bundled), and the rendered objects say what the agent needs: host pid
-//! namespace, node name, named capabilities and no `privileged`, bounded resources, probes on
-//! the metrics port, mounts that match the agent's flags (state, run and receive directories at
-//! the host's paths), and which intake each overlay asks for. The agent binary itself checks
-//! that every `COREDUMP_*` variable the manifests set is one of its flags. The files beside the
-//! manifests (Bottlerocket settings, IAM policy, Dockerfile, .dockerignore, the operator guide,
-//! the test pod) are checked against the same facts.
+//! namespace, node name, named capabilities and no `privileged` (each component adding exactly
+//! the ones it says), bounded resources, probes on the metrics port, mounts that match the
+//! agent's flags (state, run and receive directories at the host's paths; of the host's
+//! /proc/sys only the files the agent writes), the seccomp profile each variant runs with, and
+//! which intake each overlay asks for. The agent binary itself checks that every `COREDUMP_*`
+//! variable the manifests set is one of its flags. The files beside the manifests (the seccomp
+//! profile, Bottlerocket settings, IAM policy, Dockerfile, .dockerignore, the operator guide
+//! and README, the test pod) are checked against the same facts.
 //!
 //! `kubectl` and `kubernetes-validate` come from `cargo xtask setup`, at pinned versions, and
 //! are run from its virtualenv. Without them the tests that need them print `SKIPPED`; under
 //! CI=true they fail instead.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
     process::Command,
 };
 
 use coredump_agent::{
-    core_pattern,
+    core_pattern::{self, Sysctl},
     intake::{self, Intake, IntakeMode, pipe, socket},
     pattern::CorePattern,
+    store::layout,
 };
 use coredump_tests::{TempDir, agent_path, tools};
 use serde_json::Value;
@@ -29,18 +32,82 @@ use serde_json::Value;
 /// Oldest and newest Kubernetes versions the manifests must validate against (schemas
 /// bundled with kubernetes-validate).
 const K8S_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
-/// Capabilities the base grants, no more (docs/operator.md explains each).
-const BASE_CAPS: [&str; 6] = [
-    "BPF",
-    "PERFMON",
-    "SYS_RESOURCE",
-    "DAC_READ_SEARCH",
-    "SYS_PTRACE",
-    "LEASE",
+/// Capabilities the base grants, no more (docs/operator.md explains each). No SYS_PTRACE: the
+/// kernel probe gives the executable's name and the command line.
+const BASE_CAPS: [&str; 5] = ["BPF", "PERFMON", "SYS_RESOURCE", "DAC_READ_SEARCH", "LEASE"];
+/// What components/socket-intake adds: open /proc/1/ns/mnt (SYS_PTRACE) and setns() into the
+/// host's mount namespace (SYS_ADMIN, SYS_CHROOT), to write a socket core_pattern.
+const SOCKET_CAPS: [&str; 3] = ["SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE"];
+/// What components/exe-path adds: /proc/<pid>/exe of every process, the executable's full path.
+const EXE_PATH_CAPS: [&str; 1] = ["SYS_PTRACE"];
+/// Capabilities that only setns() into the host's mount namespace needs: no component but
+/// socket-intake may add them.
+const SETNS_CAPS: [&str; 2] = ["SYS_ADMIN", "SYS_CHROOT"];
+/// The agent's seccomp profile (deploy/seccomp), as `localhostProfile` names it.
+const SECCOMP_PROFILE: &str = "coredump-agent.json";
+/// The kubelet's seccomp directory, where Localhost profiles are looked up.
+const KUBELET_SECCOMP_DIR: &str = "/var/lib/kubelet/seccomp";
+/// Syscalls the agent makes that its seccomp profile must allow: the probe (bpf,
+/// perf_event_open), naming cgroups (open_by_handle_at), the socket pattern's `write-sysctl`
+/// child (execve, setns), the crashed process held by a pidfd (pidfd_open, pidfd_send_signal,
+/// ioctl PIDFD_GET_INFO, getsockopt SO_PEERPIDFD), files handled relative to held directories
+/// (openat2, renameat2), inotify, the state lock (flock), leases (fcntl), RLIMIT_MEMLOCK
+/// (prlimit64, setrlimit), not dumpable (prctl), free space (statfs), and its sockets.
+const AGENT_SYSCALLS: [&str; 24] = [
+    "bpf",
+    "perf_event_open",
+    "open_by_handle_at",
+    "execve",
+    "setns",
+    "pidfd_open",
+    "pidfd_send_signal",
+    "ioctl",
+    "getsockopt",
+    "openat",
+    "openat2",
+    "renameat2",
+    "inotify_init1",
+    "inotify_add_watch",
+    "inotify_rm_watch",
+    "flock",
+    "fcntl",
+    "prlimit64",
+    "setrlimit",
+    "prctl",
+    "statfs",
+    "accept4",
+    "bind",
+    "listen",
 ];
-/// What components/socket-intake adds, and nothing else may: setns() into the host's mount
-/// namespace, to write a socket core_pattern.
-const SOCKET_CAPS: [&str; 2] = ["SYS_ADMIN", "SYS_CHROOT"];
+/// Syscalls the profile must not allow: RuntimeDefault gives them to some capability the
+/// agent has (SYS_ADMIN: mount, unshare, …; SYS_PTRACE: ptrace, pidfd_getfd, …; SYS_CHROOT:
+/// chroot) or gave them to everyone once (io_uring), and the agent calls none of them.
+const SECCOMP_DENIED: [&str; 24] = [
+    "mount",
+    "umount2",
+    "unshare",
+    "fsopen",
+    "fsmount",
+    "move_mount",
+    "open_tree",
+    "pivot_root",
+    "chroot",
+    "ptrace",
+    "pidfd_getfd",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "init_module",
+    "finit_module",
+    "kexec_load",
+    "reboot",
+    "keyctl",
+    "add_key",
+    "fanotify_init",
+];
 /// The kernel's limit on a unix socket path (`sun_path`, with its NUL).
 const UNIX_PATH_MAX: usize = 108;
 /// The agent's HTTP port for probes and metrics.
@@ -327,6 +394,118 @@ fn host_mounts(ds: &Value) -> Vec<(String, bool, String)> {
         .collect()
 }
 
+/// The hostPath volume behind the agent's mount at `mount_path` (`path`, `type`).
+fn host_volume<'a>(ds: &'a Value, mount_path: &str) -> &'a Value {
+    let mount = agent_container(ds)["volumeMounts"]
+        .as_array()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| m["mountPath"] == mount_path)
+        .unwrap_or_else(|| panic!("no mount at {mount_path}"));
+    let volume = pod_spec(ds)["volumes"]
+        .as_array()
+        .expect("volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mount's volume");
+    &volume["hostPath"]
+}
+
+/// The agent's DaemonSet among rendered objects (a kustomization may render others, such as
+/// deploy/seccomp's installer).
+fn agent_daemonset(objects: &[Value]) -> &Value {
+    let found: Vec<_> = objects
+        .iter()
+        .filter(|o| kind(o) == "DaemonSet" && o["metadata"]["name"] == "coredump-agent")
+        .collect();
+    assert_eq!(found.len(), 1, "one DaemonSet coredump-agent");
+    found[0]
+}
+
+/// The agent's writable view of the host's sysctls: for each setting the agent manages, where
+/// it writes it (under `COREDUMP_PROC_SYS`) and the host's file that must be mounted there.
+fn sysctl_files(proc_sys: &str) -> Vec<(String, String)> {
+    core_pattern::MANAGED
+        .iter()
+        .map(|&setting| {
+            (
+                Sysctl::under(Path::new(proc_sys))
+                    .path(setting)
+                    .display()
+                    .to_string(),
+                Sysctl::default().path(setting).display().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that the agent's mounts of the host's /proc are exactly the sysctl files it
+/// writes, each a read-write `File` at its path under `COREDUMP_PROC_SYS`: no directory of
+/// /proc/sys, and no other sysctl.
+fn assert_sysctl_files_only(name: &str, ds: &Value) {
+    let proc_sys = env_value(agent_container(ds), "COREDUMP_PROC_SYS")
+        .unwrap_or_else(|| panic!("{name}: COREDUMP_PROC_SYS"));
+    assert!(
+        !proc_sys.starts_with("/proc/"),
+        "{name}: runtimes refuse mounts inside /proc"
+    );
+    let expected = sysctl_files(&proc_sys);
+    let mut found: Vec<(String, String)> = host_mounts(ds)
+        .into_iter()
+        .filter(|(_, _, host)| host.starts_with("/proc"))
+        .map(|(at, read_only, host)| {
+            assert!(!read_only, "{name}: {at} is writable: the agent writes it");
+            (at, host)
+        })
+        .collect();
+    found.sort();
+    let mut want = expected.clone();
+    want.sort();
+    assert_eq!(
+        found, want,
+        "{name}: of the host's /proc, exactly the sysctl files the agent writes"
+    );
+    for (at, host) in &expected {
+        assert_eq!(
+            host_volume(ds, at)["type"],
+            "File",
+            "{name}: {host} is mounted as a file (kubelet checks it is one)"
+        );
+    }
+}
+
+/// The components (by directory name under deploy/components) that the kustomization in
+/// `dir` uses, directly or through the local kustomizations it builds on.
+fn components_used(dir: &Path) -> BTreeSet<String> {
+    let k: Value = serde_saphyr::from_str(&read(&dir.join("kustomization.yaml")))
+        .expect("kustomization.yaml parses");
+    let mut out = BTreeSet::new();
+    for c in strings(&k["components"]) {
+        let path = dir.join(&c).canonicalize().unwrap();
+        out.insert(path.file_name().unwrap().to_string_lossy().into_owned());
+        out.extend(components_used(&path));
+    }
+    for r in strings(&k["resources"]) {
+        let path = dir.join(&r);
+        if path.join("kustomization.yaml").is_file() {
+            out.extend(components_used(&path));
+        }
+    }
+    out
+}
+
+/// The capabilities the agent has with `components`: the base's, plus what each adds.
+fn expected_caps(components: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut caps = set(&BASE_CAPS);
+    if components.contains("socket-intake") {
+        caps.extend(set(&SOCKET_CAPS));
+    }
+    if components.contains("exe-path") {
+        caps.extend(set(&EXE_PATH_CAPS));
+    }
+    caps
+}
+
 // ---- rendering and schema validation -------------------------------------------------------
 
 #[test]
@@ -342,6 +521,10 @@ fn every_kustomization_renders_and_validates_against_the_api_schemas() {
         "overlays/bottlerocket",
         "examples/my-cluster",
         "examples/file-intake",
+        "examples/exe-path",
+        "examples/seccomp-localhost",
+        "examples/seccomp-unconfined",
+        "seccomp",
     ] {
         assert!(
             dirs.contains(&deploy().join(expected)),
@@ -445,12 +628,20 @@ fn base_daemonset_has_what_the_agent_needs_and_no_more() {
     );
     let caps = capabilities(ds);
     assert_eq!(caps, set(&BASE_CAPS), "the base's capabilities");
-    for cap in SOCKET_CAPS {
+    for cap in SOCKET_CAPS.iter().chain(&EXE_PATH_CAPS) {
         assert!(
-            !caps.contains(cap),
-            "no {cap} in the base: components/socket-intake adds it"
+            !caps.contains(*cap),
+            "no {cap} in the base: components/socket-intake or components/exe-path adds it"
         );
     }
+    assert!(!caps.contains("SYS_PTRACE"), "SYS_PTRACE is opt-in");
+    // The runtime's default seccomp profile (containerd 1.6.9+ allows bpf and perf_event_open
+    // with CAP_BPF and CAP_PERFMON); components change it.
+    assert_eq!(
+        sc["seccompProfile"],
+        serde_json::json!({"type": "RuntimeDefault"}),
+        "the base runs with RuntimeDefault"
+    );
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["runAsUser"], 0, "root: the host paths are root's");
@@ -621,16 +812,16 @@ fn base_mounts_match_the_agents_paths() {
         );
     }
 
-    // core_pattern and suid_dumpable are written through the host's /proc/sys, read-write.
+    // core_pattern, core_pipe_limit and suid_dumpable are written through the host's files,
+    // each mounted read-write where the agent looks for it under COREDUMP_PROC_SYS; no other
+    // sysctl is writable, and /proc/sys itself is not mounted.
+    assert_sysctl_files_only("base", ds);
     let sysctl = env_value(agent, "COREDUMP_PROC_SYS").expect("COREDUMP_PROC_SYS");
-    assert!(
-        !sysctl.starts_with("/proc/"),
-        "runtimes refuse mounts inside /proc"
-    );
-    assert_eq!(
-        mount(&sysctl),
-        Some(&(sysctl.clone(), false, "/proc/sys".to_owned()))
-    );
+    let sysctl_files: Vec<String> = sysctl_files(&sysctl)
+        .into_iter()
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(mount(&sysctl), None, "not the host's whole /proc/sys");
     assert_eq!(
         env_value(agent, "COREDUMP_SUID_DUMPABLE").as_deref(),
         Some("2"),
@@ -665,7 +856,7 @@ fn base_mounts_match_the_agents_paths() {
     // Everything else read-only.
     for (path, read_only, _) in &mounts {
         assert!(
-            *read_only || [&state, &run, &received, &sysctl].contains(&path),
+            *read_only || [&state, &run, &received].contains(&path) || sysctl_files.contains(path),
             "{path} is read-only"
         );
     }
@@ -814,13 +1005,9 @@ fn bottlerocket_overlay_uses_socket_else_the_hosts_file_pattern() {
         "the node sets suid_dumpable"
     );
     assert_eq!(env_value(agent, "COREDUMP_CORE_PIPE_LIMIT"), None);
-    // Socket intake writes core_pattern: the host's /proc/sys, read-write (components/
-    // socket-intake puts back what host-core-pattern removes).
-    let sysctl = env_value(agent, "COREDUMP_PROC_SYS").expect("COREDUMP_PROC_SYS");
-    assert!(
-        host_mounts(ds).contains(&(sysctl.clone(), false, "/proc/sys".to_owned())),
-        "{sysctl} is the host's /proc/sys, read-write"
-    );
+    // Socket intake writes core_pattern: the host's sysctl files, read-write (components/
+    // socket-intake puts back what host-core-pattern removes), and nothing else of /proc/sys.
+    assert_sysctl_files_only("overlays/bottlerocket", ds);
     assert!(capabilities(ds).is_superset(&set(&SOCKET_CAPS)));
     assert_eq!(
         pod_spec(ds)["hostPID"],
@@ -889,7 +1076,15 @@ fn every_component_is_used_by_an_overlay_or_example() {
         }
     }
     let all = components();
-    for expected in ["eks", "file-intake", "host-core-pattern", "socket-intake"] {
+    for expected in [
+        "eks",
+        "exe-path",
+        "file-intake",
+        "host-core-pattern",
+        "seccomp-localhost",
+        "seccomp-unconfined",
+        "socket-intake",
+    ] {
         assert!(
             all.contains(&deploy().join("components").join(expected)),
             "deploy/components/{expected} is a component"
@@ -905,48 +1100,75 @@ fn every_component_is_used_by_an_overlay_or_example() {
 }
 
 #[test]
-fn only_the_socket_intake_component_adds_setns_capabilities() {
+fn components_add_exactly_the_capabilities_they_say() {
     if !require(
-        "only_the_socket_intake_component_adds_setns_capabilities",
+        "components_add_exactly_the_capabilities_they_say",
         &[Tool::Kubectl],
     ) {
         return;
     }
     let tmp = TempDir::new("deploy-caps");
-    let socket_caps = set(&SOCKET_CAPS);
+    let setns_caps = set(&SETNS_CAPS);
     for (name, dir) in renderable(&tmp) {
-        for ds in parse(&render(&dir))
-            .iter()
-            .filter(|o| kind(o) == "DaemonSet")
-        {
+        let used = components_used(&dir);
+        let objects = parse(&render(&dir));
+        for ds in objects.iter().filter(|o| kind(o) == "DaemonSet") {
+            if ds["metadata"]["name"] != "coredump-agent" {
+                // deploy/seccomp's installer: no capability at all.
+                for c in pod_spec(ds)["initContainers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .chain(pod_spec(ds)["containers"].as_array().unwrap())
+                {
+                    let sc = &c["securityContext"];
+                    assert_eq!(
+                        strings(&sc["capabilities"]["add"]),
+                        BTreeSet::new(),
+                        "{name}"
+                    );
+                    assert_eq!(
+                        strings(&sc["capabilities"]["drop"]),
+                        set(&["ALL"]),
+                        "{name}"
+                    );
+                    assert_ne!(sc["privileged"], true, "{name}");
+                    assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+                }
+                assert_ne!(pod_spec(ds)["hostPID"], true, "{name}");
+                continue;
+            }
+            // Exactly the base's plus what each component used says it adds, each once.
+            let listed: Vec<&str> = agent_container(ds)["securityContext"]["capabilities"]["add"]
+                .as_array()
+                .expect("capabilities.add")
+                .iter()
+                .map(|c| c.as_str().unwrap())
+                .collect();
             let caps = capabilities(ds);
-            let sc = &agent_container(ds)["securityContext"];
-            assert!(
-                caps.is_subset(&set(&[&BASE_CAPS[..], &SOCKET_CAPS[..]].concat())),
-                "{name}: {caps:?}"
+            assert_eq!(
+                listed.len(),
+                caps.len(),
+                "{name}: {listed:?} lists one twice"
             );
+            assert_eq!(caps, expected_caps(&used), "{name} (components {used:?})");
+            let sc = &agent_container(ds)["securityContext"];
             assert!(
                 !caps.iter().any(|c| c.starts_with("CAP_")),
                 "{name}: the API refuses CAP_SYS_ADMIN with allowPrivilegeEscalation: false"
             );
             assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
-            let socket = name == "base+socket-intake" || name == "overlays/bottlerocket";
-            if socket {
-                assert!(caps.is_superset(&socket_caps), "{name}: {caps:?}");
+            assert_ne!(sc["privileged"], true, "{name}");
+            if used.contains("socket-intake") {
                 assert!(
                     caps.contains("SYS_PTRACE"),
                     "{name}: to open /proc/1/ns/mnt"
                 );
                 assert_eq!(pod_spec(ds)["hostPID"], true, "{name}: the host's pid 1");
-                // It writes the socket pattern through the host's /proc/sys.
-                let sysctl = env_value(agent_container(ds), "COREDUMP_PROC_SYS")
-                    .unwrap_or_else(|| panic!("{name}: COREDUMP_PROC_SYS"));
-                assert!(
-                    host_mounts(ds).contains(&(sysctl, false, "/proc/sys".to_owned())),
-                    "{name}: the host's /proc/sys, read-write"
-                );
+                // It writes the socket pattern through the host's core_pattern file.
+                assert_sysctl_files_only(&name, ds);
             } else {
-                assert!(caps.is_disjoint(&socket_caps), "{name}: {caps:?}");
+                assert!(caps.is_disjoint(&setns_caps), "{name}: {caps:?}");
             }
         }
     }
@@ -962,7 +1184,7 @@ fn file_intake_components_share_the_dump_dir_the_pattern_names() {
     }
     let tmp = TempDir::new("deploy-file");
     for (component, install, sysctl) in [
-        // The agent sets the pattern while it runs, through the base's sysctl mount.
+        // The agent sets the pattern while it runs, through the base's sysctl files.
         ("file-intake", "true", true),
         // The node sets it; the agent gets no writable sysctls and sets nothing.
         ("host-core-pattern", "false", false),
@@ -991,8 +1213,11 @@ fn file_intake_components_share_the_dump_dir_the_pattern_names() {
         assert!(pattern.len() <= core_pattern::MAX_LEN);
         let writable_sysctl = host_mounts(ds)
             .iter()
-            .any(|(_, ro, host)| host == "/proc/sys" && !ro);
-        assert_eq!(writable_sysctl, sysctl, "{component}: writable /proc/sys");
+            .any(|(_, ro, host)| host.starts_with("/proc/sys") && !ro);
+        assert_eq!(writable_sysctl, sysctl, "{component}: writable sysctls");
+        if sysctl {
+            assert_sysctl_files_only(component, ds);
+        }
         assert_eq!(
             env_value(agent, "COREDUMP_PROC_SYS").is_some(),
             sysctl,
@@ -1045,6 +1270,224 @@ fn crashme_mounts_nothing_and_raises_no_limit() {
             c["name"]
         );
     }
+}
+
+// ---- seccomp -------------------------------------------------------------------------------
+
+/// The keys of the OCI runtime spec's `LinuxSeccomp`, `LinuxSyscall` and `LinuxSeccompArg`.
+/// containerd reads a Localhost profile as these and ignores anything else: Docker's
+/// `includes`, `excludes` and `archMap` would be dropped, and the rules they make conditional
+/// would hold for everyone.
+const OCI_SECCOMP_KEYS: [&str; 7] = [
+    "defaultAction",
+    "defaultErrnoRet",
+    "architectures",
+    "flags",
+    "listenerPath",
+    "listenerMetadata",
+    "syscalls",
+];
+const OCI_SYSCALL_KEYS: [&str; 4] = ["names", "action", "errnoRet", "args"];
+const OCI_ARG_KEYS: [&str; 4] = ["index", "value", "valueTwo", "op"];
+
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object()
+        .map(|o| o.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn seccomp_profile_allows_what_the_agent_calls_and_no_more() {
+    let file = deploy().join("seccomp").join(SECCOMP_PROFILE);
+    let profile: Value = serde_json::from_str(&read(&file)).expect("the profile is JSON");
+    assert!(
+        keys(&profile).is_subset(&set(&OCI_SECCOMP_KEYS)),
+        "only the OCI runtime spec's keys: {:?}",
+        keys(&profile)
+    );
+    let default = profile["defaultAction"].as_str().expect("defaultAction");
+    assert_eq!(
+        default, "SCMP_ACT_ERRNO",
+        "what is not listed fails with an errno, as in RuntimeDefault"
+    );
+    assert_eq!(profile["defaultErrnoRet"], 1, "EPERM, as in RuntimeDefault");
+    let arches = strings(&profile["architectures"]);
+    for arch in ["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"] {
+        assert!(arches.contains(arch), "{arch}: the image is built for it");
+    }
+
+    // Each name once: a rule without conditions for a name makes any other rule for it moot.
+    let rules = profile["syscalls"].as_array().expect("syscalls");
+    let mut allowed = BTreeSet::new();
+    let mut conditional: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+    let mut other: BTreeMap<String, &Value> = BTreeMap::new();
+    let mut seen_unconditional = BTreeSet::new();
+    for rule in rules {
+        assert!(
+            keys(rule).is_subset(&set(&OCI_SYSCALL_KEYS)),
+            "only the OCI runtime spec's keys: {rule}"
+        );
+        let names: Vec<&str> = rule["names"]
+            .as_array()
+            .expect("names")
+            .iter()
+            .map(|n| n.as_str().expect("a name"))
+            .collect();
+        let unique: BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(unique.len(), names.len(), "a name listed twice in {rule}");
+        let args = rule["args"].as_array();
+        for arg in args.into_iter().flatten() {
+            assert!(keys(arg).is_subset(&set(&OCI_ARG_KEYS)), "{arg}");
+        }
+        for name in names {
+            let name = name.to_owned();
+            match (rule["action"].as_str(), args) {
+                (Some("SCMP_ACT_ALLOW"), None) => {
+                    assert!(allowed.insert(name.clone()), "{name} listed twice");
+                }
+                (Some("SCMP_ACT_ALLOW"), Some(_)) => {
+                    conditional.entry(name.clone()).or_default().push(rule);
+                }
+                (Some(a), _) if a.starts_with("SCMP_ACT_ERRNO") => {
+                    assert!(other.insert(name.clone(), rule).is_none(), "{name}");
+                }
+                _ => panic!("an action the profile has no use for: {rule}"),
+            }
+            if args.is_none() {
+                assert!(
+                    seen_unconditional.insert(name.clone()),
+                    "{name} has a rule without conditions and another"
+                );
+            }
+        }
+    }
+    for name in seen_unconditional {
+        assert!(
+            !conditional.contains_key(&name),
+            "{name}: a rule without conditions makes its conditional rules moot"
+        );
+    }
+
+    for name in AGENT_SYSCALLS {
+        assert!(allowed.contains(name), "the agent calls {name}");
+    }
+    for name in SECCOMP_DENIED {
+        assert!(
+            !allowed.contains(name) && !conditional.contains_key(name),
+            "{name} is not allowed: the agent never calls it"
+        );
+    }
+    // Threads: clone without namespace flags (the mask RuntimeDefault uses without
+    // CAP_SYS_ADMIN), and clone3 answered ENOSYS, so that the C library falls back to clone.
+    let clone = &conditional["clone"];
+    assert_eq!(clone.len(), 1);
+    assert_eq!(
+        clone[0]["args"],
+        serde_json::json!([{"index": 0, "value": 2114060288_u64, "op": "SCMP_CMP_MASKED_EQ"}])
+    );
+    assert_eq!(other["clone3"]["action"], "SCMP_ACT_ERRNO");
+    assert_eq!(other["clone3"]["errnoRet"], 38, "ENOSYS");
+    // Sockets of any family but AF_VSOCK (40), as in RuntimeDefault.
+    assert_eq!(
+        conditional["socket"][0]["args"],
+        serde_json::json!([{"index": 0, "value": 40, "op": "SCMP_CMP_NE"}])
+    );
+}
+
+#[test]
+fn seccomp_components_point_the_agent_at_the_installed_profile() {
+    if !require(
+        "seccomp_components_point_the_agent_at_the_installed_profile",
+        &[Tool::Kubectl],
+    ) {
+        return;
+    }
+    // Every variant: RuntimeDefault unless a seccomp component says otherwise.
+    let tmp = TempDir::new("deploy-seccomp");
+    for (name, dir) in renderable(&tmp) {
+        let used = components_used(&dir);
+        let objects = parse(&render(&dir));
+        if !objects
+            .iter()
+            .any(|o| kind(o) == "DaemonSet" && o["metadata"]["name"] == "coredump-agent")
+        {
+            continue;
+        }
+        let ds = agent_daemonset(&objects);
+        let expected = if used.contains("seccomp-localhost") {
+            serde_json::json!({"type": "Localhost", "localhostProfile": SECCOMP_PROFILE})
+        } else if used.contains("seccomp-unconfined") {
+            serde_json::json!({"type": "Unconfined"})
+        } else {
+            serde_json::json!({"type": "RuntimeDefault"})
+        };
+        assert_eq!(
+            agent_container(ds)["securityContext"]["seccompProfile"],
+            expected,
+            "{name} (components {used:?})"
+        );
+        assert!(
+            !(used.contains("seccomp-localhost") && used.contains("seccomp-unconfined")),
+            "{name}: one seccomp component"
+        );
+    }
+
+    // The example installs the profile where the kubelet looks for it, with the file's
+    // content as shipped.
+    let objects = objects("examples/seccomp-localhost");
+    let ds = agent_daemonset(&objects);
+    assert_eq!(
+        agent_container(ds)["securityContext"]["seccompProfile"]["localhostProfile"],
+        SECCOMP_PROFILE
+    );
+    let installer = objects
+        .iter()
+        .find(|o| kind(o) == "DaemonSet" && o["metadata"]["name"] != "coredump-agent")
+        .expect("the profile's installer");
+    let spec = pod_spec(installer);
+    let init = &spec["initContainers"][0];
+    let command = init["command"].to_string();
+    let volume_of = |mount: &Value| {
+        spec["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("the mount's volume")
+            .clone()
+    };
+    let mut source = None;
+    let mut target = None;
+    for mount in init["volumeMounts"].as_array().expect("volumeMounts") {
+        let volume = volume_of(mount);
+        let at = mount["mountPath"].as_str().unwrap();
+        if volume["hostPath"]["path"] == KUBELET_SECCOMP_DIR {
+            target = Some(format!("{at}/{SECCOMP_PROFILE}"));
+        } else if let Some(cm) = volume["configMap"]["name"].as_str() {
+            let map = objects
+                .iter()
+                .find(|o| kind(o) == "ConfigMap" && o["metadata"]["name"] == cm)
+                .expect("the profile's ConfigMap");
+            assert_eq!(
+                map["data"][SECCOMP_PROFILE].as_str(),
+                Some(read(&deploy().join("seccomp").join(SECCOMP_PROFILE)).as_str()),
+                "the ConfigMap holds deploy/seccomp/{SECCOMP_PROFILE} as it is"
+            );
+            source = Some(format!("{at}/{SECCOMP_PROFILE}"));
+        }
+    }
+    let (source, target) = (
+        source.expect("the ConfigMap is mounted"),
+        target.expect("the kubelet's seccomp directory is mounted"),
+    );
+    assert!(command.contains(&source), "{command} reads {source}");
+    assert!(command.contains(&target), "{command} writes {target}");
+    assert_eq!(
+        spec["tolerations"],
+        pod_spec(ds)["tolerations"],
+        "on every node the agent is"
+    );
+    assert_eq!(spec["nodeSelector"], pod_spec(ds)["nodeSelector"]);
 }
 
 // ---- the agent accepts what the manifests set -----------------------------------------------
@@ -1214,13 +1657,67 @@ fn operator_guide_shows_the_patterns_the_agent_installs() {
         "examples/file-intake",
         "COREDUMP_INTAKE=socket,file",
         "SYS_CHROOT",
+        "components/exe-path",
+        "components/seccomp-localhost",
+        "components/seccomp-unconfined",
+        "examples/seccomp-localhost",
+        "deploy/seccomp",
+        "PR_SET_DUMPABLE",
+        "agent.lock",
+        "parked/",
+        "parked dumps",
     ] {
         assert!(guide.contains(needle), "docs/operator.md mentions {needle}");
     }
+    // Where the kubelet finds the profile, and the sysctl files the DaemonSet mounts.
+    assert!(
+        guide.contains(&format!("{KUBELET_SECCOMP_DIR}/{SECCOMP_PROFILE}")),
+        "docs/operator.md says where the seccomp profile goes"
+    );
+    for (_, host) in sysctl_files(&env_value(agent, "COREDUMP_PROC_SYS").unwrap()) {
+        assert!(guide.contains(&host), "docs/operator.md names {host}");
+    }
+    assert!(
+        guide.contains(&format!("{}/<node>/", layout::UNKNOWN_SEGMENT)),
+        "docs/operator.md explains the {} prefix",
+        layout::UNKNOWN_SEGMENT
+    );
     assert!(
         !guide.to_lowercase().contains("every pod must mount"),
         "only file intake asks pods to mount anything"
     );
+}
+
+#[test]
+fn readme_shows_every_key_prefix_and_the_state_dirs_rules() {
+    let readme = read(&root().join("README.md"));
+    let layout_section = readme
+        .split("## Where dumps go: the object layout (a contract)")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has the object layout section");
+    for segment in [
+        layout::HOST_SEGMENT,
+        layout::POD_UID_SEGMENT,
+        layout::UNATTESTED_SEGMENT,
+        layout::UNKNOWN_SEGMENT,
+    ] {
+        assert!(
+            layout_section.contains(&format!("<prefix>/{segment}/")),
+            "README's object layout lists <prefix>/{segment}/"
+        );
+    }
+    let safety = readme
+        .split("## Safety and policies")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has the safety section");
+    for needle in ["parked/", "agent.lock"] {
+        assert!(
+            safety.contains(needle),
+            "README's safety section mentions {needle}"
+        );
+    }
 }
 
 /// The ```yaml blocks of a Markdown file, with the fence's indentation (list items) removed.
