@@ -267,7 +267,8 @@ pub fn pidfd_info(pidfd: BorrowedFd<'_>) -> io::Result<PidfdInfo> {
 }
 
 /// Whether the process a pidfd holds is still alive (signal 0 through the pidfd): if so, its
-/// pid still names it.
+/// pid still names it. Only `ESRCH` means gone: a process of another user answers `EPERM` to an
+/// agent without `CAP_KILL`, and is alive all the same.
 pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
     // SAFETY: pidfd_send_signal with signal 0 and no siginfo only checks; the fd is valid.
     let rc = unsafe {
@@ -279,7 +280,7 @@ pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
             0,
         )
     };
-    rc == 0
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Makes this process not dumpable (`PR_SET_DUMPABLE 0`): its memory holds credentials, and a
@@ -312,6 +313,76 @@ mod tests {
         let t = boot_to_system_time(boot);
         let drift = SystemTime::now().duration_since(t).unwrap();
         assert!(drift < Duration::from_secs(1), "{drift:?}");
+    }
+
+    /// A process of another user is alive even to an agent without `CAP_KILL` (the deployed
+    /// agent's case), whose signal 0 gets `EPERM`; once reaped it is gone.
+    #[test]
+    fn another_users_process_is_alive_without_cap_kill() {
+        use std::os::unix::process::CommandExt;
+        let root = unsafe { libc::geteuid() } == 0;
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        if root {
+            cmd.uid(65534).gid(65534);
+        }
+        let mut child = cmd.spawn().unwrap();
+        // SAFETY: pidfd_open takes a pid and flags; the fd it returns is ours to own.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        assert!(fd >= 0, "{}", io::Error::last_os_error());
+        // SAFETY: a fresh fd from pidfd_open, owned by nobody else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as std::os::fd::RawFd) };
+        // Capabilities are per thread: drop CAP_KILL from the effective set of a scratch thread.
+        let alive = std::thread::scope(|s| {
+            s.spawn(|| {
+                if root {
+                    drop_effective_cap(CAP_KILL);
+                }
+                pidfd_alive(std::os::fd::AsFd::as_fd(&pidfd))
+            })
+            .join()
+            .unwrap()
+        });
+        assert!(alive, "EPERM is not ESRCH");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!pidfd_alive(std::os::fd::AsFd::as_fd(&pidfd)), "reaped");
+    }
+
+    /// `CAP_KILL` (`linux/capability.h`).
+    const CAP_KILL: u32 = 5;
+
+    /// Drops one capability from this thread's effective set (`capset`, version 3).
+    fn drop_effective_cap(cap: u32) {
+        #[repr(C)]
+        struct Header {
+            version: u32,
+            pid: i32,
+        }
+        #[repr(C)]
+        #[derive(Clone, Copy, Default)]
+        struct Data {
+            effective: u32,
+            permitted: u32,
+            inheritable: u32,
+        }
+        let mut header = Header {
+            version: 0x2008_0522,
+            pid: 0,
+        };
+        let mut data = [Data::default(); 2];
+        // SAFETY: capget/capset with a version-3 header and the two data words it expects.
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_capget, &raw mut header, data.as_mut_ptr()),
+                0
+            );
+            data[(cap / 32) as usize].effective &= !(1 << (cap % 32));
+            assert_eq!(
+                libc::syscall(libc::SYS_capset, &raw mut header, data.as_ptr()),
+                0
+            );
+        }
     }
 
     #[test]
