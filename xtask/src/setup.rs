@@ -66,8 +66,31 @@ pub fn ensure(root: &Path) -> anyhow::Result<()> {
     bpf_linker()?;
     let tools = tools_dir(root);
     python_tools(&tools)?;
-    print_versions(&tools);
+    let rgw = radosgw(root)?;
+    print_versions(&tools, &rgw);
     Ok(())
+}
+
+/// Ceph's radosgw from Debian (a real S3 implementation for the tests and benchmarks), at the
+/// pinned major version: `xtask/tools/radosgw.sh install` checks, and installs only what is
+/// missing. Returns the version line it prints.
+fn radosgw(root: &Path) -> anyhow::Result<String> {
+    let script = root.join("xtask/tools/radosgw.sh");
+    let script = script.to_string_lossy();
+    if let Some(version) = output("bash", &[&script, "check"]) {
+        ok("radosgw", version.trim());
+        return Ok(version.trim().to_owned());
+    }
+    if !is_root() {
+        bail!(
+            "Ceph's radosgw (the tests' real S3 server) is missing and installing it needs root: run `sudo {script} install`, then rerun"
+        );
+    }
+    installing("Ceph radosgw, ceph-mon and ceph-osd from Debian (the tests' real S3 server)");
+    run("bash", &[&script, "install"])?;
+    output("bash", &[&script, "check"])
+        .map(|v| v.trim().to_owned())
+        .context("radosgw after installing it")
 }
 
 /// Where the tests' tools live: `$COREDUMP_TOOLS_DIR`, else `target/tools` in the workspace (a
@@ -343,7 +366,7 @@ fn create_venv(venv: &Path) -> anyhow::Result<()> {
 }
 
 /// The version of every tool the build and the tests use, with where it is: what CI prints.
-fn print_versions(tools: &Path) {
+fn print_versions(tools: &Path, radosgw: &str) {
     let bin = tools.join("bin");
     let first_line = |program: &str, args: &[&str]| {
         output(program, args)
@@ -389,6 +412,10 @@ fn print_versions(tools: &Path) {
             ),
         ),
     ];
+    let rows: Vec<(&str, String)> = rows
+        .into_iter()
+        .chain([("radosgw", radosgw.to_owned())])
+        .collect();
     eprintln!("xtask setup: versions the build and the tests use:");
     for (tool, version) in rows {
         eprintln!("xtask setup:   {tool:<20} {version}");
