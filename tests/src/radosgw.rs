@@ -18,7 +18,7 @@ use std::{
 
 use coredump_agent::store::{
     ConnectOptions, S3Store,
-    s3::{ChecksumMode, MIN_PART_SIZE, Tuning, sdk},
+    s3::{MIN_PART_SIZE, Tuning, sdk},
 };
 
 use crate::{ci, moto::free_port};
@@ -174,12 +174,12 @@ impl Radosgw {
         name
     }
 
-    /// A store on `bucket` with test-sized parts (5 MiB) and `checksum`, path style.
-    pub fn store(&self, bucket: &str, checksum: ChecksumMode, options: ConnectOptions) -> S3Store {
+    /// A store on `bucket` with test-sized parts (5 MiB) and the given options (endpoint and
+    /// path style are set here).
+    pub fn store(&self, bucket: &str, options: ConnectOptions) -> S3Store {
         let options = ConnectOptions {
             s3_endpoint: Some(self.endpoint.clone()),
             s3_path_style: true,
-            s3_checksum: checksum,
             ..options
         };
         S3Store::with_config(self.sdk_config(), bucket, "", &options)

@@ -1,11 +1,15 @@
-//! The S3 store against a real S3 server: moto on 127.0.0.1, started by each test (see
-//! `coredump_tests::moto`). First the store itself: small and multipart uploads (plain and
-//! zstd) read back byte for byte, tags and metadata read back exactly, errors that name their
-//! cause, and the server going down in the middle of a multipart upload. Then the agent
-//! binary: it refuses to start without a usable bucket and keeps the dump, rides out an outage,
-//! and stores a real crash with the pod identity tags.
+//! The S3 store against real S3 servers on 127.0.0.1: moto, started by each test (see
+//! `coredump_tests::moto`), and Ceph's radosgw, shared by the tests of this file (see
+//! `coredump_tests::radosgw`). A client can work against one server and fail against another,
+//! so the round trips run against both ([`Server`]). First the store itself: small and
+//! multipart uploads (plain and zstd) read back byte for byte, tags and metadata read back
+//! exactly, errors that name their cause, and the server going down in the middle of a
+//! multipart upload. Then the agent binary: it refuses to start without a usable bucket and
+//! keeps the dump, rides out an outage, stores a real crash with the pod identity tags, and
+//! `find`, `get` and `info` read what it stored.
 //!
-//! Without moto_server these tests skip (and fail under CI=true); the crash test needs root.
+//! Without moto_server or radosgw these tests skip (and fail under CI=true); the crash test
+//! needs root.
 
 use std::{
     io::Read as _,
@@ -14,6 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use coredump_agent::store::s3::sdk;
 use coredump_agent::store::{
     Body, BodyReader, ChecksumMode, ConnectOptions, Metadata, S3Store, Store, StoreError, Tags,
     Zstd, compress, layout,
@@ -22,6 +27,7 @@ use coredump_agent::testdata::{core_like, random};
 use coredump_tests::{
     Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, agent_path,
     moto::{BUCKET, Moto, free_port},
+    radosgw::Radosgw,
     require_root,
 };
 use serde_json::Value;
@@ -72,19 +78,6 @@ fn chain(err: &dyn std::error::Error) -> String {
     text
 }
 
-/// Multipart uploads the server has in progress in [`BUCKET`], asked directly (not through
-/// the relay, so this works while "the server" is down).
-async fn uploads_in_progress(moto: &Moto) -> usize {
-    moto.direct_client()
-        .list_multipart_uploads()
-        .bucket(BUCKET)
-        .send()
-        .await
-        .unwrap()
-        .uploads()
-        .len()
-}
-
 /// Upload records the store keeps under `<state>/uploads/`.
 fn records(state: &Path) -> usize {
     std::fs::read_dir(state.join("uploads")).map_or(0, Iterator::count)
@@ -94,18 +87,61 @@ fn keys(objects: &[coredump_agent::store::ObjectInfo]) -> Vec<&str> {
     objects.iter().map(|o| o.key.as_str()).collect()
 }
 
+/// An S3 server the round trips run against.
+trait Server {
+    /// A store on `bucket` with test-sized parts (5 MiB).
+    fn store_on(&self, bucket: &str, options: ConnectOptions) -> S3Store;
+    /// A plain client, for what the store does not do (list uploads in progress); moto's
+    /// reaches it directly, so it works while the relay is stopped.
+    fn sdk_client(&self) -> sdk::Client;
+}
+
+impl Server for Moto {
+    fn store_on(&self, bucket: &str, options: ConnectOptions) -> S3Store {
+        self.store(bucket, options)
+    }
+    fn sdk_client(&self) -> sdk::Client {
+        self.direct_client()
+    }
+}
+
+impl Server for Radosgw {
+    fn store_on(&self, bucket: &str, options: ConnectOptions) -> S3Store {
+        self.store(bucket, options)
+    }
+    fn sdk_client(&self) -> sdk::Client {
+        self.client()
+    }
+}
+
+/// Multipart uploads `server` has in progress in `bucket`.
+async fn uploads_in(server: &impl Server, bucket: &str) -> usize {
+    server
+        .sdk_client()
+        .list_multipart_uploads()
+        .bucket(bucket)
+        .send()
+        .await
+        .unwrap()
+        .uploads()
+        .len()
+}
+
 #[tokio::test]
 #[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
 async fn small_objects_round_trip_with_tags_and_metadata() {
-    let Some(moto) = Moto::launch("small_objects_round_trip_with_tags_and_metadata") else {
-        return;
-    };
-    let store = moto.store(BUCKET, ConnectOptions::default());
+    if let Some(moto) = Moto::launch("small_objects_round_trip_with_tags_and_metadata") {
+        small_objects_round_trip(&moto, BUCKET).await;
+    }
+}
+
+async fn small_objects_round_trip(server: &impl Server, bucket: &str) {
+    let store = server.store_on(bucket, ConnectOptions::default());
     store.check().await.unwrap();
     store.ping().await.unwrap();
     // The check leaves nothing behind: no object, no upload in progress.
     assert!(store.list("").await.unwrap().is_empty());
-    assert_eq!(uploads_in_progress(&moto).await, 0);
+    assert_eq!(uploads_in(server, bucket).await, 0);
 
     let key = "p/prod/web-1/a.core";
     let tags = pairs(&[("namespace", "prod"), ("pod", "web-1"), ("comm", "my app")]);
@@ -163,9 +199,12 @@ async fn small_objects_round_trip_with_tags_and_metadata() {
 #[tokio::test]
 #[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
 async fn multipart_uploads_round_trip_in_both_checksum_modes() {
-    let Some(moto) = Moto::launch("multipart_uploads_round_trip_in_both_checksum_modes") else {
-        return;
-    };
+    if let Some(moto) = Moto::launch("multipart_uploads_round_trip_in_both_checksum_modes") {
+        multipart_round_trip(&moto, BUCKET).await;
+    }
+}
+
+async fn multipart_round_trip(server: &impl Server, bucket: &str) {
     let tmp = TempDir::new("s3-multipart");
     let data = core_like(18 * MIB + 4321);
     let file = tmp.join("core.1");
@@ -175,8 +214,8 @@ async fn multipart_uploads_round_trip_in_both_checksum_modes() {
 
     for mode in [ChecksumMode::WhenSupported, ChecksumMode::WhenRequired] {
         let state = tmp.join(&format!("{mode:?}"));
-        let store = moto.store(
-            BUCKET,
+        let store = server.store_on(
+            bucket,
             ConnectOptions {
                 s3_checksum: mode,
                 state_dir: Some(state.clone()),
@@ -193,7 +232,7 @@ async fn multipart_uploads_round_trip_in_both_checksum_modes() {
         let head = store
             .client()
             .head_object()
-            .bucket(BUCKET)
+            .bucket(bucket)
             .key(&key)
             .send()
             .await
@@ -224,7 +263,7 @@ async fn multipart_uploads_round_trip_in_both_checksum_modes() {
             "{mode:?}: decompressed bytes differ"
         );
 
-        assert_eq!(uploads_in_progress(&moto).await, 0, "{mode:?}");
+        assert_eq!(uploads_in(server, bucket).await, 0, "{mode:?}");
         assert_eq!(records(&state), 0, "{mode:?}: upload records left");
     }
 }
@@ -276,7 +315,7 @@ async fn an_unreadable_answer_to_complete_multipart_upload_is_confirmed_by_the_o
     );
     assert!(read_object(&store, "garbled/core.2").await == data);
     assert_eq!(store.tags("garbled/core.2").await.unwrap(), tags);
-    assert_eq!(uploads_in_progress(&moto).await, 0);
+    assert_eq!(uploads_in(&moto, BUCKET).await, 0);
     assert_eq!(records(&state), 0, "upload records left");
 }
 
@@ -323,11 +362,14 @@ async fn a_tagging_answer_without_a_tag_set_means_no_tags() {
 #[tokio::test]
 #[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
 async fn an_existing_object_is_never_replaced() {
-    let Some(moto) = Moto::launch("an_existing_object_is_never_replaced") else {
-        return;
-    };
+    if let Some(moto) = Moto::launch("an_existing_object_is_never_replaced") {
+        never_replaces(&moto, BUCKET).await;
+    }
+}
+
+async fn never_replaces(server: &impl Server, bucket: &str) {
     let tmp = TempDir::new("s3-ifnone");
-    let store = moto.store(BUCKET, ConnectOptions::default());
+    let store = server.store_on(bucket, ConnectOptions::default());
     let tags = pairs(&[("pod", "web-3")]);
     let (small, other) = (core_like(64 << 10), core_like(64 << 10 | 1));
     let large = core_like(11 * MIB);
@@ -362,18 +404,21 @@ async fn an_existing_object_is_never_replaced() {
             "{key} kept"
         );
     }
-    assert_eq!(uploads_in_progress(&moto).await, 0);
+    assert_eq!(uploads_in(server, bucket).await, 0);
 }
 
 #[tokio::test]
 #[ignore = "needs the pinned test tools: cargo xtask test installs and runs them"]
 async fn tag_values_with_forbidden_characters_are_sanitized_and_findable() {
-    let Some(moto) =
+    if let Some(moto) =
         Moto::launch("tag_values_with_forbidden_characters_are_sanitized_and_findable")
-    else {
-        return;
-    };
-    let store = moto.store(BUCKET, ConnectOptions::default());
+    {
+        sanitized_tags_round_trip(&moto, BUCKET).await;
+    }
+}
+
+async fn sanitized_tags_round_trip(server: &impl Server, bucket: &str) {
+    let store = server.store_on(bucket, ConnectOptions::default());
     let raw = [
         ("comm", "my app*"),
         ("pod", "w\u{e9}b\n1\"x<y>&z"),
@@ -519,7 +564,7 @@ async fn server_down_mid_multipart_then_back_uploads_once_and_leaves_no_orphan()
     assert!(err.is_transient(), "{}", chain(&err));
     // The half-done upload is on the server; its abort failed while the server was down, so
     // it stays recorded.
-    assert_eq!(uploads_in_progress(&moto).await, 1);
+    assert_eq!(uploads_in(&moto, BUCKET).await, 1);
     assert_eq!(records(&state), 1);
     assert!(store.list("").await.unwrap_err().is_transient());
 
@@ -527,7 +572,7 @@ async fn server_down_mid_multipart_then_back_uploads_once_and_leaves_no_orphan()
     moto.start();
     let restarted = moto.store(BUCKET, options);
     assert_eq!(restarted.recover_uploads().await.unwrap(), 1);
-    assert_eq!(uploads_in_progress(&moto).await, 0);
+    assert_eq!(uploads_in(&moto, BUCKET).await, 0);
     assert_eq!(records(&state), 0);
     // …and the retried put stores the dump once, completely.
     let receipt = restarted
@@ -541,7 +586,7 @@ async fn server_down_mid_multipart_then_back_uploads_once_and_leaves_no_orphan()
         "stored bytes differ"
     );
     assert_eq!(restarted.tags(key).await.unwrap(), tags);
-    assert_eq!(uploads_in_progress(&moto).await, 0);
+    assert_eq!(uploads_in(&moto, BUCKET).await, 0);
     assert_eq!(records(&state), 0);
 }
 
@@ -716,7 +761,7 @@ async fn agent_keeps_the_dump_through_an_outage_then_uploads_it_once() {
         node.dump.exists(),
         "the dump was deleted before it was stored"
     );
-    assert_eq!(uploads_in_progress(&moto).await, 1);
+    assert_eq!(uploads_in(&moto, BUCKET).await, 1);
 
     moto.start();
     let stored = wait_for_line(&agent, "the upload", |l| {
@@ -747,7 +792,7 @@ async fn agent_keeps_the_dump_through_an_outage_then_uploads_it_once() {
     assert_eq!(metadata["original-size"], data.len().to_string());
     assert_eq!(store.tags(&key).await.unwrap()["attested"], "false");
     assert_eq!(
-        uploads_in_progress(&moto).await,
+        uploads_in(&moto, BUCKET).await,
         0,
         "an orphan upload is left"
     );
@@ -858,5 +903,96 @@ async fn a_real_crash_ends_in_the_bucket_with_its_tags_and_metadata() {
         serde_json::from_slice(&read_object(&store, &format!("{key}.json")).await).unwrap();
     assert_eq!(record["crash"]["host_pid"], pid);
     assert_eq!(store.tags(&format!("{key}.json")).await.unwrap(), tags);
-    assert_eq!(uploads_in_progress(&moto).await, 0);
+    assert_eq!(uploads_in(&moto, BUCKET).await, 0);
+}
+
+/// The round trips above, against Ceph's radosgw (shared by this file's tests, a bucket each).
+macro_rules! on_radosgw {
+    ($($test:ident => $scenario:ident),* $(,)?) => {$(
+        #[tokio::test]
+        #[ignore = "needs Ceph's radosgw: cargo xtask test installs and runs it"]
+        async fn $test() {
+            let test = stringify!($test);
+            if let Some(rgw) = Radosgw::shared(test) {
+                $scenario(&*rgw, &rgw.bucket(test).await).await;
+            }
+        }
+    )*};
+}
+
+on_radosgw! {
+    radosgw_small_objects_round_trip_with_tags_and_metadata => small_objects_round_trip,
+    radosgw_multipart_uploads_round_trip_in_both_checksum_modes => multipart_round_trip,
+    radosgw_an_existing_object_is_never_replaced => never_replaces,
+    radosgw_tag_values_are_sanitized_and_findable => sanitized_tags_round_trip,
+}
+
+/// The agent stores a dump in radosgw (a multipart upload, whose tags radosgw drops and the
+/// agent sets again), and `find`, `info` and `get` read it back through the command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Ceph's radosgw: cargo xtask test installs and runs it"]
+async fn radosgw_the_agent_stores_and_find_info_get_read_it_back() {
+    let test = "radosgw_the_agent_stores_and_find_info_get_read_it_back";
+    let Some(rgw) = Radosgw::shared(test) else {
+        return;
+    };
+    let bucket = rgw.bucket(test).await;
+    let dest = format!("s3://{bucket}/pre");
+    let data = random(12 * MIB);
+    let node = Node::new("s3-rgw-agent", &data);
+    let env = rgw.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = node.args(&dest, rgw.endpoint());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let agent = Agent::start_with_env(&args, node.tmp.join("agent.log"), &env);
+    let stored = wait_for_line(&agent, "the upload", |l| {
+        message_is(l, "stored") && l["key"].as_str().is_some_and(|k| k.ends_with(".core.zst"))
+    });
+    let key = stored["key"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + WAIT;
+    while node.dump.exists() {
+        assert!(Instant::now() < deadline, "the stored dump was not deleted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent.terminate();
+
+    let cli = |args: &[&str]| {
+        let out = Command::new(agent_path())
+            .args(args)
+            .args([
+                "--dest",
+                &dest,
+                "--s3-endpoint",
+                rgw.endpoint(),
+                "--s3-path-style",
+            ])
+            .env_clear()
+            .envs(env.iter().copied())
+            .env("COREDUMP_LOG", "warn")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let found: Vec<Value> = cli(&["find", "--signal", "SIGSEGV", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["key"], key.as_str(), "{found:?}");
+    assert_eq!(found[0]["tags"]["attested"], "false", "{found:?}");
+    let info: Value = serde_json::from_str(&cli(&["info", &key, "--json"])).unwrap();
+    assert_eq!(
+        info["metadata"]["original-size"],
+        data.len().to_string(),
+        "{info:#}"
+    );
+    assert_eq!(info["record"]["stored"]["key"], key.as_str(), "{info:#}");
+    let out = node.tmp.join("got.core");
+    cli(&["get", &key, "-o", out.to_str().unwrap(), "--quiet"]);
+    assert!(std::fs::read(&out).unwrap() == data, "get's bytes differ");
+    let store = rgw.store(&bucket, ConnectOptions::default());
+    assert_eq!(store.tags(&key).await.unwrap()["node"], "test-node");
+    assert_eq!(uploads_in(&*rgw, &bucket).await, 0);
 }
