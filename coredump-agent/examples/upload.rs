@@ -46,6 +46,7 @@ fn main() -> ExitCode {
     // The agent's own runtime shape: two worker threads.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("tokio-rt")
         .enable_all()
         .build()
         .expect("tokio runtime");
@@ -100,7 +101,42 @@ async fn upload(args: Args) -> anyhow::Result<()> {
             "sha256": receipt.sha256,
             "seconds": seconds,
             "mib_per_s": receipt.source_size as f64 / (1 << 20) as f64 / seconds,
+            "transfer": receipt.transfer,
+            "cpu_s_by_thread": cpu_by_thread(),
         })
     );
     Ok(())
+}
+
+/// CPU seconds (user + system) of this process's live threads, by thread name: where the
+/// time went (tokio's threads are `tokio-rt`, zstd's workers `zstd`).
+fn cpu_by_thread() -> std::collections::BTreeMap<String, f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let mut by_name = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state …`: comm may hold spaces, the fields after it do not.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let cpu = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // utime and stime: fields 14 and 15 of the line, the 12th and 13th after the comm.
+        *by_name
+            .entry(stat[open + 1..close].to_owned())
+            .or_insert(0.0) += (cpu(11) + cpu(12)) / ticks;
+    }
+    by_name
 }

@@ -124,7 +124,6 @@ impl Moto {
             .expect("store")
             .with_tuning(Tuning {
                 min_part_size: MIN_PART_SIZE,
-                buffer_budget: 20 << 20,
                 ..Tuning::default()
             })
     }

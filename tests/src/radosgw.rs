@@ -186,7 +186,6 @@ impl Radosgw {
             .expect("store")
             .with_tuning(Tuning {
                 min_part_size: MIN_PART_SIZE,
-                buffer_budget: 20 << 20,
                 ..Tuning::default()
             })
     }

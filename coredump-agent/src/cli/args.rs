@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
 
 use crate::{
     core_pattern::{self, Setting, Sysctl},
@@ -495,11 +495,18 @@ pub struct StoreArgs {
     /// what most S3-compatible stores need.
     #[arg(long, env = "COREDUMP_S3_PATH_STYLE")]
     pub s3_path_style: bool,
-    /// Upload checksums: `when-supported` sends a CRC32C with every part, which the store
-    /// verifies; `when-required` sends only a Content-MD5, for S3-compatible stores that reject
-    /// the AWS SDK's default checksums (Ceph radosgw, Garage).
+    /// Upload checksums: `when-supported` sends a CRC32C of every part (AWS S3, MinIO and
+    /// moto verify it; Ceph radosgw 16 ignores it); `when-required` sends a Content-MD5
+    /// instead, which every S3 server verifies, at some more CPU. Either way the checksum goes
+    /// as a header, never as an aws-chunked trailer (which radosgw 16 stores as data), and
+    /// over plain HTTP each part is signed with its SHA-256.
     #[arg(long, env = "COREDUMP_S3_CHECKSUM", value_enum, default_value_t = ChecksumMode::WhenSupported)]
     pub s3_checksum: ChecksumMode,
+    /// Most parts of one upload in flight at once. An upload starts with 4 and adds more while
+    /// that makes it faster (a distant store wants many, a saturated one few); parts are read
+    /// from files, so the number costs no memory.
+    #[arg(long, env = "COREDUMP_S3_MAX_PARTS_IN_FLIGHT", default_value_t = crate::store::s3::MAX_PARTS_IN_FLIGHT, value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
+    pub s3_max_parts_in_flight: usize,
 }
 
 impl StoreArgs {
@@ -524,6 +531,7 @@ impl StoreArgs {
             s3_endpoint: self.s3_endpoint.clone(),
             s3_path_style: self.s3_path_style,
             s3_checksum: self.s3_checksum,
+            s3_max_parts_in_flight: Some(self.s3_max_parts_in_flight),
             state_dir: node.is_some().then(|| self.state_dir().to_owned()),
             node,
         }

@@ -553,6 +553,7 @@ impl Store for LocalStore {
             size: sidecar.size,
             sha256: sidecar.sha256,
             source_size,
+            transfer: None,
         })
     }
 
@@ -724,6 +725,7 @@ mod tests {
                 size: 5,
                 sha256: sha256(b"hello"),
                 source_size: 5,
+                transfer: None,
             }
         );
         assert_eq!(read_all(&store, "prod/web-1/a.core").await, b"hello");

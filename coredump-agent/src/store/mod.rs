@@ -12,6 +12,7 @@
 //! key/tag/metadata contract.
 
 pub mod compress;
+pub mod concurrency;
 pub mod layout;
 pub mod local;
 pub mod s3;
@@ -87,7 +88,7 @@ pub enum Body<'a> {
 }
 
 /// What the store confirmed after a put: the key, stored size, and a checksum it verified.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PutReceipt {
     /// Key the object was stored under.
     pub key: String,
@@ -98,6 +99,29 @@ pub struct PutReceipt {
     /// Bytes read from the body before compression (`size` when it was not compressed): what
     /// the caller compares with the file it handed over.
     pub source_size: u64,
+    /// How a multipart upload went (S3 only).
+    pub transfer: Option<TransferStats>,
+}
+
+/// How a multipart upload went: logged with the upload, and what `cargo xtask bench upload`
+/// breaks its figures down with.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TransferStats {
+    pub parts: usize,
+    pub part_size: u64,
+    pub seconds: f64,
+    /// Time from sending a part to its answer, tries included: median, 90th percentile, most.
+    pub part_ms_p50: f64,
+    pub part_ms_p90: f64,
+    pub part_ms_max: f64,
+    /// Parts allowed in flight at the end (see `concurrency`), the most that were, and the
+    /// mean each time a part was sent.
+    pub in_flight_final: usize,
+    pub in_flight_max: usize,
+    pub in_flight_mean: f64,
+    /// Bytes copied by this process (into memory, or a spill file) per byte stored: 0 for a
+    /// dump sent from its own file.
+    pub copied_per_byte: f64,
 }
 
 /// Why a store operation failed. Messages name the operation; the cause is the `source`.
@@ -543,6 +567,21 @@ impl<'a> BodyReader<'a> {
         Ok((source, meta.len()))
     }
 
+    /// Whether the body is compressed on its way (a [`Body::Zstd`]).
+    pub fn compressed(&self) -> bool {
+        self.zstd.is_some()
+    }
+
+    /// The source file and its path, when the body is a file handed out as it is: the bytes
+    /// at an offset of what [`BodyReader::next_chunk`] hands out are at that offset of it.
+    pub fn plain_file(&self) -> Option<(std::os::fd::BorrowedFd<'_>, &Path)> {
+        use std::os::fd::AsFd as _;
+        match (&self.source, &self.zstd) {
+            (Source::File { file, path, .. }, None) => Some((file.as_fd(), path)),
+            _ => None,
+        }
+    }
+
     /// Size of the source when it was opened: what a store may plan with up front (S3 part
     /// size). A compressed body usually ends up smaller, and at worst a little larger.
     pub fn size(&self) -> u64 {
@@ -813,6 +852,8 @@ pub struct ConnectOptions {
     pub s3_path_style: bool,
     /// Which checksums uploads carry.
     pub s3_checksum: ChecksumMode,
+    /// Most parts of one upload in flight (`None`: [`s3::MAX_PARTS_IN_FLIGHT`]).
+    pub s3_max_parts_in_flight: Option<usize>,
     /// The agent's state directory. Multipart uploads in progress are recorded under
     /// `<state_dir>/uploads/`, so that ones cut short by a crash are aborted at the next start
     /// ([`S3Store::recover_uploads`]). `None`: not recorded.

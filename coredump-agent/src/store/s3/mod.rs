@@ -1,11 +1,13 @@
 //! store::s3: the S3 store, for AWS S3 and S3-compatible servers (MinIO, Ceph, moto, …).
 //!
-//! A put reads its body through [`BodyReader`] into part-sized buffers. A body that fits in one
-//! part goes up as one `PutObject`; a larger one as a multipart upload, with the tags and user
-//! metadata given at `CreateMultipartUpload`, a part size that grows with the file so no dump
-//! needs more than 10,000 parts, and a few parts in flight at once. Parts in memory
-//! take at most [`Tuning::buffer_budget`] for any dump up to 70 GiB (8 MiB parts); beyond that,
-//! parts grow, and at least two are held.
+//! A put reads its body through [`BodyReader`] (which hashes it, and compresses it if asked)
+//! and cuts it into parts ([`parts`]): ranges of the dump's own file when it goes up as it is,
+//! ranges of a spill file the compressed bytes are written to ahead of the upload, or, for a
+//! small body in memory, bytes. A body that fits in one part goes up as one `PutObject`; a
+//! larger one as a multipart upload ([`multipart`]), with the tags and user metadata given at
+//! `CreateMultipartUpload`, a part size that grows with the file so no dump needs more than
+//! 10,000 parts, and as many parts in flight as make the upload faster
+//! ([`Concurrency`](super::concurrency::Concurrency)), at no cost in memory.
 //!
 //! Every part and object carries a checksum the store verifies ([`ChecksumMode`]). After the
 //! upload, `HeadObject` confirms the stored size, and the tags are read back and set again if
@@ -17,11 +19,16 @@
 //! aborted later: by [`S3Store::recover_uploads`] at start, and after each completed upload.
 //! (A bucket lifecycle rule `AbortIncompleteMultipartUpload` is the safety net for the rest.)
 //!
-//! SDK errors become [`StoreError`]s that name the cause; retrying is the caller's job (the
-//! deliver stage), beyond the SDK's own few quick retries.
+//! SDK errors become [`StoreError`]s that name the cause. A part is tried again a few times
+//! beyond the SDK's own quick retries; retrying a whole dump is the caller's job (the deliver
+//! stage).
+
+mod multipart;
+mod parts;
 
 use std::{
     collections::HashSet,
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
@@ -34,18 +41,17 @@ pub use aws_sdk_s3 as sdk;
 use aws_sdk_s3::{
     Client,
     error::{BuildError, ProvideErrorMetadata, SdkError},
-    primitives::ByteStream,
-    types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart, Tag, Tagging},
+    types::{ChecksumAlgorithm, CompletedPart, Tag, Tagging},
 };
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinSet;
 
 use super::{
     BoxError, ConnectOptions, Metadata, ObjectInfo, PutReceipt, Store, StoreError, Tags,
     validate_key,
 };
-use crate::store::{Body, BodyDigest, BodyReader, hex, layout};
+use crate::store::{Body, BodyDigest, BodyReader, TransferStats, hex, layout};
+use multipart::Multipart;
 
 const MIB: u64 = 1 << 20;
 /// S3's smallest part (except the last).
@@ -60,22 +66,27 @@ const MAX_PARTS: i32 = 10_000;
 /// Key segment of the object `check` writes: not a namespace (those never start with `_`).
 const CHECK_SEGMENT: &str = "_agent-check";
 
-/// Adds a body and its checksum to a `PutObject` or `UploadPart` request and sends it, with the
-/// payload signed or not (see `S3Store::sign_payload`). A macro because the two request
-/// builders have these methods in common but no trait.
+/// Adds a part's body and checksums to a `PutObject` or `UploadPart` request and sends it,
+/// its payload signed with the part's SHA-256 (plain HTTP) or not (see `S3Store::sign_payload`).
+/// A macro because the two request builders have these methods in common but no trait.
 macro_rules! send_body {
-    ($store:expr, $request:expr, $data:expr) => {{
-        let (store, data): (&S3Store, Bytes) = (&$store, $data);
-        let request = match store.checksum {
-            ChecksumMode::WhenSupported => $request.checksum_algorithm(ChecksumAlgorithm::Crc32C),
-            ChecksumMode::WhenRequired => $request.content_md5(content_md5(&data)),
-        }
-        .content_length(i64::try_from(data.len()).unwrap_or(i64::MAX))
-        .body(ByteStream::from(data));
-        if store.sign_payload {
-            request.send().await
-        } else {
-            request.customize().disable_payload_signing().send().await
+    ($request:expr, $body:expr, $sums:expr) => {{
+        let (body, sums): (&parts::PartBody, &parts::PartSums) = (&$body, &$sums);
+        let stream = body.stream().await?;
+        let request = $request
+            .set_checksum_crc32_c(sums.crc32c.clone())
+            .set_content_md5(sums.md5.clone())
+            .content_length(i64::try_from(body.len()).unwrap_or(i64::MAX))
+            .body(stream)
+            .customize();
+        match &sums.sha256 {
+            Some(sha256) => {
+                request
+                    .interceptor(parts::PrecomputedPayload(sha256.clone()))
+                    .send()
+                    .await
+            }
+            None => request.disable_payload_signing().send().await,
         }
     }};
 }
@@ -99,22 +110,23 @@ pub struct Tuning {
     /// Smallest part size (S3 refuses parts under 5 MiB but the last). A body no larger goes up
     /// in one `PutObject`.
     pub min_part_size: u64,
-    /// Bytes of parts held in memory at once: the one being filled and those in flight.
-    pub buffer_budget: u64,
-    /// Most parts uploading at once.
+    /// Parts in flight when an upload starts; it adds more while that makes it faster.
+    pub initial_parts_in_flight: usize,
+    /// Most parts uploading at once (`--s3-max-parts-in-flight`).
     pub max_parts_in_flight: usize,
     /// How often a long upload logs its progress.
     pub progress_interval: Duration,
 }
 
+/// Default of [`Tuning::max_parts_in_flight`].
+pub const MAX_PARTS_IN_FLIGHT: usize = 32;
+
 impl Default for Tuning {
     fn default() -> Self {
         Self {
             min_part_size: 8 * MIB,
-            // Three 8 MiB parts in flight and one being filled: with zstd's own buffers, the
-            // agent stays under 64 MiB of RSS (`cargo xtask bench upload`).
-            buffer_budget: 32 * MIB,
-            max_parts_in_flight: 4,
+            initial_parts_in_flight: 4,
+            max_parts_in_flight: MAX_PARTS_IN_FLIGHT,
             progress_interval: Duration::from_secs(10),
         }
     }
@@ -128,15 +140,6 @@ impl Tuning {
             .next_multiple_of(MIB)
             .max(self.min_part_size)
             .min(MAX_PART_SIZE)
-    }
-
-    /// Parts uploading at once with parts of `part_size`, within the memory budget (one more
-    /// buffer is being filled meanwhile).
-    pub fn parts_in_flight(&self, part_size: u64) -> usize {
-        let buffers = usize::try_from(self.buffer_budget / part_size.max(1)).unwrap_or(usize::MAX);
-        buffers
-            .saturating_sub(1)
-            .clamp(1, self.max_parts_in_flight.max(1))
     }
 }
 
@@ -154,6 +157,8 @@ pub struct S3Store {
     sign_payload: bool,
     tuning: Tuning,
     uploads: Option<Arc<UploadLog>>,
+    /// Where compressed bodies are written ahead of their upload: `<state dir>/spill`.
+    spill_dir: Arc<Path>,
     /// The store answered 501 to tagging once: warn once, not for every dump.
     tags_unsupported: Arc<AtomicBool>,
 }
@@ -250,11 +255,21 @@ impl S3Store {
             node: options.node.as_deref().map(Into::into),
             checksum: options.s3_checksum,
             sign_payload,
-            tuning: Tuning::default(),
+            tuning: Tuning {
+                max_parts_in_flight: options
+                    .s3_max_parts_in_flight
+                    .unwrap_or(MAX_PARTS_IN_FLIGHT),
+                ..Tuning::default()
+            },
             uploads: options
                 .state_dir
                 .as_ref()
                 .map(|dir| Arc::new(UploadLog::new(dir.join("uploads")))),
+            spill_dir: options
+                .state_dir
+                .as_ref()
+                .map_or_else(std::env::temp_dir, |dir| dir.join("spill"))
+                .into(),
             tags_unsupported: Arc::default(),
         })
     }
@@ -334,11 +349,12 @@ impl S3Store {
         }
     }
 
-    /// One `PutObject` of a whole body, with its tags, metadata and checksum.
+    /// One `PutObject` of a whole body, with its tags, metadata and checksums.
     async fn put_object(
         &self,
         key: &str,
-        data: Vec<u8>,
+        body: &parts::PartBody,
+        sums: &parts::PartSums,
         tags: &Tags,
         metadata: &Metadata,
     ) -> Result<(), StoreError> {
@@ -353,7 +369,7 @@ impl S3Store {
         if !tags.is_empty() {
             request = request.tagging(encode_tags(tags));
         }
-        send_body!(self, request, Bytes::from(data))
+        send_body!(request, body, sums)
             .map_err(|e| self.error("upload an object (PutObject)", Some(key), e))?;
         Ok(())
     }
@@ -392,38 +408,28 @@ impl S3Store {
                 source: "the store returned no upload id".into(),
             })?
             .to_owned();
-        let mut upload = Multipart {
-            store: self.clone(),
-            key: key.to_owned(),
-            upload_id,
-            record: None,
-            parts: JoinSet::new(),
-            buffers: Buffers::default(),
-            done: Vec::new(),
-            next_part: 1,
-            in_flight: self.tuning.parts_in_flight(part_size),
-            finished: false,
-        };
+        let mut upload = Multipart::new(self.clone(), key, upload_id, part_size);
         if let Some(log) = &self.uploads {
             // Should the record fail, the upload is aborted (by `Multipart`'s drop) right away.
-            upload.record = Some(log.record(&self.bucket, key, &upload.upload_id).await?);
+            upload.record = Some(log.record(&self.bucket, key, upload.upload_id()).await?);
         }
         tracing::debug!(
             key,
-            upload_id = upload.upload_id,
+            upload_id = upload.upload_id(),
             part_size,
             "multipart upload started"
         );
         Ok(upload)
     }
 
-    /// `UploadPart` with its checksum; the part as `CompleteMultipartUpload` wants it.
+    /// `UploadPart` with its checksums; the part as `CompleteMultipartUpload` wants it.
     async fn upload_part(
         &self,
         key: &str,
         upload_id: &str,
         part_number: i32,
-        data: Bytes,
+        body: &parts::PartBody,
+        sums: &parts::PartSums,
     ) -> Result<CompletedPart, StoreError> {
         let request = self
             .client
@@ -432,12 +438,12 @@ impl S3Store {
             .key(key)
             .upload_id(upload_id)
             .part_number(part_number);
-        let uploaded = send_body!(self, request, data)
+        let uploaded = send_body!(request, body, sums)
             .map_err(|e| self.error("upload a part (UploadPart)", Some(key), e))?;
         Ok(CompletedPart::builder()
             .part_number(part_number)
             .set_e_tag(uploaded.e_tag().map(str::to_owned))
-            .set_checksum_crc32_c(uploaded.checksum_crc32_c().map(str::to_owned))
+            .set_checksum_crc32_c(sums.crc32c.clone())
             .build())
     }
 
@@ -787,237 +793,6 @@ fn percent_encode(s: &str, out: &mut String) {
     }
 }
 
-/// Base64 of the MD5 of `data`: the `Content-MD5` header.
-fn content_md5(data: &[u8]) -> String {
-    use md5::Digest as _;
-    aws_smithy_types::base64::encode(md5::Md5::digest(data))
-}
-
-/// A multipart upload in progress: its parts in flight and those done.
-struct Multipart {
-    store: S3Store,
-    key: String,
-    upload_id: String,
-    /// Its record in the upload log, removed once it is completed or aborted.
-    record: Option<PathBuf>,
-    parts: JoinSet<Result<CompletedPart, StoreError>>,
-    /// Buffers of parts that were sent, for the next parts.
-    buffers: Buffers,
-    done: Vec<CompletedPart>,
-    next_part: i32,
-    in_flight: usize,
-    /// Completed or aborted: nothing for `Drop` to clean up.
-    finished: bool,
-}
-
-impl Multipart {
-    /// Sends a part, after waiting for a slot among those in flight.
-    async fn send(&mut self, data: Vec<u8>) -> Result<(), StoreError> {
-        while self.parts.len() >= self.in_flight {
-            self.reap().await?;
-        }
-        if self.next_part > MAX_PARTS {
-            return Err(StoreError::Other {
-                dest: self.store.describe(),
-                op: "upload a part",
-                transient: false,
-                source: format!("the body needs more than {MAX_PARTS} parts").into(),
-            });
-        }
-        let (store, key, upload_id, buffers) = (
-            self.store.clone(),
-            self.key.clone(),
-            self.upload_id.clone(),
-            self.buffers.clone(),
-        );
-        let part_number = self.next_part;
-        self.next_part += 1;
-        self.parts.spawn(async move {
-            let data = Bytes::from(data);
-            let uploaded = store
-                .upload_part(&key, &upload_id, part_number, data.clone())
-                .await;
-            buffers.put(data);
-            uploaded
-        });
-        Ok(())
-    }
-
-    /// Waits for one part in flight to finish.
-    async fn reap(&mut self) -> Result<(), StoreError> {
-        match self.parts.join_next().await {
-            None => Ok(()),
-            Some(Ok(part)) => {
-                self.done.push(part?);
-                Ok(())
-            }
-            Some(Err(e)) => match e.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(e) => Err(StoreError::Other {
-                    dest: self.store.describe(),
-                    op: "upload a part",
-                    transient: true,
-                    source: Box::new(e),
-                }),
-            },
-        }
-    }
-
-    /// Waits for every part, then `CompleteMultipartUpload` of `size` bytes.
-    ///
-    /// The answer to that call may be lost or unreadable even though the store did complete
-    /// the upload: a connection cut while the store assembles a large object (S3 holds it
-    /// open meanwhile), or a reply the SDK cannot parse (moto 5.2.0-5.2.1 named its root
-    /// element wrongly; the SDK reports that as "HTTP 200 with no error code"). Then the
-    /// object itself decides: `HeadObject` showing this many parts and bytes means done.
-    /// Otherwise the error is transient, so the dump is retried rather than parked.
-    async fn complete(&mut self, size: u64) -> Result<(), StoreError> {
-        const OP: &str = "complete a multipart upload (CompleteMultipartUpload)";
-        while !self.parts.is_empty() {
-            self.reap().await?;
-        }
-        let mut parts = std::mem::take(&mut self.done);
-        parts.sort_by_key(|p| p.part_number());
-        let count = parts.len();
-        let store = &self.store;
-        let result = store
-            .client
-            .complete_multipart_upload()
-            .bucket(&*store.bucket)
-            .key(&self.key)
-            .if_none_match("*")
-            .upload_id(&self.upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
-            .await;
-        if let Err(e) = result {
-            let unknown = outcome_unknown(&e);
-            let mut error = store.error(OP, Some(&self.key), e);
-            if !unknown {
-                return Err(error);
-            }
-            match store.multipart_object(&self.key, count).await {
-                Some(stored) if stored == size => tracing::warn!(
-                    key = self.key,
-                    error = %format!("{:#}", anyhow::Error::new(error)),
-                    "the answer to CompleteMultipartUpload was lost or unreadable, but the object is complete (HeadObject): accepted"
-                ),
-                _ => {
-                    if let StoreError::Other { transient, .. } = &mut error {
-                        *transient = true;
-                    }
-                    return Err(error);
-                }
-            }
-        }
-        self.finished = true;
-        self.forget().await;
-        Ok(())
-    }
-
-    /// Stops the parts in flight and aborts the upload. If the abort fails, the upload stays
-    /// recorded, for a later [`S3Store::recover_uploads`].
-    async fn abort(mut self) {
-        self.parts.abort_all();
-        while self.parts.join_next().await.is_some() {}
-        self.finished = true;
-        let store = self.store.clone();
-        match store.abort(&store.bucket, &self.key, &self.upload_id).await {
-            Ok(()) => {
-                tracing::debug!(
-                    key = self.key,
-                    upload_id = self.upload_id,
-                    "multipart upload aborted"
-                );
-                self.forget().await;
-            }
-            Err(e) => {
-                tracing::warn!(key = self.key, upload_id = self.upload_id, error = %format!("{:#}", anyhow::Error::new(e)), "could not abort the failed multipart upload now; it stays recorded and is aborted later");
-                self.leave();
-            }
-        }
-    }
-
-    /// The upload is completed or aborted: its record goes.
-    async fn forget(&mut self) {
-        if let (Some(log), Some(path)) = (&self.store.uploads, self.record.take()) {
-            log.forget(&path).await;
-        }
-    }
-
-    /// The upload is left unfinished: its record stays, as stale, for a later
-    /// [`S3Store::recover_uploads`].
-    fn leave(&mut self) {
-        if let (Some(log), Some(path)) = (&self.store.uploads, self.record.take()) {
-            log.release(&path);
-        }
-    }
-}
-
-impl Drop for Multipart {
-    /// A put that was cancelled (shutdown) leaves its upload: abort it in the background if
-    /// the runtime still runs; else it stays recorded for the next start.
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.leave();
-            return;
-        };
-        let (store, key, upload_id, record) = (
-            self.store.clone(),
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.upload_id),
-            self.record.take(),
-        );
-        runtime.spawn(async move {
-            let aborted = store.abort(&store.bucket, &key, &upload_id).await.is_ok();
-            if let (Some(log), Some(path)) = (&store.uploads, record) {
-                if aborted {
-                    log.forget(&path).await;
-                } else {
-                    log.release(&path);
-                }
-            }
-        });
-    }
-}
-
-/// Part buffers of one upload, reused. With a new buffer for each part, glibc keeps freed ones
-/// (its mmap threshold rises to the part size after the first free), and the process grew by
-/// two or three parts. Reusing those in flight keeps memory at [`Tuning::buffer_budget`].
-#[derive(Clone, Default)]
-struct Buffers(Arc<Mutex<Vec<Vec<u8>>>>);
-
-impl Buffers {
-    /// An empty buffer of at least `capacity`.
-    fn get(&self, capacity: usize) -> Vec<u8> {
-        let reused = self.lock().pop().filter(|b| b.capacity() >= capacity);
-        reused.unwrap_or_else(|| Vec::with_capacity(capacity))
-    }
-
-    /// Takes back a sent part's buffer, if the SDK let go of it (it does once the request is
-    /// done); otherwise it is simply freed.
-    fn put(&self, data: Bytes) {
-        if let Ok(buffer) = data.try_into_mut() {
-            let mut buffer = Vec::from(buffer);
-            buffer.clear();
-            self.lock().push(buffer);
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
-
 /// Logs an upload's progress every [`Tuning::progress_interval`].
 struct Progress<'k> {
     key: &'k str,
@@ -1119,8 +894,8 @@ impl Store for S3Store {
         validate_key(key)?;
         let reader = BodyReader::open(body).await?;
         let mut upload = None;
-        let digest = match self.stream(key, reader, tags, metadata, &mut upload).await {
-            Ok(digest) => digest,
+        let (digest, transfer) = match self.stream(key, reader, tags, metadata, &mut upload).await {
+            Ok(done) => done,
             Err(e) => {
                 if let Some(upload) = upload {
                     upload.abort().await;
@@ -1140,6 +915,7 @@ impl Store for S3Store {
             size: digest.size,
             sha256: digest.sha256,
             source_size: digest.source_size,
+            transfer,
         })
     }
 
@@ -1230,7 +1006,7 @@ impl Store for S3Store {
 }
 
 impl S3Store {
-    /// Reads the body into parts: one `PutObject` if it fits in one, else a multipart upload
+    /// Cuts the body into parts: one `PutObject` if it fits in one, else a multipart upload
     /// (left in `upload`, so the caller can abort it if this fails). The body is checked to be
     /// whole before the object is committed: a file that shrank is not stored cut short.
     async fn stream(
@@ -1240,40 +1016,41 @@ impl S3Store {
         tags: &Tags,
         metadata: &Metadata,
         upload: &mut Option<Multipart>,
-    ) -> Result<BodyDigest, StoreError> {
+    ) -> Result<(BodyDigest, Option<TransferStats>), StoreError> {
         let part_size = self.tuning.part_size(reader.size());
-        let capacity = usize::try_from(part_size).unwrap_or(usize::MAX);
-        // A record of a few KiB gets a buffer of its size, not a part's.
-        let first = usize::try_from(reader.size())
-            .unwrap_or(usize::MAX)
-            .saturating_add(64 << 10)
-            .min(capacity);
-        let mut part = Vec::with_capacity(first);
+        let mut backing = Backing::for_body(&reader, &self.spill_dir).await?;
+        let mut hasher = parts::PartHasher::new(self.checksum, self.sign_payload);
         let mut progress = Progress::new(key, reader.size(), self.tuning.progress_interval);
+        // Offsets in the stored bytes: where the current part starts, and how far it is.
+        let (mut part_start, mut end) = (0u64, 0u64);
         while let Some(mut chunk) = reader.next_chunk().await? {
             while !chunk.is_empty() {
-                if part.len() == capacity {
+                if end - part_start == part_size {
                     // A full part, and more to come: it goes as a part of a multipart upload.
-                    let full = std::mem::take(&mut part);
+                    let body = backing.part(part_start, end).await?;
                     let multipart = match upload {
                         Some(m) => m,
                         None => upload
                             .insert(self.start_multipart(key, tags, metadata, part_size).await?),
                     };
-                    // Sending waits for a slot first, which frees a buffer to fill next.
-                    multipart.send(full).await?;
-                    part = multipart.buffers.get(capacity);
+                    multipart.send(body, hasher.finish()).await?;
+                    part_start = end;
                 }
-                let take = chunk.len().min(capacity - part.len());
-                part.extend_from_slice(&chunk[..take]);
-                chunk = &chunk[take..];
+                let room = usize::try_from(part_size - (end - part_start)).unwrap_or(usize::MAX);
+                let (now, rest) = chunk.split_at(chunk.len().min(room));
+                hasher.update(now);
+                backing.append(now).await?;
+                end += now.len() as u64;
+                chunk = rest;
             }
             progress.update(reader.source_read());
         }
         let digest = reader.finish()?;
+        let last = backing.part(part_start, end).await?;
+        let sums = hasher.finish();
         let stored = match upload {
-            None => self.put_object(key, part, tags, metadata).await,
-            Some(multipart) => match multipart.send(part).await {
+            None => self.put_object(key, &last, &sums, tags, metadata).await,
+            Some(multipart) => match multipart.send(last, sums).await {
                 Ok(()) => multipart.complete(digest.size).await,
                 Err(e) => Err(e),
             },
@@ -1290,7 +1067,76 @@ impl S3Store {
             Err(e) => return Err(e),
             Ok(()) => {}
         }
-        Ok(digest)
+        let stats = upload
+            .as_ref()
+            .map(|m| m.stats(backing.copied(), progress.started.elapsed()));
+        Ok((digest, stats))
+    }
+}
+
+/// Where a body's parts are read from when they are sent.
+enum Backing {
+    /// The body's own file, uploaded as it is: parts are ranges of it.
+    Source(Arc<OwnedFd>),
+    /// Compressed bytes, written to a spill file ahead of their upload.
+    Spill(parts::Spill),
+    /// A body in memory (a record): the part being filled.
+    Memory { part: Vec<u8>, copied: u64 },
+}
+
+impl Backing {
+    async fn for_body(reader: &BodyReader<'_>, spill_dir: &Path) -> Result<Self, StoreError> {
+        if reader.compressed() {
+            return Ok(Self::Spill(parts::Spill::create(spill_dir).await?));
+        }
+        match reader.plain_file() {
+            Some((fd, path)) => Ok(Self::Source(Arc::new(
+                fd.try_clone_to_owned()
+                    .map_err(StoreError::io("dup", path))?,
+            ))),
+            None => Ok(Self::Memory {
+                part: Vec::new(),
+                copied: 0,
+            }),
+        }
+    }
+
+    /// The bytes of the stored stream at `start..end` were read.
+    async fn append(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        match self {
+            Self::Source(_) => Ok(()),
+            Self::Spill(spill) => spill.write(bytes).await,
+            Self::Memory { part, copied } => {
+                part.extend_from_slice(bytes);
+                *copied += bytes.len() as u64;
+                Ok(())
+            }
+        }
+    }
+
+    /// The part at `start..end` of the stored stream (everything appended since the last).
+    async fn part(&mut self, start: u64, end: u64) -> Result<parts::PartBody, StoreError> {
+        Ok(match self {
+            Self::Source(file) => parts::PartBody::Range {
+                file: file.clone(),
+                offset: start,
+                len: end - start,
+            },
+            Self::Spill(spill) => {
+                spill.flush().await?;
+                spill.range(start)
+            }
+            Self::Memory { part, .. } => parts::PartBody::Memory(Bytes::from(std::mem::take(part))),
+        })
+    }
+
+    /// Bytes this process copied on their way to the store (into memory or the spill file).
+    fn copied(&self) -> u64 {
+        match self {
+            Self::Source(_) => 0,
+            Self::Spill(spill) => spill.written,
+            Self::Memory { copied, .. } => *copied,
+        }
     }
 }
 
@@ -1447,18 +1293,6 @@ mod tests {
     }
 
     #[test]
-    fn parts_in_flight_stay_within_the_memory_budget() {
-        let t = Tuning::default();
-        assert_eq!(t.parts_in_flight(8 * MIB), 3);
-        assert_eq!(t.parts_in_flight(12 * MIB), 1);
-        assert_eq!(t.parts_in_flight(100 * MIB), 1);
-        for part in [5 * MIB, 8 * MIB, 10 * MIB, 16 * MIB] {
-            let buffers = t.parts_in_flight(part) as u64 + 1;
-            assert!(buffers * part <= t.buffer_budget, "{part}");
-        }
-    }
-
-    #[test]
     fn tags_are_url_encoded() {
         let tags = Tags::from([
             ("pod".to_owned(), "web-1".to_owned()),
@@ -1469,12 +1303,6 @@ mod tests {
             "comm=my%20app%2Bx%3Dy%2Fz%3A%40&pod=web-1"
         );
         assert_eq!(encode_tags(&Tags::new()), "");
-    }
-
-    #[test]
-    fn content_md5_is_base64() {
-        // RFC 1321 test vector: MD5("") = d41d8cd98f00b204e9800998ecf8427e.
-        assert_eq!(content_md5(b""), "1B2M2Y8AsgTpgAmY7PhCfg==");
     }
 
     #[tokio::test]
