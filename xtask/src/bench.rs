@@ -1,7 +1,9 @@
 //! `cargo xtask bench …`: measurements that compare against a baseline taken in the same run.
 
+mod delay;
 mod flood;
 mod intake;
+mod servers;
 mod upload;
 
 use std::{
@@ -26,15 +28,25 @@ pub enum Bench {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
-    /// S3 upload: the agent's store (plain and zstd) against boto3's upload_file and
-    /// `aws s3 cp`, to a local s3s-fs; throughput, peak RSS, CPU time, and zstd against pigz.
+    /// S3 upload: the agent's store (plain and zstd) against boto3 (its own transfer manager and
+    /// the CRT's), `aws s3 cp` and s5cmd, same file, same server, same run; throughput, peak
+    /// RSS, CPU time, stored size, and the agent's own breakdown (part latency, parts in
+    /// flight, CPU by thread). Each size runs on the bare server, then with latency added.
     Upload {
         /// File sizes, in GiB.
-        #[arg(long, value_delimiter = ',', default_values_t = [1, 4])]
+        #[arg(long, value_delimiter = ',', default_values_t = [1, 8])]
         sizes: Vec<u64>,
         /// zstd level of the agent's compressed run.
         #[arg(long, default_value_t = 3)]
         level: i32,
+        /// The S3 server, on 127.0.0.1: Ceph's radosgw (a real S3 implementation, from Debian),
+        /// s3s-fs (files on disk), or moto (in memory: small sizes only).
+        #[arg(long, value_enum, default_value_t = upload::ServerKind::Radosgw)]
+        server: upload::ServerKind,
+        /// Round-trip latency added to every request, in ms (through a delaying proxy), one
+        /// pass each; 0 is the bare server.
+        #[arg(long, value_delimiter = ',', default_values_t = [0, 20])]
+        latency_ms: Vec<u64>,
     },
     /// One crash through each intake (file, pipe, socket) against the seed project's pigz pipe
     /// and boto3 upload: crash to stored, how long the process stays in the kernel, and the
@@ -70,7 +82,12 @@ pub enum Bench {
 pub fn run(root: &Path, which: Bench) -> anyhow::Result<()> {
     match which {
         Bench::Probe { signals, rounds } => probe(root, signals, rounds),
-        Bench::Upload { sizes, level } => upload::run(root, &sizes, level),
+        Bench::Upload {
+            sizes,
+            level,
+            server,
+            latency_ms,
+        } => upload::run(root, &sizes, level, server, &latency_ms),
         Bench::Intake { mib } => intake::run(root, mib),
         Bench::Flood { crashes, seconds } => flood::run(root, crashes, seconds),
         Bench::Find { dumps, pods } => status(cargo(root).args([

@@ -65,7 +65,7 @@ pub fn ensure(root: &Path) -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     let tools = tools_dir(root);
-    python_tools(&tools)?;
+    python_venv(&tools, PYTHON_PINS, "the test tools")?;
     let rgw = radosgw(root)?;
     print_versions(&tools, &rgw);
     Ok(())
@@ -291,11 +291,12 @@ fn installed_versions(venv: &Path, dists: &[&str]) -> Vec<Option<String>> {
         .collect()
 }
 
-/// The pinned Python tools, in a virtualenv of the project's own at `venv`: created if missing,
-/// and every package not at its pinned version installed at it. Whatever else the machine has
-/// on PATH (an image's older moto) is left alone and never used by the tests.
-fn python_tools(venv: &Path) -> anyhow::Result<()> {
-    let pins = pins(PYTHON_PINS)?;
+/// The Python tools `pins_text` pins (a `python.txt`-style file), for `what`, in a virtualenv
+/// of the project's own at `venv`: created if missing, and every package not at its pinned
+/// version installed at it. Whatever else the machine has on PATH (an image's older moto) is
+/// left alone and never used by the tests.
+pub fn python_venv(venv: &Path, pins_text: &str, what: &str) -> anyhow::Result<()> {
+    let pins = pins(pins_text)?;
     let dists: Vec<&str> = pins.iter().map(|p| p.dist).collect();
     let found = installed_versions(venv, &dists);
     let wrong: Vec<String> = pins
@@ -315,7 +316,7 @@ fn python_tools(venv: &Path) -> anyhow::Result<()> {
     }
     if !venv.join("bin").join("python").exists() {
         installing(&format!(
-            "a Python virtualenv for the test tools in {}",
+            "a Python virtualenv for {what} in {}",
             venv.display()
         ));
         create_venv(venv)?;

@@ -7,6 +7,7 @@
 #                                 prints "endpoint=http://127.0.0.1:PORT access_key=... secret_key=..." on stdout
 #   radosgw.sh stop DIR           kill every daemon of DIR (pid files) and remove DIR
 #   radosgw.sh status DIR         print the daemons of DIR and their RSS
+#   radosgw.sh gc DIR             free the space of deleted objects now (radosgw keeps it for hours)
 #   radosgw.sh check              print the installed version if it is the expected one; fail otherwise
 #
 # Environment (all optional):
@@ -316,6 +317,12 @@ dir_pids() {
     } | sort -un
 }
 
+cmd_gc() {
+    [ $# -eq 1 ] || usage
+    DIR=$(cd "$1" 2>/dev/null && pwd) || die "no such dir $1"
+    c radosgw-admin gc process --include-all >&2
+}
+
 cmd_status() {
     [ $# -eq 1 ] || usage
     local d p total=0 rss
@@ -385,6 +392,7 @@ install) [ $# -eq 0 ] || usage; cmd_install ;;
 start) cmd_start "$@" ;;
 stop) cmd_stop "$@" ;;
 status) cmd_status "$@" ;;
+gc) cmd_gc "$@" ;;
 check)
     [ $# -eq 0 ] || usage
     check_version

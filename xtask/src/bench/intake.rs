@@ -19,7 +19,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use super::upload::{ACCESS_KEY, BUCKET, SECRET_KEY, Server};
+use super::servers::{BUCKET, S3Server};
 use crate::{cargo, setup, status};
 
 const MIB: u64 = 1 << 20;
@@ -204,7 +204,7 @@ impl Drop for Agent {
 
 /// Runs the benchmark for a core of about `mib` MiB.
 pub fn run(root: &Path, mib: u64) -> anyhow::Result<()> {
-    super::upload::ensure_tools()?;
+    super::upload::ensure_apt_tools()?;
     status(cargo(root).args([
         "build",
         "--release",
@@ -227,14 +227,9 @@ pub fn run(root: &Path, mib: u64) -> anyhow::Result<()> {
     // The server's objects in memory: only what the node itself writes counts as disk.
     let data = Path::new("/dev/shm").join(format!("coredump-bench-{}", std::process::id()));
     std::fs::create_dir_all(data.join(BUCKET))?;
-    let server = Server::start(&data)?;
+    let server = S3Server::s3s_fs_in(&data)?;
     let endpoint = server.endpoint();
-    let aws_env = vec![
-        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.to_owned()),
-        ("AWS_REGION", "us-east-1".to_owned()),
-        ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
-    ];
+    let aws_env = server.aws_env();
     let kernel = KernelState::save()?;
     let mut rows = Vec::new();
     for mode in ["file", "pipe", "socket"] {

@@ -904,6 +904,18 @@ impl Store for S3Store {
             }
         };
         self.confirm(key, digest.size, tags).await?;
+        if let Some(t) = &transfer {
+            tracing::debug!(
+                key,
+                parts = t.parts,
+                part_size = t.part_size,
+                part_ms_p50 = t.part_ms_p50,
+                part_ms_max = t.part_ms_max,
+                in_flight = t.in_flight_final,
+                mib_per_s = digest.size as f64 / MIB as f64 / t.seconds.max(1e-3),
+                "multipart upload done"
+            );
+        }
         if upload.is_some() {
             // The store answers again: a good time to abort what an outage left behind.
             if let Err(e) = self.recover_uploads().await {
