@@ -10,6 +10,7 @@ use std::{path::PathBuf, process::ExitCode, time::Instant};
 use clap::Parser;
 use coredump_agent::store::{
     self, Body, ChecksumMode, ConnectOptions, Dest, Metadata, Store as _, Tags, Zstd,
+    s3::SignPayload,
 };
 
 /// Uploads a file with coredump-agent's store.
@@ -29,6 +30,9 @@ struct Args {
     /// Upload checksums.
     #[arg(long, value_enum, default_value_t = ChecksumMode::WhenSupported)]
     s3_checksum: ChecksumMode,
+    /// Hash payloads into request signatures.
+    #[arg(long, value_enum, default_value_t = SignPayload::Auto)]
+    s3_sign_payload: SignPayload,
     /// zstd level; 0 uploads the file as it is.
     #[arg(long, default_value_t = store::compress::DEFAULT_LEVEL)]
     level: i32,
@@ -65,6 +69,7 @@ async fn upload(args: Args) -> anyhow::Result<()> {
         s3_endpoint: args.s3_endpoint,
         s3_path_style: args.s3_path_style,
         s3_checksum: args.s3_checksum,
+        s3_sign_payload: args.s3_sign_payload,
         ..ConnectOptions::default()
     };
     let store = store::connect(&dest, &options).await?;

@@ -10,7 +10,7 @@ use crate::{
     identity::kubelet,
     intake::{Intake, IntakeMode},
     probe::HookChoice,
-    store::{AnyStore, ChecksumMode, ConnectOptions, Dest, Zstd, compress},
+    store::{AnyStore, ChecksumMode, ConnectOptions, Dest, Zstd, compress, s3::SignPayload},
 };
 
 /// Collects core dumps on Kubernetes nodes: kernel-attested crash identity (eBPF),
@@ -507,6 +507,12 @@ pub struct StoreArgs {
     /// from files, so the number costs no memory.
     #[arg(long, env = "COREDUMP_S3_MAX_PARTS_IN_FLIGHT", default_value_t = crate::store::s3::MAX_PARTS_IN_FLIGHT, value_parser = clap::value_parser!(u16).range(1..=256).map(usize::from))]
     pub s3_max_parts_in_flight: usize,
+    /// Hash each request's payload into its signature: `auto` over plain HTTP only (TLS
+    /// protects the bytes otherwise), as the AWS CLI does; `never` leaves the bytes to the
+    /// signed per-part checksum, which saves a SHA-256 pass here and on the server (see
+    /// `cargo xtask bench upload`) but is no defence against tampering on an untrusted network.
+    #[arg(long, env = "COREDUMP_S3_SIGN_PAYLOAD", value_enum, default_value_t = SignPayload::Auto)]
+    pub s3_sign_payload: SignPayload,
 }
 
 impl StoreArgs {
@@ -532,6 +538,7 @@ impl StoreArgs {
             s3_path_style: self.s3_path_style,
             s3_checksum: self.s3_checksum,
             s3_max_parts_in_flight: Some(self.s3_max_parts_in_flight),
+            s3_sign_payload: self.s3_sign_payload,
             state_dir: node.is_some().then(|| self.state_dir().to_owned()),
             node,
         }

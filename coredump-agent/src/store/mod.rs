@@ -854,6 +854,8 @@ pub struct ConnectOptions {
     pub s3_checksum: ChecksumMode,
     /// Most parts of one upload in flight (`None`: [`s3::MAX_PARTS_IN_FLIGHT`]).
     pub s3_max_parts_in_flight: Option<usize>,
+    /// Whether payloads are hashed into request signatures.
+    pub s3_sign_payload: s3::SignPayload,
     /// The agent's state directory. Multipart uploads in progress are recorded under
     /// `<state_dir>/uploads/`, so that ones cut short by a crash are aborted at the next start
     /// ([`S3Store::recover_uploads`]). `None`: not recorded.

@@ -163,6 +163,46 @@ impl S3Server {
         ]
     }
 
+    /// CPU seconds (user + system) the server's processes have used so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let mine = |pid: &str| match &self.running {
+            Running::Child(child) => pid == child.id().to_string(),
+            // Every daemon of the cluster names its ceph.conf on its command line.
+            Running::Radosgw(cluster) => {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                    let conf = cluster.join("ceph.conf");
+                    c.split(|&b| b == 0)
+                        .any(|arg| arg == conf.as_os_str().as_encoded_bytes())
+                })
+            }
+        };
+        let mut total = 0.0;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = entry.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) || !mine(&pid) {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some(close) = stat.rfind(')') else {
+                continue;
+            };
+            let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+            let field = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|f| f.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            // utime and stime: fields 14 and 15 of the line, the 12th and 13th after the comm.
+            total += (field(11) + field(12)) / ticks;
+        }
+        total
+    }
+
     /// Frees the space of deleted objects now (radosgw keeps it for its garbage collector).
     pub fn reclaim(&self, root: &Path) -> anyhow::Result<()> {
         match &self.running {

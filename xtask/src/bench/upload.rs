@@ -36,10 +36,32 @@ struct Run {
     seconds: f64,
     rss_kib: u64,
     cpu_seconds: f64,
+    /// CPU seconds of the server meanwhile.
+    server_cpu: f64,
     /// Bytes stored (or written, for pigz).
     output: u64,
     /// The agent's own account of the upload (its JSON line), if it is the agent.
     breakdown: Option<String>,
+    /// Why a peer could not upload at all (the row says so instead of figures).
+    failed: Option<String>,
+}
+
+/// A peer's run, or a row saying why it failed: a peer that cannot talk to this server is a
+/// finding, not the end of the benchmark.
+fn peer(run: anyhow::Result<Run>, what: &str) -> Run {
+    run.unwrap_or_else(|e| {
+        eprintln!("xtask bench: {what} failed: {e:#}");
+        Run {
+            what: what.to_owned(),
+            seconds: f64::NAN,
+            rss_kib: 0,
+            cpu_seconds: f64::NAN,
+            server_cpu: f64::NAN,
+            output: 0,
+            breakdown: None,
+            failed: Some(e.root_cause().to_string()),
+        }
+    })
 }
 
 /// Runs the benchmark for files of `sizes_gib` GiB on a `kind` server, with each added
@@ -131,7 +153,10 @@ pub fn run(
                     .arg(&file)
                     .args([BUCKET, &key]);
                 with_env(&mut cmd);
-                runs.push(measure(what, &mut cmd, || stored(&key))?);
+                runs.push(peer(
+                    measure(what, &mut cmd, &server, || stored(&key)),
+                    what,
+                ));
             }
             let key = format!("awscli/{name}");
             let mut cmd = Command::new(venv.join("bin/aws"));
@@ -145,30 +170,42 @@ pub fn run(
             .arg(&file)
             .arg(format!("s3://{BUCKET}/{key}"));
             with_env(&mut cmd);
-            runs.push(measure("aws s3 cp", &mut cmd, || stored(&key))?);
+            runs.push(peer(
+                measure("aws s3 cp", &mut cmd, &server, || stored(&key)),
+                "aws s3 cp",
+            ));
             let key = format!("s5cmd/{name}");
             let mut cmd = Command::new(venv.join("bin/s5cmd"));
             cmd.args(["--endpoint-url", &endpoint, "cp"])
                 .arg(&file)
                 .arg(format!("s3://{BUCKET}/{key}"));
             with_env(&mut cmd);
-            runs.push(measure("s5cmd cp", &mut cmd, || stored(&key))?);
+            runs.push(peer(
+                measure("s5cmd cp", &mut cmd, &server, || stored(&key)),
+                "s5cmd cp",
+            ));
             let peers = runs.len();
 
-            for (what, level) in [
-                ("agent, no compression".to_owned(), 0),
-                (format!("agent, zstd -{level}"), level),
+            for (what, level, sign) in [
+                ("agent, no compression".to_owned(), 0, "auto"),
+                (
+                    "agent, no compression, unsigned payload".to_owned(),
+                    0,
+                    "never",
+                ),
+                (format!("agent, zstd -{level}"), level, "auto"),
             ] {
-                let prefix = format!("agent-{level}");
+                let prefix = format!("agent-{level}-{sign}");
                 let mut cmd = Command::new(&agent);
                 cmd.arg(&file)
                     .args(["--dest", &format!("s3://{BUCKET}/{prefix}")])
                     .args(["--s3-endpoint", &endpoint, "--s3-path-style"])
+                    .args(["--s3-sign-payload", sign])
                     .args(["--level", &level.to_string()]);
                 with_env(&mut cmd);
                 let suffix = if level > 0 { ".zst" } else { "" };
                 let key = format!("{prefix}/{name}{suffix}");
-                runs.push(measure(&what, &mut cmd, || stored(&key))?);
+                runs.push(measure(&what, &mut cmd, &server, || stored(&key))?);
             }
             if latency == 0 {
                 let mut cmd = Command::new("pigz");
@@ -177,7 +214,7 @@ pub fn run(
             }
 
             // The peers and the agent without compression store the file as it is.
-            for run in &runs[..=peers] {
+            for run in runs[..peers + 2].iter().filter(|r| r.failed.is_none()) {
                 if run.output != size {
                     bail!("{}: stored {} bytes of {size}", run.what, run.output);
                 }
@@ -187,6 +224,12 @@ pub fn run(
     }
     drop(server);
     print_table(kind, &table);
+    println!(
+        "\nload average at the end: {}",
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .trim()
+    );
     Ok(())
 }
 
@@ -195,21 +238,29 @@ fn print_table(kind: ServerKind, table: &[(u64, u64, u64, Vec<Run>)]) {
         "\nupload to {kind:?} on 127.0.0.1 (2 CPUs, shared with the server); MiB/s of the original file; CPU = user + system"
     );
     println!(
-        "| file | added RTT | client | seconds | MiB/s | vs boto3 | peak RSS MiB | CPU s | stored MiB |"
+        "| file | added RTT | client | seconds | MiB/s | vs boto3 | peak RSS MiB | CPU s | server CPU s | stored MiB |"
     );
-    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for (gib, latency, size, runs) in table {
         let rate = |r: &Run| *size as f64 / MIB as f64 / r.seconds;
         let base = rate(&runs[0]);
         for r in runs {
+            if let Some(why) = &r.failed {
+                println!(
+                    "| {gib} GiB | {latency} ms | {} | fails: {why} | | | | | |",
+                    r.what
+                );
+                continue;
+            }
             println!(
-                "| {gib} GiB | {latency} ms | {} | {:.1} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.0} |",
+                "| {gib} GiB | {latency} ms | {} | {:.1} | {:.0} | {:.2}x | {:.1} | {:.1} | {:.1} | {:.0} |",
                 r.what,
                 r.seconds,
                 rate(r),
                 rate(r) / base,
                 r.rss_kib as f64 / 1024.0,
                 r.cpu_seconds,
+                r.server_cpu,
                 r.output as f64 / MIB as f64,
             );
         }
@@ -229,16 +280,20 @@ fn print_table(kind: ServerKind, table: &[(u64, u64, u64, Vec<Run>)]) {
 fn measure(
     what: &str,
     cmd: &mut Command,
+    server: &S3Server,
     output: impl FnOnce() -> anyhow::Result<u64>,
 ) -> anyhow::Result<Run> {
     let mut printed = String::new();
+    let server_cpu = server.cpu_seconds();
     let (seconds, rss_kib, cpu_seconds) = timed(cmd, Stdio::piped(), |child| {
         let mut out = child.stdout.take().expect("piped");
         std::io::Read::read_to_string(&mut out, &mut printed)?;
         Ok(())
     })?;
+    let server_cpu = server.cpu_seconds() - server_cpu;
     let run = Run {
         what: what.to_owned(),
+        server_cpu,
         seconds,
         rss_kib,
         cpu_seconds,
@@ -248,6 +303,7 @@ fn measure(
             .last()
             .filter(|l| l.starts_with('{'))
             .map(str::to_owned),
+        failed: None,
     };
     eprintln!(
         "xtask bench: {what}: {:.1} s, {:.1} MiB RSS",
@@ -270,8 +326,10 @@ fn measure_output(what: &str, cmd: &mut Command) -> anyhow::Result<Run> {
         seconds,
         rss_kib,
         cpu_seconds,
+        server_cpu: 0.0,
         output: written,
         breakdown: None,
+        failed: None,
     })
 }
 
@@ -282,6 +340,7 @@ fn timed(
     during: impl FnOnce(&mut Child) -> anyhow::Result<()>,
 ) -> anyhow::Result<(f64, u64, f64)> {
     let stats = tempfile_path("time");
+    let errors = tempfile_path("stderr");
     let mut timed = Command::new("/usr/bin/time");
     timed
         .args(["-f", "%M %U %S", "-o"])
@@ -292,7 +351,8 @@ fn timed(
             cmd.get_envs()
                 .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
         )
-        .stdout(stdout);
+        .stdout(stdout)
+        .stderr(File::create(&errors)?);
     let started = Instant::now();
     let mut child = timed
         .spawn()
@@ -300,8 +360,16 @@ fn timed(
     during(&mut child)?;
     let st = child.wait()?;
     let seconds = started.elapsed().as_secs_f64();
+    let stderr = std::fs::read_to_string(&errors).unwrap_or_default();
+    let _ = std::fs::remove_file(&errors);
     if !st.success() {
-        bail!("`{}` failed: {st}", render(cmd));
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        return Err(anyhow::anyhow!(last.to_owned()))
+            .with_context(|| format!("`{}` failed ({st})", render(cmd)));
     }
     let text = std::fs::read_to_string(&stats)?;
     let _ = std::fs::remove_file(&stats);

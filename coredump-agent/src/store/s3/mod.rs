@@ -103,6 +103,18 @@ pub enum ChecksumMode {
     WhenRequired,
 }
 
+/// Whether each request's payload is hashed into its signature.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SignPayload {
+    /// Over plain HTTP only, where TLS does not protect the bytes (as the AWS CLI does).
+    #[default]
+    Auto,
+    /// Always: one more SHA-256 pass per byte, here and on the server.
+    Always,
+    /// Never: the part's checksum header (signed) is all that covers the bytes.
+    Never,
+}
+
 /// Part sizes, parallelism and logging of uploads. The defaults suit production; tests use
 /// smaller parts to exercise multipart uploads with small files.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,10 +255,15 @@ impl S3Store {
                     .into(),
             });
         }
-        let sign_payload = options.s3_endpoint.as_deref().is_some_and(|e| {
+        let plain_http = options.s3_endpoint.as_deref().is_some_and(|e| {
             e.get(..7)
                 .is_some_and(|s| s.eq_ignore_ascii_case("http://"))
         });
+        let sign_payload = match options.s3_sign_payload {
+            SignPayload::Auto => plain_http,
+            SignPayload::Always => true,
+            SignPayload::Never => false,
+        };
         Ok(Self {
             client: Client::from_conf(config),
             bucket: bucket.into(),
@@ -1352,9 +1369,27 @@ mod tests {
         let store = S3Store::with_config(config(), "b", "/p/q/", &options).unwrap();
         assert_eq!(store.describe(), "s3://b/p/q at http://127.0.0.1:9000");
         assert!(store.sign_payload);
+        let never = ConnectOptions {
+            s3_sign_payload: SignPayload::Never,
+            ..options
+        };
+        assert!(
+            !S3Store::with_config(config(), "b", "", &never)
+                .unwrap()
+                .sign_payload
+        );
         let store = S3Store::with_config(config(), "b", "", &ConnectOptions::default()).unwrap();
         assert_eq!(store.describe(), "s3://b");
         assert!(!store.sign_payload);
+        let always = ConnectOptions {
+            s3_sign_payload: SignPayload::Always,
+            ..ConnectOptions::default()
+        };
+        assert!(
+            S3Store::with_config(config(), "b", "", &always)
+                .unwrap()
+                .sign_payload
+        );
         assert_eq!(store.check_key(), "_agent-check/unknown");
 
         let err = S3Store::with_config(
