@@ -123,6 +123,10 @@ pub struct Metrics {
     pub deferred_low_disk: Counter,
     /// 1 while the kernel probe is attached.
     pub probe_attached: Gauge,
+    /// Bytes of the probe's ring buffer written and not read yet (at scrape time).
+    pub ring_used_bytes: Gauge,
+    /// Size of the probe's ring buffer.
+    pub ring_capacity_bytes: Gauge,
     /// 1 while the last store check succeeded.
     pub store_reachable: Gauge,
     /// 1 while the agent is ready (what /readyz says).
@@ -130,6 +134,7 @@ pub struct Metrics {
     lost_seen: AtomicI64,
     max_namespaces: AtomicUsize,
     namespaces: Mutex<HashSet<String>>,
+    ring_fill: Mutex<Option<crate::sys::RingFill>>,
 }
 
 impl Metrics {
@@ -224,6 +229,20 @@ impl Metrics {
             "1 while the kernel crash probe is attached",
             probe_attached.clone(),
         );
+        let ring_used_bytes = Gauge::default();
+        registry.register_with_unit(
+            "probe_ring_buffer_used",
+            "Bytes of the kernel probe's ring buffer written and not read yet: at the capacity, crash events are lost",
+            Unit::Bytes,
+            ring_used_bytes.clone(),
+        );
+        let ring_capacity_bytes = Gauge::default();
+        registry.register_with_unit(
+            "probe_ring_buffer_capacity",
+            "Size of the kernel probe's ring buffer",
+            Unit::Bytes,
+            ring_capacity_bytes.clone(),
+        );
         let store_reachable = Gauge::default();
         registry.register(
             "store_reachable",
@@ -252,11 +271,14 @@ impl Metrics {
             files_rejected,
             deferred_low_disk,
             probe_attached,
+            ring_used_bytes,
+            ring_capacity_bytes,
             store_reachable,
             ready,
             lost_seen: AtomicI64::new(0),
             max_namespaces: AtomicUsize::new(DEFAULT_MAX_NAMESPACES),
             namespaces: Mutex::new(HashSet::new()),
+            ring_fill: Mutex::new(None),
         }
     }
 
@@ -266,6 +288,16 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .replace(labels);
+    }
+
+    /// The probe's ring buffer, read at each scrape for its fill.
+    pub fn set_ring_fill(&self, fill: crate::sys::RingFill) {
+        self.ring_capacity_bytes
+            .set(i64::try_from(fill.capacity()).unwrap_or(i64::MAX));
+        *self
+            .ring_fill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fill);
     }
 
     /// At most this many namespaces get a label of their own.
@@ -338,6 +370,15 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric.
     pub fn render(&self) -> String {
+        if let Some(fill) = self
+            .ring_fill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            self.ring_used_bytes
+                .set(i64::try_from(fill.used()).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         let mut build = Registry::with_prefix("coredump_agent");
         if let Some(labels) = BUILD
@@ -393,4 +434,5 @@ mod tests {
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
+
 }
