@@ -399,6 +399,56 @@ impl Metrics {
     }
 }
 
+/// The Prometheus text format (0.0.4) of an OpenMetrics text, for a scraper that does not
+/// take OpenMetrics (`promtool check metrics`, older clients): the same samples, with the
+/// families named as that format names them. A counter family is named after its `_total`
+/// samples and an info family after its `_info` sample (a gauge there); `# UNIT` and `# EOF`
+/// go, and so do `_created` samples, which that format has no place for.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    // The family being written, when its samples need a suffix checked: (name, kind).
+    let mut family: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (renamed, kind_004) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "gauge" | "histogram" | "summary" => (name.to_owned(), kind),
+                _ => (name.to_owned(), "untyped"),
+            };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                // OpenMetrics escapes quotes in HELP; the text format does not.
+                out.push_str(&format!(
+                    "# HELP {renamed} {}\n",
+                    text.replace("\\\"", "\"")
+                ));
+            }
+            out.push_str(&format!("# TYPE {renamed} {kind_004}\n"));
+            family = Some((name, kind));
+            continue;
+        }
+        if let Some((name, "counter")) = family {
+            let sample = line.split(['{', ' ']).next().unwrap_or("");
+            if sample == format!("{name}_created") {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
 /// The build info's labels, set once at start.
 static BUILD: Mutex<Option<BuildLabels>> = Mutex::new(None);
 
@@ -435,4 +485,20 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
+    #[test]
+    fn the_text_format_names_counters_and_info_by_their_samples() {
+        let openmetrics = "# HELP x_build The build.\n# TYPE x_build info\nx_build_info{v=\"1\"} 1\n\
+            # HELP x_crashes Crashes \\\"here\\\".\n# TYPE x_crashes counter\n\
+            x_crashes_total{ns=\"a\"} 2\nx_crashes_created{ns=\"a\"} 1.7e9\n\
+            # HELP x_wait_seconds Wait.\n# TYPE x_wait_seconds histogram\n# UNIT x_wait_seconds seconds\n\
+            x_wait_seconds_sum 1\nx_wait_seconds_count 1\nx_wait_seconds_bucket{le=\"+Inf\"} 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP x_build_info The build.\n# TYPE x_build_info gauge\nx_build_info{v=\"1\"} 1\n\
+             # HELP x_crashes_total Crashes \"here\".\n# TYPE x_crashes_total counter\n\
+             x_crashes_total{ns=\"a\"} 2\n\
+             # HELP x_wait_seconds Wait.\n# TYPE x_wait_seconds histogram\n\
+             x_wait_seconds_sum 1\nx_wait_seconds_count 1\nx_wait_seconds_bucket{le=\"+Inf\"} 1\n"
+        );
+    }
 }
