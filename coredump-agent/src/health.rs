@@ -54,14 +54,20 @@ const MAX_ACTIVE: usize = 32;
 /// A connection has this long to start its request, and to finish its head.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The content type of a `/metrics` answer: OpenMetrics for a scraper that asks for it, the
-/// Prometheus text format otherwise (the same text: OpenMetrics' extra lines are comments to
-/// it).
-fn metrics_type(accept: Option<&str>) -> &'static str {
+/// A `/metrics` answer, its content type and text: OpenMetrics for a scraper that asks for it
+/// (Prometheus does), the Prometheus text format otherwise (`promtool check metrics`, curl).
+fn metrics_answer(accept: Option<&str>) -> (&'static str, String) {
+    let text = METRICS.render();
     if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text,
+        )
     } else {
-        "text/plain; version=0.0.4; charset=utf-8"
+        (
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::prometheus_text(&text),
+        )
     }
 }
 
@@ -114,7 +120,8 @@ fn answer(health: &Health, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 .headers()
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok());
-            text(StatusCode::OK, metrics_type(accept), METRICS.render())
+            let (content_type, body) = metrics_answer(accept);
+            text(StatusCode::OK, content_type, body)
         }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
     }
@@ -288,9 +295,10 @@ mod tests {
         let m = get(addr, "/metrics").await;
         assert!(m.contains("content-type: text/plain; version=0.0.4"), "{m}");
         assert!(
-            m.contains("# TYPE coredump_agent_files_rejected counter"),
+            m.contains("# TYPE coredump_agent_files_rejected_total counter"),
             "{m}"
         );
+        assert!(!m.contains("# EOF"), "{m}");
         assert!(m.contains("coredump_agent_store_reachable 1"), "{m}");
         assert!(m.contains("coredump_agent_files_rejected_total{reason=\"symlink\"}"));
         assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));

@@ -123,6 +123,10 @@ pub struct Metrics {
     pub deferred_low_disk: Counter,
     /// 1 while the kernel probe is attached.
     pub probe_attached: Gauge,
+    /// Bytes of the probe's ring buffer written and not read yet (at scrape time).
+    pub ring_used_bytes: Gauge,
+    /// Size of the probe's ring buffer.
+    pub ring_capacity_bytes: Gauge,
     /// 1 while the last store check succeeded.
     pub store_reachable: Gauge,
     /// 1 while the agent is ready (what /readyz says).
@@ -130,6 +134,7 @@ pub struct Metrics {
     lost_seen: AtomicI64,
     max_namespaces: AtomicUsize,
     namespaces: Mutex<HashSet<String>>,
+    ring_fill: Mutex<Option<crate::sys::RingFill>>,
 }
 
 impl Metrics {
@@ -224,6 +229,20 @@ impl Metrics {
             "1 while the kernel crash probe is attached",
             probe_attached.clone(),
         );
+        let ring_used_bytes = Gauge::default();
+        registry.register_with_unit(
+            "probe_ring_buffer_used",
+            "Bytes of the kernel probe's ring buffer written and not read yet: at the capacity, crash events are lost",
+            Unit::Bytes,
+            ring_used_bytes.clone(),
+        );
+        let ring_capacity_bytes = Gauge::default();
+        registry.register_with_unit(
+            "probe_ring_buffer_capacity",
+            "Size of the kernel probe's ring buffer",
+            Unit::Bytes,
+            ring_capacity_bytes.clone(),
+        );
         let store_reachable = Gauge::default();
         registry.register(
             "store_reachable",
@@ -252,11 +271,14 @@ impl Metrics {
             files_rejected,
             deferred_low_disk,
             probe_attached,
+            ring_used_bytes,
+            ring_capacity_bytes,
             store_reachable,
             ready,
             lost_seen: AtomicI64::new(0),
             max_namespaces: AtomicUsize::new(DEFAULT_MAX_NAMESPACES),
             namespaces: Mutex::new(HashSet::new()),
+            ring_fill: Mutex::new(None),
         }
     }
 
@@ -266,6 +288,16 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .replace(labels);
+    }
+
+    /// The probe's ring buffer, read at each scrape for its fill.
+    pub fn set_ring_fill(&self, fill: crate::sys::RingFill) {
+        self.ring_capacity_bytes
+            .set(i64::try_from(fill.capacity()).unwrap_or(i64::MAX));
+        *self
+            .ring_fill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(fill);
     }
 
     /// At most this many namespaces get a label of their own.
@@ -338,6 +370,15 @@ impl Metrics {
 
     /// The OpenMetrics text of every metric.
     pub fn render(&self) -> String {
+        if let Some(fill) = self
+            .ring_fill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            self.ring_used_bytes
+                .set(i64::try_from(fill.used()).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         let mut build = Registry::with_prefix("coredump_agent");
         if let Some(labels) = BUILD
@@ -356,6 +397,56 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+}
+
+/// The Prometheus text format (0.0.4) of an OpenMetrics text, for a scraper that does not
+/// take OpenMetrics (`promtool check metrics`, older clients): the same samples, with the
+/// families named as that format names them. A counter family is named after its `_total`
+/// samples and an info family after its `_info` sample (a gauge there); `# UNIT` and `# EOF`
+/// go, and so do `_created` samples, which that format has no place for.
+pub fn prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    // The family being written, when its samples need a suffix checked: (name, kind).
+    let mut family: Option<(&str, &str)> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (renamed, kind_004) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "gauge" | "histogram" | "summary" => (name.to_owned(), kind),
+                _ => (name.to_owned(), "untyped"),
+            };
+            if let Some(h) = help.take() {
+                let text = h.split_once(' ').map_or("", |(_, t)| t);
+                // OpenMetrics escapes quotes in HELP; the text format does not.
+                out.push_str(&format!(
+                    "# HELP {renamed} {}\n",
+                    text.replace("\\\"", "\"")
+                ));
+            }
+            out.push_str(&format!("# TYPE {renamed} {kind_004}\n"));
+            family = Some((name, kind));
+            continue;
+        }
+        if let Some((name, "counter")) = family {
+            let sample = line.split(['{', ' ']).next().unwrap_or("");
+            if sample == format!("{name}_created") {
+                continue;
+            }
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// The build info's labels, set once at start.
@@ -392,5 +483,22 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_text_format_names_counters_and_info_by_their_samples() {
+        let openmetrics = "# HELP x_build The build.\n# TYPE x_build info\nx_build_info{v=\"1\"} 1\n\
+            # HELP x_crashes Crashes \\\"here\\\".\n# TYPE x_crashes counter\n\
+            x_crashes_total{ns=\"a\"} 2\nx_crashes_created{ns=\"a\"} 1.7e9\n\
+            # HELP x_wait_seconds Wait.\n# TYPE x_wait_seconds histogram\n# UNIT x_wait_seconds seconds\n\
+            x_wait_seconds_sum 1\nx_wait_seconds_count 1\nx_wait_seconds_bucket{le=\"+Inf\"} 1\n# EOF\n";
+        assert_eq!(
+            prometheus_text(openmetrics),
+            "# HELP x_build_info The build.\n# TYPE x_build_info gauge\nx_build_info{v=\"1\"} 1\n\
+             # HELP x_crashes_total Crashes \"here\".\n# TYPE x_crashes_total counter\n\
+             x_crashes_total{ns=\"a\"} 2\n\
+             # HELP x_wait_seconds Wait.\n# TYPE x_wait_seconds histogram\n\
+             x_wait_seconds_sum 1\nx_wait_seconds_count 1\nx_wait_seconds_bucket{le=\"+Inf\"} 1\n"
+        );
     }
 }

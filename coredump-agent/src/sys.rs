@@ -137,6 +137,82 @@ pub fn async_ring_buf(
         .map_err(|e| e.into_parts().1)
 }
 
+/// How full a BPF ring buffer is, read from the kernel's own positions through a read-only
+/// mapping of the map's first two pages: the consumer's position, then the producer's. The
+/// kernel allows a read-only mapping of any part of a ring buffer map, beside the reader's own.
+pub struct RingFill {
+    pages: std::ptr::NonNull<libc::c_void>,
+    page: usize,
+    capacity: u64,
+}
+
+// SAFETY: the mapping is read-only, owned by this value alone, and only read with atomic loads.
+unsafe impl Send for RingFill {}
+// SAFETY: as above: shared references only ever load atomically.
+unsafe impl Sync for RingFill {}
+
+impl RingFill {
+    /// Maps the positions of the ring buffer map `map`, whose data area is `capacity` bytes.
+    pub fn new(map: BorrowedFd<'_>, capacity: u64) -> io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+            .map_err(|_| io::Error::last_os_error())?;
+        // SAFETY: a new shared, read-only mapping that nothing else refers to; the result is
+        // checked before use and unmapped on drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * page,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let pages = std::ptr::NonNull::new(ptr).ok_or_else(io::Error::last_os_error)?;
+        Ok(Self {
+            pages,
+            page,
+            capacity,
+        })
+    }
+
+    /// Bytes written by the kernel and not read yet.
+    pub fn used(&self) -> u64 {
+        let position = |offset: usize| {
+            // SAFETY: `offset` is 0 or one page into the two-page mapping, so a page-aligned
+            // u64 inside it, which the kernel updates atomically (smp_store_release).
+            let atomic = unsafe {
+                &*self
+                    .pages
+                    .as_ptr()
+                    .cast::<u8>()
+                    .add(offset)
+                    .cast::<std::sync::atomic::AtomicU64>()
+            };
+            atomic.load(std::sync::atomic::Ordering::Acquire)
+        };
+        let consumer = position(0);
+        let producer = position(self.page);
+        producer.saturating_sub(consumer).min(self.capacity)
+    }
+
+    /// The ring buffer's data area, in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+}
+
+impl Drop for RingFill {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`, which nothing refers to any more.
+        unsafe { libc::munmap(self.pages.as_ptr(), 2 * self.page) };
+    }
+}
+
 /// Whether any process has `file` open for writing, e.g. the kernel still writing a core.
 ///
 /// A read lease is granted exactly when no one has the file open for writing, so trying to

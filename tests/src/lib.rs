@@ -4,6 +4,7 @@
 
 pub mod fake_kube;
 pub mod moto;
+pub mod prometheus;
 pub mod radosgw;
 pub mod seed;
 pub mod tools;
@@ -503,4 +504,31 @@ impl Drop for Crasher {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Raises this process's soft limit of open files to `at_least` (up to the hard limit, which
+/// root may raise too), for a test that opens many connections.
+pub fn raise_open_files_limit(at_least: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a valid rlimit.
+    assert_eq!(
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+        0
+    );
+    if limit.rlim_cur >= at_least {
+        return;
+    }
+    limit.rlim_cur = at_least;
+    limit.rlim_max = limit.rlim_max.max(at_least);
+    // SAFETY: setrlimit reads a valid rlimit.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    assert_eq!(
+        rc,
+        0,
+        "raising RLIMIT_NOFILE to {at_least}: {}",
+        std::io::Error::last_os_error()
+    );
 }

@@ -201,11 +201,12 @@ fn kustomizations() -> Vec<PathBuf> {
     out
 }
 
-/// Every component under deploy/components.
+/// Every component: those under deploy/components, and deploy/monitoring.
 fn components() -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(deploy().join("components"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .chain([deploy().join("monitoring")])
         .filter(|p| {
             std::fs::read_to_string(p.join("kustomization.yaml"))
                 .is_ok_and(|k| k.contains("\nkind: Component"))
@@ -524,6 +525,7 @@ fn every_kustomization_renders_and_validates_against_the_api_schemas() {
         "examples/exe-path",
         "examples/seccomp-localhost",
         "examples/seccomp-unconfined",
+        "examples/monitoring",
         "seccomp",
     ] {
         assert!(
@@ -560,8 +562,409 @@ fn every_kustomization_renders_and_validates_against_the_api_schemas() {
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
+            // It has no schema for custom resources, and only warns about them: the only
+            // ones allowed are the Prometheus Operator's (checked field by field below).
+            let said = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+            for line in said.lines().filter(|l| !l.trim().is_empty()) {
+                assert!(
+                    PROMETHEUS_OPERATOR_KINDS.iter().any(|k| line.contains(&format!(
+                        "Couldn't find schema for kind {k} with api version monitoring.coreos.com/v1"
+                    ))),
+                    "{name}, Kubernetes {version}: {line}"
+                );
+            }
         }
     }
+}
+
+// ---- monitoring: the Prometheus Operator's objects ---------------------------------------
+
+/// The kinds of custom resources deploy/ may render, which the validator has no schema for.
+const PROMETHEUS_OPERATOR_KINDS: [&str; 2] = ["PodMonitor", "PrometheusRule"];
+
+/// The Prometheus Operator's objects as its API (monitoring.coreos.com/v1) defines them, with
+/// the fields deploy/monitoring may use: an unknown or misspelt field, or a wrong type, fails
+/// to parse, as the API server's structural schema would reject it.
+#[expect(
+    dead_code,
+    reason = "every field the API defines is parsed, to reject unknown or mistyped ones; not all are checked"
+)]
+mod crd {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Object<Spec> {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: Metadata,
+        pub spec: Spec,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Metadata {
+        pub name: String,
+        pub namespace: String,
+        #[serde(default)]
+        pub labels: BTreeMap<String, String>,
+        #[serde(default)]
+        pub annotations: BTreeMap<String, String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct PodMonitorSpec {
+        pub job_label: Option<String>,
+        #[serde(default)]
+        pub pod_target_labels: Vec<String>,
+        pub pod_metrics_endpoints: Vec<PodMetricsEndpoint>,
+        pub selector: LabelSelector,
+        pub namespace_selector: Option<NamespaceSelector>,
+        pub sample_limit: Option<u64>,
+        pub target_limit: Option<u64>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct LabelSelector {
+        #[serde(default)]
+        pub match_labels: BTreeMap<String, String>,
+        #[serde(default)]
+        pub match_expressions: Vec<serde_json::Value>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct NamespaceSelector {
+        #[serde(default)]
+        pub any: bool,
+        #[serde(default)]
+        pub match_names: Vec<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct PodMetricsEndpoint {
+        pub port: Option<String>,
+        pub port_number: Option<u16>,
+        pub path: Option<String>,
+        pub scheme: Option<String>,
+        pub interval: Option<String>,
+        pub scrape_timeout: Option<String>,
+        pub honor_labels: Option<bool>,
+        pub honor_timestamps: Option<bool>,
+        #[serde(default)]
+        pub relabelings: Vec<Relabeling>,
+        #[serde(default)]
+        pub metric_relabelings: Vec<Relabeling>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Relabeling {
+        #[serde(default)]
+        pub source_labels: Vec<String>,
+        pub separator: Option<String>,
+        pub target_label: Option<String>,
+        pub regex: Option<String>,
+        pub modulus: Option<u64>,
+        pub replacement: Option<String>,
+        pub action: Option<String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct PrometheusRuleSpec {
+        pub groups: Vec<RuleGroup>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct RuleGroup {
+        pub name: String,
+        pub interval: Option<String>,
+        pub rules: Vec<Rule>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Rule {
+        pub alert: Option<String>,
+        pub record: Option<String>,
+        pub expr: String,
+        #[serde(rename = "for")]
+        pub for_: Option<String>,
+        pub keep_firing_for: Option<String>,
+        #[serde(default)]
+        pub labels: BTreeMap<String, String>,
+        #[serde(default)]
+        pub annotations: BTreeMap<String, String>,
+    }
+}
+
+/// A duration as the operator's CRDs accept it (`30s`, `1m30s`, `15m`; their pattern
+/// `^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$`),
+/// in milliseconds.
+fn crd_duration(s: &str) -> Option<u64> {
+    if s == "0" {
+        return Some(0);
+    }
+    let units = [
+        ("y", 365 * 86_400_000),
+        ("w", 7 * 86_400_000),
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("ms", 1),
+        ("m", 60_000),
+        ("s", 1_000),
+    ];
+    // In the pattern's order, each at most once.
+    let order = ["y", "w", "d", "h", "m", "s", "ms"];
+    let mut rest = s;
+    let mut total = 0;
+    let mut last = None;
+    while !rest.is_empty() {
+        let digits = rest.chars().take_while(char::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, ms) = units.iter().find(|(u, _)| rest.starts_with(u))?;
+        let at = order.iter().position(|o| o == unit)?;
+        if last.is_some_and(|l| at <= l) {
+            return None;
+        }
+        last = Some(at);
+        total += n * ms;
+        rest = &rest[unit.len()..];
+    }
+    last.map(|_| total)
+}
+
+#[test]
+fn crd_durations_follow_the_operators_pattern() {
+    assert_eq!(crd_duration("30s"), Some(30_000));
+    assert_eq!(crd_duration("1m30s"), Some(90_000));
+    assert_eq!(crd_duration("500ms"), Some(500));
+    assert_eq!(crd_duration("0"), Some(0));
+    for bad in ["", "30", "1.5m", "30s1m", "15 m", "1m1m"] {
+        assert_eq!(crd_duration(bad), None, "{bad}");
+    }
+}
+
+/// Checks the monitoring objects that `name` renders against the agent's DaemonSet beside
+/// them: the PodMonitor scrapes its pods' metrics port and names the job the rules select,
+/// the rules are well formed, and the dashboard's ConfigMap holds deploy/monitoring's JSON.
+fn assert_monitoring(name: &str, objects: &[Value]) {
+    let ds = agent_daemonset(objects);
+    let ds_namespace = ds["metadata"]["namespace"].as_str().unwrap();
+    let template_labels: BTreeMap<String, String> =
+        serde_json::from_value(ds["spec"]["template"]["metadata"]["labels"].clone())
+            .expect("the pod template's labels");
+    let port_names: BTreeSet<String> = agent_container(ds)["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect();
+
+    let pm: crd::Object<crd::PodMonitorSpec> =
+        serde_json::from_value(one(objects, "PodMonitor").clone())
+            .unwrap_or_else(|e| panic!("{name}: PodMonitor: {e}"));
+    assert_eq!(pm.api_version, "monitoring.coreos.com/v1", "{name}");
+    assert_eq!(pm.kind, "PodMonitor");
+    assert_eq!(pm.metadata.namespace, ds_namespace, "{name}");
+    let selector = &pm.spec.selector.match_labels;
+    assert!(
+        !selector.is_empty(),
+        "{name}: the PodMonitor selects by label"
+    );
+    for (k, v) in selector {
+        assert_eq!(
+            template_labels.get(k),
+            Some(v),
+            "{name}: the PodMonitor selects {k}={v}, which the agent's pods do not have"
+        );
+    }
+    // Its selector is immutable (a DaemonSet's) labels, not ones that change by version.
+    let ds_selector: BTreeMap<String, String> =
+        serde_json::from_value(ds["spec"]["selector"]["matchLabels"].clone()).unwrap();
+    assert_eq!(
+        selector, &ds_selector,
+        "{name}: select what the DaemonSet selects"
+    );
+    let ns = pm
+        .spec
+        .namespace_selector
+        .as_ref()
+        .expect("namespaceSelector");
+    assert!(
+        !ns.any && ns.match_names == [ds_namespace],
+        "{name}: {ns:?}"
+    );
+    // The job the rules select on (`up{job="coredump-agent"}`): the pods' jobLabel value.
+    let job_label = pm.spec.job_label.as_deref().expect("jobLabel");
+    let job = template_labels
+        .get(job_label)
+        .unwrap_or_else(|| panic!("{name}: jobLabel {job_label} is no label of the pods"));
+    assert_eq!(job, "coredump-agent", "{name}");
+    assert_eq!(pm.spec.pod_metrics_endpoints.len(), 1, "{name}");
+    let ep = &pm.spec.pod_metrics_endpoints[0];
+    let port = ep.port.as_deref().expect("a named port");
+    assert!(
+        port_names.contains(port),
+        "{name}: no container port {port}"
+    );
+    assert!(
+        agent_container(ds)["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == port && p["containerPort"] == METRICS_PORT),
+        "{name}: {port} is the metrics port"
+    );
+    assert_eq!(ep.path.as_deref(), Some("/metrics"), "{name}");
+    assert_eq!(ep.scheme.as_deref(), Some("http"), "{name}");
+    assert_eq!(
+        ep.honor_labels,
+        Some(true),
+        "{name}: the crash counters' namespace is the crashed pod's"
+    );
+    let interval = crd_duration(ep.interval.as_deref().expect("interval")).expect("a duration");
+    let timeout =
+        crd_duration(ep.scrape_timeout.as_deref().expect("scrapeTimeout")).expect("a duration");
+    assert!(timeout > 0 && timeout <= interval, "{name}: {ep:?}");
+    const ACTIONS: [&str; 11] = [
+        "replace",
+        "keep",
+        "drop",
+        "hashmod",
+        "labelmap",
+        "labeldrop",
+        "labelkeep",
+        "lowercase",
+        "uppercase",
+        "keepequal",
+        "dropequal",
+    ];
+    for r in ep.relabelings.iter().chain(&ep.metric_relabelings) {
+        let action = r.action.as_deref().unwrap_or("replace").to_lowercase();
+        assert!(ACTIONS.contains(&action.as_str()), "{name}: {r:?}");
+        if action == "replace" {
+            assert!(
+                r.target_label.is_some(),
+                "{name}: replace needs a targetLabel: {r:?}"
+            );
+        }
+        for l in &r.source_labels {
+            assert!(
+                l.starts_with("__meta_kubernetes_pod_")
+                    || l.starts_with("__meta_kubernetes_namespace"),
+                "{name}: {l} is not a label of Kubernetes pod discovery"
+            );
+        }
+    }
+    assert!(
+        ep.relabelings
+            .iter()
+            .any(|r| r.source_labels == ["__meta_kubernetes_pod_node_name"]
+                && r.target_label.as_deref() == Some("node")),
+        "{name}: the node label, which the alerts and the dashboard use"
+    );
+
+    let rule: crd::Object<crd::PrometheusRuleSpec> =
+        serde_json::from_value(one(objects, "PrometheusRule").clone())
+            .unwrap_or_else(|e| panic!("{name}: PrometheusRule: {e}"));
+    assert_eq!(rule.api_version, "monitoring.coreos.com/v1", "{name}");
+    assert_eq!(rule.metadata.namespace, ds_namespace, "{name}");
+    assert!(!rule.spec.groups.is_empty(), "{name}");
+    let mut alerts = BTreeSet::new();
+    for group in &rule.spec.groups {
+        assert!(!group.rules.is_empty(), "{name}: group {}", group.name);
+        for r in &group.rules {
+            assert!(
+                r.alert.is_some() != r.record.is_some(),
+                "{name}: a rule is an alert or a recording rule: {r:?}"
+            );
+            if let Some(alert) = &r.alert {
+                assert!(alerts.insert(alert.clone()), "{name}: {alert} twice");
+            }
+            assert!(r.expr.contains("coredump_agent_"), "{name}: {r:?}");
+            for d in [&r.for_, &r.keep_firing_for].into_iter().flatten() {
+                assert!(crd_duration(d).is_some(), "{name}: {d:?} is no duration");
+            }
+            if r.expr.contains("up{") {
+                assert!(
+                    r.expr.contains(&format!("up{{job=\"{job}\"}}")),
+                    "{name}: {:?} selects the PodMonitor's job {job}",
+                    r.alert
+                );
+            }
+        }
+    }
+    assert_eq!(alerts.len(), 5, "{name}: {alerts:?}");
+
+    let dashboards: Vec<&Value> = objects
+        .iter()
+        .filter(|o| kind(o) == "ConfigMap" && o["metadata"]["labels"]["grafana_dashboard"] == "1")
+        .collect();
+    assert_eq!(dashboards.len(), 1, "{name}: one dashboard ConfigMap");
+    let cm = dashboards[0];
+    assert_eq!(
+        cm["metadata"]["name"], "coredump-agent-dashboard",
+        "{name}: a stable name"
+    );
+    assert_eq!(cm["metadata"]["namespace"], ds_namespace, "{name}");
+    let json = cm["data"]["coredump-agent.json"]
+        .as_str()
+        .expect("the dashboard");
+    assert_eq!(
+        json,
+        read(&deploy().join("monitoring/dashboards/coredump-agent.json")),
+        "{name}: the ConfigMap holds the dashboard as it is"
+    );
+    let d: Value = serde_json::from_str(json).expect("the dashboard is JSON");
+    assert_eq!(d["uid"], "coredump-agent", "{name}");
+}
+
+#[test]
+fn monitoring_component_scrapes_the_agent_and_renders_its_rules_and_dashboard() {
+    if !require(
+        "monitoring_component_scrapes_the_agent_and_renders_its_rules_and_dashboard",
+        &[Tool::Kubectl],
+    ) {
+        return;
+    }
+    let tmp = TempDir::new("deploy-monitoring");
+    let mut rendered = 0;
+    for (name, dir) in renderable(&tmp) {
+        let objects = parse(&render(&dir));
+        let has = |k: &str| objects.iter().any(|o| kind(o) == k);
+        if !components_used(&dir).contains("monitoring") {
+            assert!(
+                !PROMETHEUS_OPERATOR_KINDS.iter().any(|k| has(k)),
+                "{name}: Prometheus Operator objects without deploy/monitoring"
+            );
+            continue;
+        }
+        assert_monitoring(&name, &objects);
+        rendered += 1;
+        if name == "examples/monitoring" {
+            // Labelled for kube-prometheus-stack's selectors.
+            for k in PROMETHEUS_OPERATOR_KINDS {
+                assert_eq!(
+                    one(&objects, k)["metadata"]["labels"]["release"],
+                    "kube-prometheus-stack",
+                    "{name}: {k}"
+                );
+            }
+        }
+    }
+    assert_eq!(rendered, 2, "base+monitoring and examples/monitoring");
 }
 
 // ---- what the base says --------------------------------------------------------------------
@@ -1090,6 +1493,10 @@ fn every_component_is_used_by_an_overlay_or_example() {
             "deploy/components/{expected} is a component"
         );
     }
+    assert!(
+        all.contains(&deploy().join("monitoring")),
+        "deploy/monitoring is a component"
+    );
     for c in all {
         assert!(
             used.contains(&c.canonicalize().unwrap()),

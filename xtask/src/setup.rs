@@ -67,6 +67,7 @@ pub fn ensure(root: &Path) -> anyhow::Result<()> {
     let tools = tools_dir(root);
     python_venv(&tools, PYTHON_PINS, "the test tools")?;
     let rgw = radosgw(root)?;
+    prometheus()?;
     print_versions(&tools, &rgw);
     Ok(())
 }
@@ -91,6 +92,123 @@ fn radosgw(root: &Path) -> anyhow::Result<String> {
     output("bash", &[&script, "check"])
         .map(|v| v.trim().to_owned())
         .context("radosgw after installing it")
+}
+
+/// Debian's Prometheus (with `promtool`), for the monitoring tests: this major.minor exactly.
+/// The tests read this line (tests/src/prometheus.rs): change the version here only.
+const PROMETHEUS: &str = "2.42";
+/// Where Debian installs it; the tests run these paths, never PATH.
+const PROMETHEUS_BIN: &str = "/usr/bin/prometheus";
+const PROMTOOL_BIN: &str = "/usr/bin/promtool";
+
+/// The version `prometheus --version` reports (`2.42.0+ds`), if it runs.
+fn prometheus_version() -> Option<String> {
+    let out = output(PROMETHEUS_BIN, &["--version"])?;
+    let line = out.lines().next()?;
+    Some(
+        line.strip_prefix("prometheus, version ")?
+            .split(' ')
+            .next()?
+            .to_owned(),
+    )
+}
+
+/// Whether `version` (Prometheus's or a Debian package's) is of the pinned major.minor.
+fn is_pinned_prometheus(version: &str) -> bool {
+    version
+        .strip_prefix(PROMETHEUS)
+        .is_some_and(|rest| rest.starts_with('.'))
+}
+
+/// The version apt would install of `package`, if any.
+fn apt_candidate(package: &str) -> Option<String> {
+    output("apt-cache", &["policy", package])?
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate: "))
+        .map(str::to_owned)
+        .filter(|c| c != "(none)")
+}
+
+/// Debian's `prometheus` package at [`PROMETHEUS`] (the tests' real Prometheus and `promtool`),
+/// installed when missing or at another version. Its maintainer scripts would start the
+/// service: a `policy-rc.d` that forbids it is put in place for the install, so nothing is left
+/// running.
+fn prometheus() -> anyhow::Result<()> {
+    let found = prometheus_version();
+    if let Some(v) = found.as_deref().filter(|v| is_pinned_prometheus(v))
+        && Path::new(PROMTOOL_BIN).exists()
+    {
+        ok(
+            "prometheus",
+            &format!("{v} at {PROMETHEUS_BIN}, with {PROMTOOL_BIN}"),
+        );
+        return Ok(());
+    }
+    let what = found.map_or_else(
+        || "missing".to_owned(),
+        |v| format!("at {v}, not {PROMETHEUS}"),
+    );
+    if !succeeds("apt-get", &["--version"]) {
+        bail!(
+            "Prometheus {PROMETHEUS} (the monitoring tests' server and promtool) is {what}, and this is not a Debian-like system (no apt-get): install Prometheus {PROMETHEUS}.x so that {PROMETHEUS_BIN} and {PROMTOOL_BIN} exist, then rerun"
+        );
+    }
+    if !is_root() {
+        bail!(
+            "Prometheus {PROMETHEUS} (the monitoring tests' server and promtool) is {what}, and installing it needs root: run `sudo apt-get install --no-install-recommends prometheus={PROMETHEUS}.*`, then rerun"
+        );
+    }
+    let mut candidate = apt_candidate("prometheus");
+    if !candidate.as_deref().is_some_and(is_pinned_prometheus) {
+        run("apt-get", &["update", "-qq"])?;
+        candidate = apt_candidate("prometheus");
+    }
+    let Some(candidate) = candidate.filter(|c| is_pinned_prometheus(c)) else {
+        bail!(
+            "apt offers no prometheus {PROMETHEUS}.x (Debian 12 has 2.42): install Prometheus {PROMETHEUS}.x so that {PROMETHEUS_BIN} and {PROMTOOL_BIN} exist, then rerun"
+        );
+    };
+    installing(&format!(
+        "prometheus {candidate} from Debian ({what}; without starting its service)"
+    ));
+    // Debian's invoke-rc.d asks /usr/sbin/policy-rc.d whether it may start a service; 101
+    // says no. One that is there already (container images ship one) is left as it is.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let own_policy = !policy.exists();
+    if own_policy {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask setup: no service starts during its install\nexit 101\n",
+        )
+        .and_then(|()| {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))
+        })
+        .with_context(|| format!("writing {}", policy.display()))?;
+    }
+    let package = format!("prometheus={candidate}");
+    let installed = run(
+        "apt-get",
+        &[
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "--allow-downgrades",
+            &package,
+        ],
+    );
+    if own_policy {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed?;
+    match prometheus_version() {
+        Some(v) if is_pinned_prometheus(&v) && Path::new(PROMTOOL_BIN).exists() => Ok(()),
+        v => bail!(
+            "{PROMETHEUS_BIN} is {} after installing {package}, but {PROMETHEUS}.x with {PROMTOOL_BIN} is pinned",
+            v.as_deref().unwrap_or("missing")
+        ),
+    }
 }
 
 /// Where the tests' tools live: `$COREDUMP_TOOLS_DIR`, else `target/tools` in the workspace (a
@@ -415,7 +533,16 @@ fn print_versions(tools: &Path, radosgw: &str) {
     ];
     let rows: Vec<(&str, String)> = rows
         .into_iter()
-        .chain([("radosgw", radosgw.to_owned())])
+        .chain([
+            ("radosgw", radosgw.to_owned()),
+            (
+                "prometheus",
+                prometheus_version().map_or_else(
+                    || "not found".to_owned(),
+                    |v| format!("{v} ({PROMETHEUS_BIN}, {PROMTOOL_BIN})"),
+                ),
+            ),
+        ])
         .collect();
     eprintln!("xtask setup: versions the build and the tests use:");
     for (tool, version) in rows {
@@ -448,5 +575,15 @@ mod tests {
         );
         assert!(pins("moto>=5").is_err(), "only exact pins");
         assert!(!pins(PYTHON_PINS).unwrap().is_empty());
+    }
+
+    #[test]
+    fn prometheus_is_pinned_by_major_and_minor() {
+        for v in ["2.42.0+ds", "2.42.0+ds-5+deb12u1", "2.42.1"] {
+            assert!(is_pinned_prometheus(v), "{v}");
+        }
+        for v in ["2.420.0", "2.4.2", "2.43.0", "3.42.0", "2.42", ""] {
+            assert!(!is_pinned_prometheus(v), "{v}");
+        }
     }
 }

@@ -123,6 +123,8 @@ pub struct Probe {
     hook: Hook,
     ring: RingBuf<MapData>,
     stats: PerCpuArray<MapData, u64>,
+    /// The ring buffer's fill, when its positions could be mapped.
+    fill: Option<sys::RingFill>,
 }
 
 impl std::fmt::Debug for Probe {
@@ -317,12 +319,22 @@ impl Probe {
                 },
             })
         };
-        let ring = RingBuf::try_from(map(&mut ebpf, names::EVENTS)?).map_err(|source| {
-            ProbeError::Map {
-                name: names::EVENTS,
-                source,
-            }
+        let events = map(&mut ebpf, names::EVENTS)?;
+        let capacity = match &events {
+            aya::maps::Map::RingBuf(data) => data.info().ok().map(|i| u64::from(i.max_entries())),
+            _ => None,
+        };
+        let ring = RingBuf::try_from(events).map_err(|source| ProbeError::Map {
+            name: names::EVENTS,
+            source,
         })?;
+        // Its fill, for the metrics; the probe works without it.
+        let fill = capacity.and_then(|capacity| {
+            use std::os::fd::AsFd as _;
+            sys::RingFill::new(ring.as_fd(), capacity)
+                .inspect_err(|e| tracing::warn!(error = %e, "mapping the ring buffer's positions: no fill metric"))
+                .ok()
+        });
         let stats = PerCpuArray::try_from(map(&mut ebpf, names::STATS)?).map_err(|source| {
             ProbeError::Map {
                 name: names::STATS,
@@ -341,6 +353,7 @@ impl Probe {
             hook,
             ring,
             stats,
+            fill,
         })
     }
 
@@ -385,7 +398,11 @@ pub async fn run(
         hook,
         ring,
         stats,
+        fill,
     } = probe;
+    if let Some(fill) = fill {
+        crate::metrics::METRICS.set_ring_fill(fill);
+    }
     let stats_probe = StatsReader { stats };
     let mut ring = sys::async_ring_buf(ring).map_err(ProbeError::Read)?;
     let mut reported_drops = 0;
