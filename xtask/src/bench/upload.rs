@@ -78,15 +78,22 @@ pub fn run(
     let venv = target.join("bench-tools");
     setup::python_venv(&venv, BENCH_PINS, "the benchmark's peers")?;
     ensure_apt_tools()?;
-    status(cargo(root).args([
-        "build",
-        "--release",
-        "--package",
-        "coredump-agent",
-        "--example",
-        "upload",
-    ]))?;
+    // The optimized build (what the image ships), and the dev build `cargo xtask run` makes.
+    for profile in [&["--release"][..], &[]] {
+        status(
+            cargo(root)
+                .args([
+                    "build",
+                    "--package",
+                    "coredump-agent",
+                    "--example",
+                    "upload",
+                ])
+                .args(profile),
+        )?;
+    }
     let agent = target.join("release/examples/upload");
+    let dev_agent = target.join("debug/examples/upload");
     let dir = target.join("bench-upload");
     std::fs::create_dir_all(&dir)?;
     let config = dir.join("aws-config");
@@ -208,13 +215,26 @@ pub fn run(
                 runs.push(measure(&what, &mut cmd, &server, || stored(&key))?);
             }
             if latency == 0 {
+                let key = format!("agent-dev/{name}");
+                let mut cmd = Command::new(&dev_agent);
+                cmd.arg(&file)
+                    .args(["--dest", &format!("s3://{BUCKET}/agent-dev")])
+                    .args(["--s3-endpoint", &endpoint, "--s3-path-style"])
+                    .args(["--level", "0"]);
+                with_env(&mut cmd);
+                let what = "agent (dev build), no compression";
+                runs.push(measure(what, &mut cmd, &server, || stored(&key))?);
                 let mut cmd = Command::new("pigz");
                 cmd.arg("-c").arg(&file);
                 runs.push(measure_output("pigz -6 (compress only)", &mut cmd)?);
             }
 
             // The peers and the agent without compression store the file as it is.
-            for run in runs[..peers + 2].iter().filter(|r| r.failed.is_none()) {
+            let plain = |(i, r): &(usize, &Run)| *i < peers || r.what.contains("no compression");
+            for (_, run) in runs.iter().enumerate().filter(plain) {
+                if run.failed.is_some() {
+                    continue;
+                }
                 if run.output != size {
                     bail!("{}: stored {} bytes of {size}", run.what, run.output);
                 }
