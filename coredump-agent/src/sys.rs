@@ -359,6 +359,29 @@ pub fn pidfd_alive(pidfd: BorrowedFd<'_>) -> bool {
     rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
+/// Whether this process has `cap` (`linux/capability.h` number) in its effective set, from
+/// `/proc/self/status`.
+pub fn has_effective_cap(cap: u32) -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|set| cap < 64 && set & (1 << cap) != 0)
+}
+
+/// `CAP_SYS_ADMIN` and `CAP_SYS_CHROOT` (`linux/capability.h`): what `setns` into a mount
+/// namespace takes.
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_CHROOT: u32 = 18;
+
+/// The inode of a namespace file (`/proc/<pid>/ns/mnt`): equal inodes, same namespace.
+pub fn namespace_inode(path: &Path) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).map(|m| m.ino())
+}
+
 /// Makes this process not dumpable (`PR_SET_DUMPABLE 0`): its memory holds credentials, and a
 /// crash of the agent must not send its core to itself. Also keeps other users' ptrace out.
 pub fn set_not_dumpable() -> io::Result<()> {

@@ -147,6 +147,14 @@ fn intake_checks(
         } else {
             line(Level::Ok, "socket", sock.display().to_string(), None)
         });
+        let ns = &args.node.host_mount_ns;
+        out.push(socket_pattern_writable(
+            crate::sys::namespace_inode(std::path::Path::new("/proc/self/ns/mnt")),
+            crate::sys::namespace_inode(ns),
+            crate::sys::has_effective_cap(crate::sys::CAP_SYS_ADMIN)
+                && crate::sys::has_effective_cap(crate::sys::CAP_SYS_CHROOT),
+            ns,
+        ));
     }
     if candidate.intake.received() {
         let dir = &args.node.receive_dir;
@@ -176,6 +184,53 @@ fn intake_checks(
                 Some("mount a host directory at --receive-dir"),
             ),
         });
+    }
+}
+
+/// Whether the socket pattern can be written from here: the kernel takes one only from a
+/// process in its initial mount namespace, so this process is there, or enters the host's
+/// (`--host-mount-ns`, which takes CAP_SYS_ADMIN and CAP_SYS_CHROOT: `can_enter`). `own` and
+/// `host` are the namespaces' inodes.
+fn socket_pattern_writable(
+    own: std::io::Result<u64>,
+    host: std::io::Result<u64>,
+    can_enter: bool,
+    ns: &std::path::Path,
+) -> Line {
+    let ns = ns.display();
+    match (own, host) {
+        (Ok(own), Ok(host)) if own == host => line(
+            Level::Ok,
+            "socket pattern",
+            "this process is in the host's mount namespace: it writes the pattern itself",
+            None,
+        ),
+        (_, Ok(_)) if can_enter => line(
+            Level::Ok,
+            "socket pattern",
+            format!("written from the host's mount namespace ({ns})"),
+            None,
+        ),
+        (_, Ok(_)) => line(
+            Level::Fail,
+            "socket pattern",
+            format!(
+                "this process is in a mount namespace of its own, and entering {ns} takes CAP_SYS_ADMIN and CAP_SYS_CHROOT, which it lacks: socket intake would fall back to pipe"
+            ),
+            Some(
+                "add SYS_ADMIN and SYS_CHROOT (deploy's socket-intake component does), or use --intake pipe",
+            ),
+        ),
+        (_, Err(e)) => line(
+            Level::Warn,
+            "socket pattern",
+            format!(
+                "cannot look at {ns} ({e}): unless this process is in the host's mount namespace, the pattern cannot be written and the agent falls back to pipe intake"
+            ),
+            Some(
+                "run with the host's pid namespace (hostPID), or point --host-mount-ns at the host's mount namespace",
+            ),
+        ),
     }
 }
 
@@ -675,4 +730,29 @@ pub async fn execute(args: CheckArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_pattern_is_writable_from_the_host_namespace_or_by_entering_it() {
+        let ns = std::path::Path::new("/proc/1/ns/mnt");
+        let denied = || Err(std::io::Error::from_raw_os_error(libc::EACCES));
+        let judge = |own, host, can_enter| socket_pattern_writable(own, host, can_enter, ns).level;
+        assert_eq!(
+            judge(Ok(7), Ok(7), false),
+            Level::Ok,
+            "in the host's namespace"
+        );
+        assert_eq!(judge(Ok(7), Ok(8), true), Level::Ok, "enters it");
+        assert_eq!(judge(Ok(7), Ok(8), false), Level::Fail, "cannot enter it");
+        assert_eq!(judge(Ok(7), denied(), true), Level::Warn, "cannot tell");
+        let l = socket_pattern_writable(Ok(7), Ok(8), false, ns);
+        assert!(
+            l.detail.contains("CAP_SYS_ADMIN") && l.fix.is_some(),
+            "{l:?}"
+        );
+    }
 }
