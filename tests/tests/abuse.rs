@@ -396,6 +396,48 @@ fn dumps_that_keep_changing_are_set_aside_and_do_not_stop_other_uploads() {
     );
 }
 
+/// A dump that cannot be opened for a moment (here another process holds a write lease on
+/// it, so the agent's non-blocking open fails with EWOULDBLOCK, as an EMFILE or EIO would) is
+/// tried again and stored. Before the fix the agent logged "will retry" and never looked at the
+/// file again until its next start.
+#[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
+fn a_dump_that_cannot_be_opened_for_a_moment_is_tried_again() {
+    if !require_root("abuse") {
+        return;
+    }
+    use std::os::fd::AsRawFd as _;
+    let n = node("transient");
+    let agent = n.start(&["--intake", "file"]);
+    // The lease break signals the holder: this process ignores it and keeps its lease.
+    // SAFETY: setting a signal's disposition to "ignore" touches no memory of ours.
+    unsafe { libc::signal(libc::SIGIO, libc::SIG_IGN) };
+    let hidden = n.dumps.join(".core.leased");
+    std::fs::write(&hidden, vec![b'x'; 8192]).unwrap();
+    let held = std::fs::File::open(&hidden).unwrap();
+    // SAFETY: fcntl on a descriptor this test owns.
+    let rc = unsafe { libc::fcntl(held.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) };
+    assert_eq!(rc, 0, "write lease: {}", std::io::Error::last_os_error());
+    let name = "core.999999.999999.11.1700000000.leased";
+    std::fs::rename(&hidden, n.dumps.join(name)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !agent.log_text().contains("cannot inspect dump file") {
+        assert!(Instant::now() < deadline, "never tried: {}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: as above.
+    let rc = unsafe { libc::fcntl(held.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    assert_eq!(rc, 0, "release: {}", std::io::Error::last_os_error());
+    drop(held);
+    wait_for_store(&n.store, Duration::from_secs(30), |_| {
+        store_records(&n.store)
+            .iter()
+            .any(|(_, r)| r["dump"]["name"] == name)
+    });
+    agent.terminate();
+}
+
 /// One cgroup crashes in a loop (2,500 crashes, 100 a second) while the store is down, and five
 /// other pods crash once each near its end: every one of the five is stored, attested, once the
 /// store is back. Before the fix the flood's records queued behind the outage until correlate
