@@ -438,6 +438,64 @@ fn a_dump_that_cannot_be_opened_for_a_moment_is_tried_again() {
     agent.terminate();
 }
 
+/// An agent killed with a spooled dump restarts with a `--max-dump-size` lowered below it: the
+/// dump was accepted before, so it is stored with its crash's identity and attestation. Before
+/// the fix, recovery took anything but a ready file for gone and stored the record only, and
+/// the dump itself was then set aside as too large, unattested. (A dump recovery cannot take
+/// yet, still open for writing or over EMFILE, keeps its entry and is not deleted.)
+#[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
+fn recovery_keeps_a_spooled_dump_it_cannot_take_yet() {
+    if !require_root("abuse") {
+        return;
+    }
+    let n = node("recovery");
+    let mut agent = n.start(&["--intake", "file"]);
+    // The store breaks after start-up: its folder becomes a file, so every put fails.
+    std::fs::remove_dir_all(&n.store).unwrap();
+    std::fs::write(&n.store, b"not a directory").unwrap();
+    let c = Crasher::spawn_with(
+        "segv",
+        None,
+        &CrasherOpts {
+            core_limit: u64::MAX,
+            ..Default::default()
+        },
+    );
+    let pid = c.host_pid;
+    assert!(!c.go().success());
+    agent.wait_for_log("store failed", WAIT);
+    agent.kill9();
+    let dumps: Vec<PathBuf> = std::fs::read_dir(&n.dumps)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    assert_eq!(dumps.len(), 1, "{dumps:?}");
+    let size = std::fs::metadata(&dumps[0]).unwrap().len();
+    std::fs::remove_file(&n.store).unwrap();
+    let agent = n.start(&["--intake", "file", "--max-dump-size", "4096"]);
+    wait_for_store(&n.store, WAIT, |_| {
+        store_records(&n.store)
+            .iter()
+            .any(|(_, r)| r["crash"]["host_pid"] == pid && r["dump"]["size"] == size)
+    });
+    let records = store_records(&n.store);
+    let (_, r) = records
+        .iter()
+        .find(|(k, _)| k.ends_with(".core.zst.json"))
+        .expect("the dump's record");
+    assert_eq!(r["attestation"]["attested"], true, "{r:#}");
+    assert!(
+        coredump_tests::store_keys(&n.store)
+            .iter()
+            .any(|k| k.ends_with(".core.zst")),
+        "the dump itself is stored"
+    );
+    agent.terminate();
+}
+
 /// One cgroup crashes in a loop (2,500 crashes, 100 a second) while the store is down, and five
 /// other pods crash once each near its end: every one of the five is stored, attested, once the
 /// store is back. Before the fix the flood's records queued behind the outage until correlate
