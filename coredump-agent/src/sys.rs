@@ -127,12 +127,16 @@ pub fn open_cgroup_by_id(mount_fd: BorrowedFd<'_>, cgroup_id: u64) -> io::Result
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
-/// Registers the probe's ring buffer with tokio's reactor.
-pub fn async_ring_buf(
-    ring: aya::maps::RingBuf<aya::maps::MapData>,
-) -> io::Result<tokio::io::unix::AsyncFd<aya::maps::RingBuf<aya::maps::MapData>>> {
-    // SAFETY: the ring buffer owns its map (`MapData` holds an `OwnedFd`), so its fd stays open
-    // and refers to the same map for as long as the `AsyncFd` holds it.
+/// A BPF ring buffer reader that owns its map's descriptor for its whole life (`MapData`
+/// holds an `OwnedFd`): the probe's events, and aya-log's records.
+pub trait OwnsRingFd: std::os::fd::AsRawFd {}
+impl OwnsRingFd for aya::maps::RingBuf<aya::maps::MapData> {}
+impl<L: log::Log> OwnsRingFd for aya_log::EbpfLogger<L> {}
+
+/// Registers a BPF ring buffer reader with tokio's reactor.
+pub fn async_ring<T: OwnsRingFd>(ring: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: `T` owns its map's fd (`OwnsRingFd`), so the fd stays open and refers to the same
+    // map for as long as the `AsyncFd` holds it.
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| e.into_parts().1)
 }

@@ -422,7 +422,11 @@ fn a_dump_that_cannot_be_opened_for_a_moment_is_tried_again() {
     std::fs::rename(&hidden, n.dumps.join(name)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !agent.log_text().contains("cannot inspect dump file") {
-        assert!(Instant::now() < deadline, "never tried: {}", agent.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "never tried: {}",
+            agent.log_text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -627,6 +631,33 @@ impl Drop for SysctlGuard {
     fn drop(&mut self) {
         let _ = std::fs::write(self.0, &self.1);
     }
+}
+
+/// The agent cannot read for a while (here it is stopped) while 2,500 processes crash: the
+/// kernel's ring buffer fills, and the events it could not take are counted by the probe, logged
+/// by the probe itself through aya-log, and reported in the agent's log. Nothing is silent.
+#[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
+fn a_full_ring_buffer_is_logged_by_the_probe_and_counted() {
+    if !require_root("abuse") {
+        return;
+    }
+    let n = node("ring-full");
+    let mut agent = n.start(&["--intake", "file"]);
+    let pid = agent.pid() as i32;
+    // SAFETY: signals to the agent this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let mut flood = Crasher::spawn_with("flood", Some("2500"), &CrasherOpts::default());
+    flood.release();
+    let done = flood.wait().success();
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    assert!(done);
+    let probe = agent.wait_for_log("probe: crash event ring buffer full", WAIT);
+    assert_eq!(probe["level"], "WARN", "{probe}");
+    let lost = agent.wait_for_log("crash events lost: the ring buffer was full", WAIT);
+    assert!(lost["lost"].as_u64().unwrap_or(0) > 0, "{lost}");
+    agent.terminate();
 }
 
 /// The node's inotify instances are used up (a container can open them until the user's

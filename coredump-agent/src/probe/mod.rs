@@ -7,6 +7,7 @@
 //! without BTF the classic tracepoint is used and namespace pids are not reported.
 
 pub mod btf;
+mod log;
 pub mod tracefs;
 
 use std::{io, path::Path, time::Duration};
@@ -125,6 +126,8 @@ pub struct Probe {
     stats: PerCpuArray<MapData, u64>,
     /// The ring buffer's fill, when its positions could be mapped.
     fill: Option<sys::RingFill>,
+    /// The probe's own log records (aya-log), when its map could be read.
+    log: Option<log::ProbeLogger>,
 }
 
 impl std::fmt::Debug for Probe {
@@ -341,6 +344,10 @@ impl Probe {
                 source,
             }
         })?;
+        // The probe works without its log.
+        let log = log::init(&mut ebpf)
+            .inspect_err(|e| tracing::warn!(error = %e, "reading the probe's log: its rare trouble will not be logged"))
+            .ok();
         tracing::info!(
             %hook,
             ns_pids = offsets.valid & OFFSETS_TASK != 0,
@@ -354,6 +361,7 @@ impl Probe {
             ring,
             stats,
             fill,
+            log,
         })
     }
 
@@ -399,12 +407,15 @@ pub async fn run(
         ring,
         stats,
         fill,
+        log,
     } = probe;
     if let Some(fill) = fill {
         crate::metrics::METRICS.set_ring_fill(fill);
     }
     let stats_probe = StatsReader { stats };
-    let mut ring = sys::async_ring_buf(ring).map_err(ProbeError::Read)?;
+    let mut ring = sys::async_ring(ring).map_err(ProbeError::Read)?;
+    let log_stop = cancel.child_token();
+    let log_task = log.map(|log| tokio::spawn(log::forward(log, log_stop.clone())));
     let mut reported_drops = 0;
     let mut batch = Vec::new();
     // Taken before anything else: a cgroup in a crash loop spends its own budget only.
@@ -466,6 +477,10 @@ pub async fn run(
         }
     }
     let final_stats = stats_probe.snapshot();
+    log_stop.cancel();
+    if let Some(task) = log_task {
+        let _ = task.await;
+    }
     drop(ebpf);
     tracing::info!(
         seen = final_stats.seen,

@@ -14,9 +14,13 @@
 //! Both run in the crashing task's context, so `current->mm` is the crashing process's memory:
 //! the start of its argument area (what `/proc/<pid>/cmdline` shows) is read from there, and
 //! the executable's name from `mm->exe_file`, before the process (and its `/proc` entry) is gone.
+//!
+//! Rare trouble (a full ring buffer, a read that fails on a core-dumping delivery) is logged
+//! through `aya-log`, which userspace forwards to `tracing`; nothing is logged on the common
+//! path (a signal that does not dump core).
 
 use aya_ebpf::{
-    EbpfContext as _, Global,
+    EbpfContext, Global,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_get_current_uid_gid, bpf_ktime_get_boot_ns,
@@ -26,6 +30,7 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
+use aya_log_ebpf::warn;
 use coredump_common::{
     ARGS_LEN, COMM_LEN, CrashEvent, EXE_NAME_LEN, FLAG_ARGS, FLAG_ARGS_FAULT, FLAG_ARGS_TRUNCATED,
     FLAG_BTF_HOOK, FLAG_EXE_NAME, FLAG_EXE_NAME_TRUNCATED, FLAG_NO_SI_CODE, FLAG_NS_PIDS,
@@ -102,7 +107,7 @@ pub fn signal_deliver(ctx: TracePointContext) -> u32 {
     let off = OFFSETS.load();
     // SAFETY: as above.
     let code = unsafe { ctx.read_at::<i32>(off.tp_code as usize) }.ok();
-    report(&off, sig as u32, code, 0);
+    report(&ctx, &off, sig as u32, code, 0);
     0
 }
 
@@ -121,13 +126,14 @@ pub fn signal_deliver_btf(ctx: BtfTracePointContext) -> i32 {
     // `ka` is NULL when a group exit forces SIGKILL, which the filter above already excluded;
     // a failed read still means "not a default-action delivery we can vouch for".
     let Some(handler) = read::<u64>(arg(&ctx, 2), off.ksigaction_handler) else {
+        warn!(&ctx, "cannot read the handler of signal {}: no event", sig);
         return 0;
     };
     if handler != SIG_DFL {
         return 0;
     }
     let code = read::<i32>(arg(&ctx, 1), off.siginfo_code);
-    report(&off, sig, code, FLAG_BTF_HOOK);
+    report(&ctx, &off, sig, code, FLAG_BTF_HOOK);
     0
 }
 
@@ -164,10 +170,22 @@ fn count(index: u32) {
 /// The event (680 bytes) is larger than the BPF stack (512), so it is filled in place in the
 /// ring buffer reservation, never built on the stack.
 #[inline(always)]
-fn report(off: &KernelOffsets, signal: u32, si_code: Option<i32>, flags: u32) {
+fn report<C: EbpfContext>(
+    ctx: &C,
+    off: &KernelOffsets,
+    signal: u32,
+    si_code: Option<i32>,
+    flags: u32,
+) {
     count(stats::SEEN);
     let Some(mut entry) = EVENTS.reserve::<CrashEvent>(0) else {
         count(stats::DROPPED);
+        warn!(
+            ctx,
+            "crash event ring buffer full: the crash of pid {} (signal {}) is lost",
+            ctx.tgid(),
+            signal
+        );
         return;
     };
     let ptr = entry.as_mut_ptr();
@@ -203,7 +221,13 @@ fn report(off: &KernelOffsets, signal: u32, si_code: Option<i32>, flags: u32) {
     // SAFETY: plain helper call.
     let task = unsafe { bpf_get_current_task() };
     if off.valid & OFFSETS_TASK != 0 {
-        fill_task(off, task, ev);
+        if !fill_task(off, task, ev) {
+            warn!(
+                ctx,
+                "cannot read the pid namespace of pid {}: the event has host pids only",
+                ev.host_tgid
+            );
+        }
     }
     if off.valid & (OFFSETS_ARGS | OFFSETS_EXE) != 0 {
         // NULL only for kernel threads, which are not sent core-dumping signals.
@@ -219,21 +243,26 @@ fn report(off: &KernelOffsets, signal: u32, si_code: Option<i32>, flags: u32) {
     count(stats::EVENTS);
 }
 
-/// Namespace pids and the process name, read from `current` with offsets from BTF.
+/// Namespace pids and the process name, read from `current` with offsets from BTF; whether the
+/// namespace pids could be read.
 #[inline(always)]
-fn fill_task(off: &KernelOffsets, task: u64, ev: &mut CrashEvent) {
+fn fill_task(off: &KernelOffsets, task: u64, ev: &mut CrashEvent) -> bool {
     let leader = read::<u64>(task, off.task_group_leader).unwrap_or(0);
-    if let (Some(thread), Some(process)) = (ns_pid(off, task), ns_pid(off, leader)) {
+    let ns_pids = if let (Some(thread), Some(process)) = (ns_pid(off, task), ns_pid(off, leader)) {
         ev.ns_tid = thread.nr;
         ev.ns_tgid = process.nr;
         ev.pidns_level = thread.level;
         ev.pidns_inum = thread.ns_inum;
         ev.flags |= FLAG_NS_PIDS;
-    }
+        true
+    } else {
+        false
+    };
     if let Some(comm) = read::<[u8; COMM_LEN]>(leader, off.task_comm) {
         ev.process_comm = comm;
         ev.flags |= FLAG_PROCESS_COMM;
     }
+    ns_pids
 }
 
 /// The first [`ARGS_LEN`] bytes of `mm->arg_start..arg_end`, the process's argv strings.
