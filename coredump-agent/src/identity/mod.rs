@@ -9,7 +9,6 @@
 
 pub mod cgroup;
 pub mod cgroup_path;
-pub mod events;
 pub mod kube;
 pub mod kubelet;
 mod resolver;

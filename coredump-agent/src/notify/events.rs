@@ -1,4 +1,4 @@
-//! identity::events: a Kubernetes Event on the crashed pod once its dump is stored, so
+//! notify::events: a Kubernetes Event on the crashed pod once its dump is stored, so
 //! `kubectl describe pod` shows where the dump is (reason `CoreDumpStored`).
 //!
 //! Best effort: the dump is already stored when this runs, and a refused or failed Event only
