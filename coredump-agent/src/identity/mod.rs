@@ -79,6 +79,7 @@ impl Identity {
             runtime,
             container_id,
             systemd_unit,
+            ecs_task_id: _,
         } = cgroup_path::parse(path);
         Self {
             cgroup_path: Some(path.to_owned()),
