@@ -349,11 +349,12 @@ pub async fn run<S: Store>(
             uploads.clone(),
         );
         // Every line about this crash carries its id, pod and key.
+        let pod = job.record.identity.pod();
         let span = tracing::info_span!(
             "crash",
             id = %job.record.id,
-            namespace = job.record.identity.namespace.as_deref().unwrap_or(""),
-            pod = job.record.identity.pod.as_deref().unwrap_or(""),
+            namespace = pod.and_then(|p| p.namespace.as_deref()).unwrap_or(""),
+            pod = pod.and_then(|p| p.pod.as_deref()).unwrap_or(""),
             key = tracing::field::Empty,
         );
         tasks.spawn(tracing::Instrument::instrument(

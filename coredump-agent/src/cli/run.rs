@@ -28,7 +28,7 @@ use crate::{
     enrich::{self, Enricher, ProcFs},
     health::{self, Health},
     identity::{
-        PodResolver,
+        PodResolver, Sources,
         cgroup::{CgroupResolver, cgroup2_mount},
         kube,
         kubelet::KubeletLogs,
@@ -531,7 +531,7 @@ async fn run_pipeline(
     let enricher = Enricher {
         proc: ProcFs::default(),
         cgroups: cgroup_resolver(&args.node)?,
-        pods: Some(pods),
+        sources: Sources::new(vec![Arc::new(pods)]),
     };
     let (crash_tx, crash_rx) = mpsc::channel(CRASH_CAPACITY);
     let (facts_tx, facts_rx) = mpsc::channel(CRASH_CAPACITY);
