@@ -27,6 +27,7 @@ pub mod crash;
 pub mod deliver;
 pub mod enrich;
 pub mod health;
+pub mod http;
 pub mod identity;
 pub mod intake;
 pub mod job;

@@ -104,6 +104,47 @@ pub enum Command {
     ///
     /// Exit codes: 0 nothing failed, 1 a check failed, 2 error.
     Check(Box<CheckArgs>),
+    /// Ask the running agent whether it is healthy: GET its /healthz on --listen (as `run`
+    /// reads it, COREDUMP_LISTEN) or --url, once.
+    ///
+    /// For container health checks where the image has no shell or curl, as an ECS task
+    /// definition's healthCheck: ["CMD", "/usr/local/bin/coredump-agent", "health"].
+    ///
+    /// Exit codes (Docker's): 0 healthy, 1 unhealthy or no answer.
+    Health(HealthArgs),
+}
+
+/// `coredump-agent health`.
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// The address `run` serves /healthz on (its --listen); 0.0.0.0 and [::] are asked on
+    /// the loopback address.
+    #[arg(long, env = "COREDUMP_LISTEN", default_value = "127.0.0.1:9102")]
+    pub listen: std::net::SocketAddr,
+    /// The URL to ask instead, e.g. http://127.0.0.1:9102/readyz.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// How long to wait for the answer.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "4s")]
+    pub timeout: Duration,
+}
+
+impl HealthArgs {
+    /// The URL to GET.
+    pub fn url(&self) -> Result<hyper::Uri, crate::http::HttpError> {
+        if let Some(url) = &self.url {
+            return crate::http::parse_url(url);
+        }
+        let mut addr = self.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        crate::http::parse_url(&format!("http://{addr}/healthz"))
+    }
 }
 
 /// `coredump-agent find`.
@@ -715,6 +756,30 @@ mod tests {
             Some(PathBuf::from("/host/sys/fs/cgroup"))
         );
         assert!(Args::try_parse_from(["coredump-agent", "run", "--kube", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn health_asks_the_listen_address_on_loopback() {
+        let health = |extra: &[&str]| {
+            let args = ["coredump-agent", "health"].iter().chain(extra);
+            match Args::try_parse_from(args).map(|a| a.command) {
+                Ok(Command::Health(h)) => h.url().unwrap().to_string(),
+                other => panic!("health: {other:?}"),
+            }
+        };
+        assert_eq!(health(&[]), "http://127.0.0.1:9102/healthz");
+        assert_eq!(
+            health(&["--listen", "0.0.0.0:9200"]),
+            "http://127.0.0.1:9200/healthz"
+        );
+        assert_eq!(
+            health(&["--listen", "[::]:9102"]),
+            "http://[::1]:9102/healthz"
+        );
+        assert_eq!(
+            health(&["--url", "http://10.0.0.1:1/readyz"]),
+            "http://10.0.0.1:1/readyz"
+        );
     }
 
     #[test]
