@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::{
     core_pattern::{self, Setting, Sysctl},
     crash::Signal,
-    identity::kubelet,
+    identity::{ecs, kubelet},
     intake::{Intake, IntakeMode},
     probe::HookChoice,
     store::{AnyStore, ChecksumMode, ConnectOptions, Dest, Zstd, compress},
@@ -358,6 +358,21 @@ pub struct NodeArgs {
     /// name a crash's container from its id. Only names are read; links are not followed.
     #[arg(long, env = "COREDUMP_CONTAINER_LOG_ROOT", default_value = kubelet::DEFAULT_CONTAINER_LOG_ROOT)]
     pub container_log_root: PathBuf,
+    /// Name Amazon ECS tasks through the ECS agent's introspection API (cluster, task ARN,
+    /// family, revision, container, image): its task list, kept in memory and refreshed every
+    /// --ecs-refresh, so that a known task costs no request at crash time. `auto` uses it
+    /// when it answers at start; `on` uses it even if it does not answer yet; `off` never
+    /// asks. Without it, a task is named by the task id its cgroup gives. Needs the host's
+    /// network (the API listens on the host's 127.0.0.1).
+    #[arg(long, env = "COREDUMP_ECS", value_enum, default_value_t = EcsMode::Auto)]
+    pub ecs: EcsMode,
+    /// The ECS agent's introspection API.
+    #[arg(long, env = "COREDUMP_ECS_AGENT_URI", default_value = ecs::introspection::DEFAULT_URI)]
+    pub ecs_agent_uri: String,
+    /// How often the ECS task list is read (the API shares the ECS agent's rate limit with
+    /// the task metadata endpoint).
+    #[arg(long, env = "COREDUMP_ECS_REFRESH", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub ecs_refresh: Duration,
 }
 
 impl NodeArgs {
@@ -618,6 +633,18 @@ pub enum KubeMode {
     Off,
 }
 
+/// `--ecs` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EcsMode {
+    /// Use the introspection API when it answers at start (an ECS container instance).
+    Auto,
+    /// Use it even when it does not answer yet: tasks are named from their cgroup until it
+    /// does.
+    On,
+    /// Never ask it.
+    Off,
+}
+
 /// `--compress` choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Compress {
@@ -756,6 +783,20 @@ mod tests {
             Some(PathBuf::from("/host/sys/fs/cgroup"))
         );
         assert!(Args::try_parse_from(["coredump-agent", "run", "--kube", "maybe"]).is_err());
+        assert_eq!(r.node.ecs, EcsMode::Auto);
+        assert_eq!(r.node.ecs_agent_uri, "http://127.0.0.1:51678");
+        assert_eq!(r.node.ecs_refresh, Duration::from_secs(30));
+        let r = run(&[
+            "--ecs",
+            "on",
+            "--ecs-agent-uri",
+            "http://127.0.0.1:1",
+            "--ecs-refresh",
+            "5s",
+        ]);
+        assert_eq!(r.node.ecs, EcsMode::On);
+        assert_eq!(r.node.ecs_agent_uri, "http://127.0.0.1:1");
+        assert_eq!(r.node.ecs_refresh, Duration::from_secs(5));
     }
 
     #[test]

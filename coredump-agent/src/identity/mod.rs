@@ -6,11 +6,12 @@
 //! cgroup id → path ([`cgroup`]) → the workload's ids: pod uid, ECS task id, container id,
 //! runtime ([`cgroup_path`]) → the workload's names, from the [`WorkloadSource`]s of
 //! [`Sources`], in order: Kubernetes ([`PodResolver`]: the API cache of [`kube`], then the
-//! kubelet's files of [`kubelet`]). A process in no pod or task is a host process, named by
-//! its systemd unit.
+//! kubelet's files of [`kubelet`]), then Amazon ECS ([`ecs`]: the ECS agent's introspection
+//! API). A process in no pod or task is a host process, named by its systemd unit.
 
 pub mod cgroup;
 pub mod cgroup_path;
+pub mod ecs;
 pub mod kube;
 pub mod kubelet;
 mod resolver;

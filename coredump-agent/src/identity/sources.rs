@@ -6,6 +6,8 @@
 //!
 //! 1. **Kubernetes** ([`super::PodResolver`]): pods, from the API watch's cache, then the
 //!    kubelet's files. Memory and directory listings only.
+//! 2. **Amazon ECS** ([`super::ecs::EcsSource`]): tasks, from the ECS agent's introspection API,
+//!    cached; at most one request, on a miss.
 //!
 //! Cheapest first. A source names only its own kind of workload (the one the cgroup path
 //! already said, e.g. `…pod<uid>.slice` or `ecstasks-<id>.slice`), or a process the path
