@@ -521,7 +521,7 @@ pub struct RunArgs {
     /// (gzip, zstd, xz, lz4) are stored as they are.
     #[arg(long, env = "COREDUMP_COMPRESS", value_enum, default_value_t = Compress::Zstd)]
     pub compress: Compress,
-    /// zstd level, 1 (fastest) to 19 (smallest). zstd uses one thread per CPU.
+    /// zstd level, 1 (fastest) to 19 (smallest).
     #[arg(
         long,
         env = "COREDUMP_COMPRESS_LEVEL",
@@ -529,6 +529,11 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(i32).range(1..=19)
     )]
     pub compress_level: i32,
+    /// zstd threads per dump being compressed, each holding ~10 MiB (0: on the calling
+    /// thread). Default: one per CPU the agent may use, which in Kubernetes is its CPU limit;
+    /// ECS gives a container no CPU limit it can see, so set this there.
+    #[arg(long, env = "COREDUMP_COMPRESS_THREADS")]
+    pub compress_threads: Option<u32>,
 }
 
 /// The store: where dumps go (`run`) or are looked up (`find`, `get`, `info`, `check`).
@@ -658,7 +663,12 @@ impl RunArgs {
     /// The compression `--compress` and `--compress-level` ask for.
     pub fn zstd(&self) -> Option<Zstd> {
         match self.compress {
-            Compress::Zstd => Some(Zstd::level(self.compress_level)),
+            Compress::Zstd => Some(Zstd {
+                workers: self
+                    .compress_threads
+                    .unwrap_or_else(|| Zstd::default().workers),
+                ..Zstd::level(self.compress_level)
+            }),
             Compress::None => None,
         }
     }
@@ -855,6 +865,17 @@ mod tests {
         assert_eq!(r.store.s3_checksum, ChecksumMode::WhenRequired);
         assert_eq!(r.zstd().map(|z| z.level), Some(9));
         assert_eq!(run(&["--compress", "none"]).unwrap().zstd(), None);
+        assert_eq!(
+            run(&["--compress-threads", "2"])
+                .unwrap()
+                .zstd()
+                .map(|z| z.workers),
+            Some(2)
+        );
+        assert_eq!(
+            run(&[]).unwrap().zstd().map(|z| z.workers),
+            Some(Zstd::default().workers)
+        );
         assert!(run(&["--compress-level", "20"]).is_err());
         assert!(run(&["--compress", "gzip"]).is_err());
     }
