@@ -56,15 +56,17 @@ pub enum Command {
     /// Example (dev node, local store, core_pattern installed and restored on exit):
     ///   coredump-agent run --dump-dir /tmp/dumps --dest /tmp/store --install-core-pattern
     Run(Box<RunArgs>),
-    /// Find stored dumps by pod, container, node, process, signal, time or any tag: a
-    /// coredumpctl for the cluster. Newest first.
+    /// Find stored dumps by pod, ECS task, container, node, process, signal, time or any tag:
+    /// a coredumpctl for the cluster. Newest first.
     ///
-    /// --namespace and --pod narrow the listing by key prefix, so finding one pod's dumps
-    /// costs requests in proportion to that pod's dumps, not to the bucket; other filters are
-    /// confirmed on each object's tags, many reads at once.
+    /// --namespace and --pod (--ecs-cluster and --task-family) narrow the listing by key
+    /// prefix, so finding one pod's dumps costs requests in proportion to that pod's dumps,
+    /// not to the bucket; other filters are confirmed on each object's tags, many reads at
+    /// once.
     ///
     /// Examples:
     ///   coredump-agent find --dest s3://dumps/prod --namespace shop --pod web-7d9f --since 2d
+    ///   coredump-agent find --dest s3://dumps/prod --ecs-cluster prod --task-family web
     ///   coredump-agent find --signal SIGABRT --json | jq -r .key
     ///
     /// Exit codes: 0 found, 1 nothing matched, 2 error (including unreadable tags and no match).
@@ -162,7 +164,16 @@ pub struct FindArgs {
     /// Pod UID.
     #[arg(long)]
     pub pod_uid: Option<String>,
-    /// Container name.
+    /// Amazon ECS cluster (narrows the listing).
+    #[arg(long)]
+    pub ecs_cluster: Option<String>,
+    /// ECS task definition family (narrows the listing together with --ecs-cluster).
+    #[arg(long)]
+    pub task_family: Option<String>,
+    /// ECS task id (the last part of the task ARN).
+    #[arg(long)]
+    pub task_id: Option<String>,
+    /// Container name (a pod's or an ECS task's).
     #[arg(long, short = 'c')]
     pub container: Option<String>,
     /// Node name.
