@@ -10,7 +10,7 @@
 //! `check` reports the ECS agent.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     io::{Read as _, Write as _},
     net::TcpListener,
     path::{Path, PathBuf},
@@ -619,8 +619,10 @@ fn task_definition_and_service_pass_botocore_validation_and_a_broken_copy_fails(
         return;
     }
     let (taskdef, service) = (deploy("task-definition.json"), deploy("service.json"));
+    let bottlerocket = deploy("task-definition-bottlerocket.json");
     let out = validate(&[
         ("RegisterTaskDefinition", &taskdef),
+        ("RegisterTaskDefinition", &bottlerocket),
         ("CreateService", &service),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -634,6 +636,10 @@ fn task_definition_and_service_pass_botocore_validation_and_a_broken_copy_fails(
         "{text}"
     );
     assert!(text.contains("task-definition.json: valid"), "{text}");
+    assert!(
+        text.contains("task-definition-bottlerocket.json: valid"),
+        "{text}"
+    );
     assert!(text.contains("service.json: valid"), "{text}");
 
     // A broken copy of each: a misspelt key, a wrong type, a missing required member, a value
@@ -850,6 +856,93 @@ fn task_definition_has_what_the_agent_needs_and_no_more() {
         service["deploymentConfiguration"]["minimumHealthyPercent"],
         0
     );
+}
+
+/// The environment of a task definition's one container, by name.
+fn environment(td: &Value) -> BTreeMap<String, String> {
+    td["containerDefinitions"][0]["environment"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_bottlerocket_task_definition_is_the_base_with_socket_or_the_nodes_file_pattern() {
+    let base = json("task-definition.json");
+    let br = json("task-definition-bottlerocket.json");
+    // What Bottlerocket needs, as overlays/bottlerocket has it for Kubernetes: socket intake
+    // where the kernel has it (6.18), else the node's own file pattern, read and never
+    // written (SELinux forbids a pipe helper); the node sets fs.suid_dumpable; the agent
+    // runs as control_t, to read other containers' dumps and enter the host's mount
+    // namespace.
+    let (mut env, mut br_env) = (environment(&base), environment(&br));
+    assert_eq!(
+        br_env.remove("COREDUMP_INTAKE").as_deref(),
+        Some("socket,file")
+    );
+    assert_eq!(
+        br_env.remove("COREDUMP_INSTALL_CORE_PATTERN").as_deref(),
+        Some("false")
+    );
+    let settings = std::fs::read_to_string(deploy("bottlerocket-settings.toml")).unwrap();
+    let dump_dir = br_env.remove("COREDUMP_DUMP_DIR").unwrap();
+    assert!(
+        settings.contains(&format!(
+            "\"kernel.core_pattern\" = \"{dump_dir}/core.%P.%I."
+        )),
+        "the node's pattern writes into the agent's dump directory"
+    );
+    assert!(
+        dump_dir.starts_with(&format!("{}/", env["COREDUMP_STATE_DIR"])),
+        "inside the state directory's mount, at the host's path"
+    );
+    assert!(settings.contains("\"fs.suid_dumpable\" = \"2\""));
+    env.remove("COREDUMP_INTAKE");
+    env.remove("COREDUMP_SUID_DUMPABLE");
+    assert_eq!(br_env, env, "nothing else differs");
+
+    let (agent, br_agent) = (
+        &base["containerDefinitions"][0],
+        &br["containerDefinitions"][0],
+    );
+    let caps = |c: &Value| -> BTreeSet<String> {
+        c["linuxParameters"]["capabilities"]["add"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let added: BTreeSet<String> = caps(br_agent).difference(&caps(agent)).cloned().collect();
+    assert_eq!(
+        added,
+        ["SYS_ADMIN", "SYS_CHROOT", "SYS_PTRACE"]
+            .map(String::from)
+            .into(),
+        "socket intake's, as components/socket-intake"
+    );
+    assert!(caps(agent).is_subset(&caps(br_agent)));
+    assert_eq!(
+        br_agent["dockerSecurityOptions"],
+        serde_json::json!(["label:type:control_t", "label:level:s0"])
+    );
+    let strip = |td: &Value| {
+        let mut td = td.clone();
+        let c = &mut td["containerDefinitions"][0];
+        for key in ["environment", "dockerSecurityOptions"] {
+            c.as_object_mut().unwrap().remove(key);
+        }
+        c["linuxParameters"]["capabilities"]["add"] = Value::Null;
+        td
+    };
+    assert_eq!(strip(&br), strip(&base), "the rest is the base's");
 }
 
 /// Serves one connection with `answer`.
