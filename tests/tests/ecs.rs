@@ -623,6 +623,7 @@ fn task_definition_and_service_pass_botocore_validation_and_a_broken_copy_fails(
     let out = validate(&[
         ("RegisterTaskDefinition", &taskdef),
         ("RegisterTaskDefinition", &bottlerocket),
+        ("RegisterTaskDefinition", &deploy("crashme.json")),
         ("CreateService", &service),
     ]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -640,6 +641,7 @@ fn task_definition_and_service_pass_botocore_validation_and_a_broken_copy_fails(
         text.contains("task-definition-bottlerocket.json: valid"),
         "{text}"
     );
+    assert!(text.contains("crashme.json: valid"), "{text}");
     assert!(text.contains("service.json: valid"), "{text}");
 
     // A broken copy of each: a misspelt key, a wrong type, a missing required member, a value
@@ -943,6 +945,54 @@ fn the_bottlerocket_task_definition_is_the_base_with_socket_or_the_nodes_file_pa
         td
     };
     assert_eq!(strip(&br), strip(&base), "the rest is the base's");
+}
+
+#[test]
+fn docs_show_the_ecs_layout_and_deployment() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let layout_section = readme
+        .split("## Where dumps go: the object layout (a contract)")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has the object layout section");
+    for segment in [layout::ECS_SEGMENT, layout::ECS_TASK_SEGMENT] {
+        assert!(
+            layout_section.contains(&format!("<prefix>/{segment}/")),
+            "README's object layout lists <prefix>/{segment}/"
+        );
+    }
+    for tag in [
+        layout::tag::ECS_CLUSTER,
+        layout::tag::TASK_FAMILY,
+        layout::tag::TASK_ID,
+    ] {
+        assert!(layout_section.contains(&format!("`{tag}`")), "{tag}");
+    }
+    let guide = std::fs::read_to_string(root().join("docs/operator.md")).unwrap();
+    let ecs = guide
+        .split("\n## Amazon ECS")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("the operator guide has an Amazon ECS section");
+    for needle in [
+        "deploy/ecs/task-definition.json",
+        "deploy/ecs/service.json",
+        "deploy/ecs/ecs.config",
+        "deploy/ecs/bottlerocket-settings.toml",
+        "deploy/ecs/task-definition-bottlerocket.json",
+        "deploy/ecs/crashme.json",
+        "COREDUMP_ECS",
+        "register-task-definition",
+        "create-service",
+        "coredump-agent check",
+        "find --ecs-cluster",
+        "--task-family",
+        "delete-service",
+        "restore",
+        "SYS_ADMIN",
+    ] {
+        assert!(ecs.contains(needle), "the ECS section mentions {needle}");
+    }
 }
 
 /// Serves one connection with `answer`.
