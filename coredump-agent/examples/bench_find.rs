@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use clap::Parser;
 use coredump_agent::{
     crash::{Crash, Hook, Signal},
-    identity::Identity,
+    identity::{Identity, KubePod, Workload},
     lookup::{self, Query},
     record::{AgentInfo, Attestation, Record, SCHEMA},
     store::{
@@ -71,10 +71,13 @@ fn record(i: u32, pods: u32) -> Record {
         dump: None,
         process: None,
         identity: Identity {
-            namespace: Some(format!("ns-{}", pod % 25)),
-            pod: Some(format!("pod-{pod}")),
-            pod_uid: Some(format!("uid-{pod}")),
-            container: Some("app".into()),
+            workload: Workload::Kubernetes(KubePod {
+                namespace: Some(format!("ns-{}", pod % 25)),
+                pod: Some(format!("pod-{pod}")),
+                pod_uid: Some(format!("uid-{pod}")),
+                container: Some("app".into()),
+                ..KubePod::default()
+            }),
             ..Identity::default()
         },
         agent: AgentInfo::current(),

@@ -15,13 +15,13 @@ use tokio::{sync::Semaphore, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    identity::events::PodEvents,
     intake::{
         dir::{Dir, Inspect},
         received::ReceiveDir,
     },
     job::{Claims, Job},
     metrics::METRICS,
+    notify::Notify,
     pattern::Compression,
     record::{DumpFile, Record, StoredDump},
     spool::{DumpDirs, Spool},
@@ -50,10 +50,10 @@ pub struct Config {
     /// Compress dumps with zstd while uploading them (`None`: store them as they are). A dump
     /// that already is compressed (gzip, zstd, xz, lz4) is stored as it is either way.
     pub compress: Option<Zstd>,
-    /// What an object's URI starts with (`s3://bucket/`, `file:///root/`), for Events.
+    /// What an object's URI starts with (`s3://bucket/`, `file:///root/`), for notices.
     pub uri_base: String,
-    /// Posts a `CoreDumpStored` Event on the crashed pod, when the API is available.
-    pub events: Option<PodEvents>,
+    /// Who is told once a dump is stored (a `CoreDumpStored` Event on the crashed pod).
+    pub notify: Notify,
 }
 
 /// First retry delay.
@@ -228,10 +228,8 @@ async fn deliver<S: Store>(
                     attested = record.attestation.attested,
                     "stored"
                 );
-                if dump.is_some()
-                    && let Some(events) = &cfg.events
-                {
-                    events
+                if dump.is_some() {
+                    cfg.notify
                         .dump_stored(&record, &format!("{}{key}", cfg.uri_base))
                         .await;
                 }
@@ -351,11 +349,12 @@ pub async fn run<S: Store>(
             uploads.clone(),
         );
         // Every line about this crash carries its id, pod and key.
+        let pod = job.record.identity.pod();
         let span = tracing::info_span!(
             "crash",
             id = %job.record.id,
-            namespace = job.record.identity.namespace.as_deref().unwrap_or(""),
-            pod = job.record.identity.pod.as_deref().unwrap_or(""),
+            namespace = pod.and_then(|p| p.namespace.as_deref()).unwrap_or(""),
+            pod = pod.and_then(|p| p.pod.as_deref()).unwrap_or(""),
             key = tracing::field::Empty,
         );
         tasks.spawn(tracing::Instrument::instrument(

@@ -14,7 +14,7 @@ use tokio::{sync::mpsc, task::JoinSet};
 
 use crate::{
     crash::Crash,
-    identity::{Identity, PodResolver, cgroup::CgroupResolver, cgroup_path},
+    identity::{Identity, Sources, cgroup::CgroupResolver, cgroup_path},
     record::ProcessInfo,
     spool::CrashJournal,
 };
@@ -26,8 +26,8 @@ pub struct Enricher {
     pub proc: ProcFs,
     /// cgroup id resolver, when a cgroup2 hierarchy is available.
     pub cgroups: Option<Arc<CgroupResolver>>,
-    /// Names pods and containers (API cache, kubelet files), when running on a Kubernetes node.
-    pub pods: Option<PodResolver>,
+    /// Name workloads (pods, ECS tasks) and their containers, in order.
+    pub sources: Sources,
 }
 
 /// A crash event with what was read about it when it arrived: journaled, then joined with
@@ -103,7 +103,7 @@ impl Enricher {
             &crash,
             process.as_ref(),
             self.cgroups.as_deref(),
-            self.pods.as_ref(),
+            &self.sources,
         );
         tracing::info!(
             host_pid = crash.host_pid,
@@ -112,7 +112,8 @@ impl Enricher {
             exe = crash.exe_name.as_deref().unwrap_or(""),
             signal = %crash.signal,
             cgroup = identity.cgroup_path.as_deref().unwrap_or("?"),
-            pod_uid = identity.pod_uid.as_deref().unwrap_or(""),
+            pod_uid = identity.pod().and_then(|p| p.pod_uid.as_deref()).unwrap_or(""),
+            ecs_task_id = identity.ecs().map_or("", |t| t.task_id.as_str()),
             "crash"
         );
         CrashFacts {
@@ -210,21 +211,21 @@ impl ProcFs {
 
 /// Resolves the crash's identity: the kernel's cgroup id through the cgroup2 hierarchy first
 /// (it cannot be faked from inside the container), else `/proc/<pid>/cgroup` (cgroup v1 hosts);
-/// then, with `pods`, the names of its pod and container from the pod uid and container id
-/// the cgroup path gave. Called when the crash event arrives: the container may be gone by the
-/// time a large dump is written.
+/// then, from `sources`, the names of its workload and container from the ids the cgroup path
+/// gave. Called when the crash event arrives: the container may be gone by the time a large
+/// dump is written.
 pub fn identity(
     crash: &Crash,
     process: Option<&ProcessInfo>,
     cgroups: Option<&CgroupResolver>,
-    pods: Option<&PodResolver>,
+    sources: &Sources,
 ) -> Identity {
     identity_of(
         crash.host_pid,
         Some(crash.cgroup_id),
         process,
         cgroups,
-        pods,
+        sources,
     )
 }
 
@@ -235,20 +236,18 @@ pub fn identity_of(
     cgroup_id: Option<u64>,
     process: Option<&ProcessInfo>,
     cgroups: Option<&CgroupResolver>,
-    pods: Option<&PodResolver>,
+    sources: &Sources,
 ) -> Identity {
     let mut identity = cgroup_identity(cgroup_id, process, cgroups);
-    if let Some(pods) = pods {
-        pods.resolve(&mut identity);
+    if !sources.is_empty() {
+        sources.resolve(&mut identity);
         tracing::debug!(
             host_pid,
-            pod_uid = identity.pod_uid.as_deref().unwrap_or(""),
             container_id = identity.container_id.as_deref().unwrap_or(""),
-            namespace = identity.namespace.as_deref().unwrap_or(""),
-            pod = identity.pod.as_deref().unwrap_or(""),
-            container = identity.container.as_deref().unwrap_or(""),
+            workload = ?identity.workload,
             source = identity.source.as_deref().unwrap_or(""),
-            "pod identity"
+            missing = identity.missing.as_deref().unwrap_or(""),
+            "workload identity"
         );
     }
     identity
@@ -334,9 +333,9 @@ mod tests {
             "process_comm": "server", "hook": "tp_btf"
         }))
         .unwrap();
-        let id = identity(&crash, Some(&p), None, None);
+        let id = identity(&crash, Some(&p), None, &Sources::default());
         assert_eq!(
-            id.pod_uid.as_deref(),
+            id.pod().unwrap().pod_uid.as_deref(),
             Some("2f6f5a3e-8a7b-4c1d-9e0f-1a2b3c4d5e6f")
         );
         assert_eq!(
@@ -365,12 +364,12 @@ mod tests {
         };
         let gone = other_ino + 1_000_000;
         let id = cgroup_identity(Some(gone), Some(&process("0")), Some(&resolver));
-        assert_eq!(id.pod_uid, None);
+        assert_eq!(id.pod(), None);
         assert!(id.unresolved.unwrap().contains(&gone.to_string()));
         // The path is the kernel's cgroup (same inode): trusted.
         let id = cgroup_identity(Some(other_ino), Some(&process("0")), Some(&resolver));
         assert_eq!(
-            id.pod_uid.as_deref(),
+            id.pod().unwrap().pod_uid.as_deref(),
             Some("2f6f5a3e-8a7b-4c1d-9e0f-1a2b3c4d5e6f")
         );
         // No cgroup2 hierarchy (v1 host): only a process still dumping core is believed.
@@ -378,7 +377,7 @@ mod tests {
         assert!(id.unresolved.is_some());
         let id = cgroup_identity(Some(gone), Some(&process("1")), None);
         assert_eq!(
-            id.pod_uid.as_deref(),
+            id.pod().unwrap().pod_uid.as_deref(),
             Some("2f6f5a3e-8a7b-4c1d-9e0f-1a2b3c4d5e6f")
         );
         std::fs::remove_dir_all(&root).unwrap();

@@ -3,8 +3,9 @@
 //! Pipeline (one node): `probe` (kernel crash events, read and journaled by `enrich`) and
 //! `intake` (dumps the kernel hands over through its socket or the pipe helper, or files in a
 //! dump directory) feed `correlate`, which joins them and applies the `policy`; `identity`
-//! names the pod; `spool` persists the joined record (a [`job::Job`]); `deliver` stores it and
-//! only then deletes the dump. `lookup` finds dumps by pod tags.
+//! names the pod; `spool` persists the joined record (a [`job::Job`]); `deliver` stores it,
+//! only then deletes the dump, and has `notify` tell who should know. `lookup` finds dumps by
+//! pod tags.
 #![deny(unsafe_code)]
 
 /// An error and its causes on one line, `a: b: c` (what `{:#}` of anyhow prints).
@@ -26,11 +27,13 @@ pub mod crash;
 pub mod deliver;
 pub mod enrich;
 pub mod health;
+pub mod http;
 pub mod identity;
 pub mod intake;
 pub mod job;
 pub mod lookup;
 pub mod metrics;
+pub mod notify;
 pub mod pattern;
 pub mod policy;
 pub mod probe;

@@ -2,7 +2,8 @@
 //! cluster.
 //!
 //! S3 has no query by tag, so a search narrows by key prefix first (`<prefix>/<namespace>/
-//! <pod>/`), then by what the key itself says (crash time, signal), and only then confirms the
+//! <pod>/`, `<prefix>/_ecs/<cluster>/<task-family>/`), then by what the key itself says (crash
+//! time, signal), and only then confirms the
 //! remaining filters with one tag read per candidate, many in flight at once. A search for one
 //! pod therefore costs requests in proportion to that pod's dumps, not to the bucket.
 
@@ -41,6 +42,12 @@ pub struct Query {
     pub signal: Option<Signal>,
     /// Cluster name.
     pub cluster: Option<String>,
+    /// Amazon ECS cluster.
+    pub ecs_cluster: Option<String>,
+    /// ECS task definition family.
+    pub task_family: Option<String>,
+    /// ECS task id.
+    pub task_id: Option<String>,
     /// Any other tag, `key=value`.
     pub tags: Vec<(String, String)>,
     /// Crashes at or after.
@@ -152,6 +159,16 @@ impl Query {
                 push(&layout::key_part(pod));
             }
             p.push('/');
+        } else if self.ecs_cluster.is_some() || self.task_family.is_some() {
+            // Only tasks whose family is known are stored there, and only they can match.
+            push(layout::ECS_SEGMENT);
+            if let Some(cluster) = &self.ecs_cluster {
+                push(&layout::key_part(cluster));
+                if let Some(family) = &self.task_family {
+                    push(&layout::key_part(family));
+                }
+            }
+            p.push('/');
         } else if !p.is_empty() {
             p.push('/');
         }
@@ -169,6 +186,9 @@ impl Query {
             (tag::NODE, &self.node),
             (tag::COMM, &self.comm),
             (tag::CLUSTER, &self.cluster),
+            (tag::ECS_CLUSTER, &self.ecs_cluster),
+            (tag::TASK_FAMILY, &self.task_family),
+            (tag::TASK_ID, &self.task_id),
         ];
         named
             .into_iter()
@@ -299,6 +319,41 @@ mod tests {
             "no namespace: cannot narrow"
         );
         assert_eq!(Query::default().key_prefix(""), "");
+    }
+
+    #[test]
+    fn prefix_narrows_by_ecs_cluster_and_family() {
+        let q = Query {
+            ecs_cluster: Some("prod eu".into()),
+            task_family: Some("web".into()),
+            ..Query::default()
+        };
+        assert_eq!(q.key_prefix("dumps"), "dumps/_ecs/prod_eu/web/");
+        let q = Query {
+            ecs_cluster: Some("prod".into()),
+            ..Query::default()
+        };
+        assert_eq!(q.key_prefix(""), "_ecs/prod/");
+        // A family in any cluster: every named task, none of the pods.
+        let q = Query {
+            task_family: Some("web".into()),
+            ..Query::default()
+        };
+        assert_eq!(q.key_prefix("dumps"), "dumps/_ecs/");
+        // A task id alone: its task may be filed by id (_ecs-task/) or by family.
+        let q = Query {
+            task_id: Some("488fc5b8b77f4fb7984bdc4aba948f9f".into()),
+            ..Query::default()
+        };
+        assert_eq!(q.key_prefix("dumps"), "dumps/");
+        let filters = q.tag_filters();
+        assert_eq!(
+            filters,
+            [(
+                "task-id".to_owned(),
+                "488fc5b8b77f4fb7984bdc4aba948f9f".to_owned()
+            )]
+        );
     }
 
     #[test]

@@ -27,7 +27,7 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
-use crate::record::Record;
+use crate::{identity::Workload, record::Record};
 
 /// What became of a crash.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -305,14 +305,20 @@ impl Metrics {
         self.max_namespaces.store(n, Ordering::Relaxed);
     }
 
-    /// The namespace label of a record: its pod's namespace while the cap allows, else
-    /// `other`; `_host` outside pods, `_unknown` when the kernel did not say.
+    /// The namespace label of a record: its pod's namespace (an ECS task's family, the unit
+    /// ECS deploys) while the cap allows, else `other`; `_host` outside pods and tasks,
+    /// `_unknown` when the kernel did not say.
     pub fn namespace(&self, record: &Record) -> String {
         let id = &record.identity;
-        let Some(ns) = &id.namespace else {
-            // Not attested, the cgroup gone, or a pod whose name is unknown: not a host process.
-            let unknown =
-                !record.attestation.attested || id.unresolved.is_some() || id.pod_uid.is_some();
+        let (named, in_workload) = match &id.workload {
+            Workload::Kubernetes(pod) => (pod.namespace.as_ref(), true),
+            Workload::Ecs(task) => (task.family.as_ref(), true),
+            Workload::Host(_) => (None, false),
+        };
+        let Some(ns) = named else {
+            // Not attested, the cgroup gone, or a pod or task whose name is unknown: not a
+            // host process.
+            let unknown = !record.attestation.attested || id.unresolved.is_some() || in_workload;
             return if unknown { UNKNOWN } else { HOST }.to_owned();
         };
         let mut seen = self
@@ -471,7 +477,10 @@ mod tests {
         .unwrap();
         assert_eq!(m.namespace(&r), "_host");
         for (ns, want) in [("a", "a"), ("b", "b"), ("c", "other"), ("a", "a")] {
-            r.identity.namespace = Some(ns.into());
+            r.identity.workload = crate::identity::Workload::Kubernetes(crate::identity::KubePod {
+                namespace: Some(ns.into()),
+                ..Default::default()
+            });
             assert_eq!(m.namespace(&r), want);
         }
         m.crash(&r, Outcome::stored);

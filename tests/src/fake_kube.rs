@@ -467,7 +467,7 @@ fn watch(
 }
 
 /// Reads a request: its method, target and body (`Content-Length` bytes).
-fn read_request(conn: &TcpStream) -> Option<(String, String, Vec<u8>)> {
+pub(crate) fn read_request(conn: &TcpStream) -> Option<(String, String, Vec<u8>)> {
     let mut reader = BufReader::new(conn.try_clone().ok()?);
     let mut first = String::new();
     reader.read_line(&mut first).ok()?;
@@ -530,7 +530,7 @@ fn on_node(pod: &Value, node: Option<&str>) -> bool {
     node.is_none_or(|n| pod["spec"]["nodeName"].as_str() == Some(n))
 }
 
-fn parse_query(query: &str) -> Vec<(String, String)> {
+pub(crate) fn parse_query(query: &str) -> Vec<(String, String)> {
     query
         .split('&')
         .filter(|p| !p.is_empty())

@@ -2,6 +2,7 @@
 //! serializes tests touching global kernel state, guards that restore it, and the `crasher`.
 #![allow(unsafe_code, reason = "flock on the global test lock")]
 
+pub mod fake_ecs;
 pub mod fake_kube;
 pub mod moto;
 pub mod prometheus;

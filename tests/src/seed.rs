@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use coredump_agent::{
     crash::{Crash, Hook, Signal},
-    identity::Identity,
+    identity::{Identity, KubePod, Workload},
     pattern::Compression,
     record::{AgentInfo, Attestation, Record, SCHEMA},
     store::{
@@ -45,10 +45,13 @@ pub fn crash(pid: u32, comm: &str, signal: u32, age: Duration) -> Crash {
 pub fn record(pod: Option<(&str, &str, &str)>, crash: Crash) -> Record {
     let identity = match pod {
         Some((ns, pod, container)) => Identity {
-            namespace: Some(ns.into()),
-            pod: Some(pod.into()),
-            pod_uid: Some(format!("uid-{pod}")),
-            container: Some(container.into()),
+            workload: Workload::Kubernetes(KubePod {
+                namespace: Some(ns.into()),
+                pod: Some(pod.into()),
+                pod_uid: Some(format!("uid-{pod}")),
+                container: Some(container.into()),
+                ..KubePod::default()
+            }),
             ..Identity::default()
         },
         None => Identity::default(),

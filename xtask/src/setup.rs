@@ -14,8 +14,8 @@ const LLVM: u32 = 22;
 /// bpf-linker (later nightlies are on LLVM 23, whose bitcode it rejects: "Invalid record").
 /// The Dockerfile's `RUST_NIGHTLY` is the same date.
 const NIGHTLY_DATE: &str = "2026-05-20";
-/// The Python tools the tests run, pinned (moto, kubectl, kubernetes-validate): installed into
-/// [`tools_dir`], never taken from the machine. The tests read the same file.
+/// The Python tools the tests run, pinned (moto, kubectl, kubernetes-validate, botocore):
+/// installed into [`tools_dir`], never taken from the machine. The tests read the same file.
 pub const PYTHON_PINS: &str = include_str!("../tools/python.txt");
 
 fn succeeds(program: &str, args: &[&str]) -> bool {
@@ -529,6 +529,12 @@ fn print_versions(tools: &Path, radosgw: &str) {
                     .unwrap_or("missing"),
                 bin.join("kubernetes-validate").display()
             ),
+        ),
+        (
+            "botocore (ECS model)",
+            installed_versions(tools, &["botocore"])[0]
+                .clone()
+                .unwrap_or_else(|| "missing".to_owned()),
         ),
     ];
     let rows: Vec<(&str, String)> = rows

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum, builder::TypedValueParser as _};
 use crate::{
     core_pattern::{self, Setting, Sysctl},
     crash::Signal,
-    identity::kubelet,
+    identity::{ecs, kubelet},
     intake::{Intake, IntakeMode},
     probe::HookChoice,
     store::{AnyStore, ChecksumMode, ConnectOptions, Dest, Zstd, compress, s3::SignPayload},
@@ -56,15 +56,17 @@ pub enum Command {
     /// Example (dev node, local store, core_pattern installed and restored on exit):
     ///   coredump-agent run --dump-dir /tmp/dumps --dest /tmp/store --install-core-pattern
     Run(Box<RunArgs>),
-    /// Find stored dumps by pod, container, node, process, signal, time or any tag: a
-    /// coredumpctl for the cluster. Newest first.
+    /// Find stored dumps by pod, ECS task, container, node, process, signal, time or any tag:
+    /// a coredumpctl for the cluster. Newest first.
     ///
-    /// --namespace and --pod narrow the listing by key prefix, so finding one pod's dumps
-    /// costs requests in proportion to that pod's dumps, not to the bucket; other filters are
-    /// confirmed on each object's tags, many reads at once.
+    /// --namespace and --pod (--ecs-cluster and --task-family) narrow the listing by key
+    /// prefix, so finding one pod's dumps costs requests in proportion to that pod's dumps,
+    /// not to the bucket; other filters are confirmed on each object's tags, many reads at
+    /// once.
     ///
     /// Examples:
     ///   coredump-agent find --dest s3://dumps/prod --namespace shop --pod web-7d9f --since 2d
+    ///   coredump-agent find --dest s3://dumps/prod --ecs-cluster prod --task-family web
     ///   coredump-agent find --signal SIGABRT --json | jq -r .key
     ///
     /// Exit codes: 0 found, 1 nothing matched, 2 error (including unreadable tags and no match).
@@ -104,6 +106,47 @@ pub enum Command {
     ///
     /// Exit codes: 0 nothing failed, 1 a check failed, 2 error.
     Check(Box<CheckArgs>),
+    /// Ask the running agent whether it is healthy: GET its /healthz on --listen (as `run`
+    /// reads it, COREDUMP_LISTEN) or --url, once.
+    ///
+    /// For container health checks where the image has no shell or curl, as an ECS task
+    /// definition's healthCheck: ["CMD", "/usr/local/bin/coredump-agent", "health"].
+    ///
+    /// Exit codes (Docker's): 0 healthy, 1 unhealthy or no answer.
+    Health(HealthArgs),
+}
+
+/// `coredump-agent health`.
+#[derive(Debug, clap::Args)]
+pub struct HealthArgs {
+    /// The address `run` serves /healthz on (its --listen); 0.0.0.0 and [::] are asked on
+    /// the loopback address.
+    #[arg(long, env = "COREDUMP_LISTEN", default_value = "127.0.0.1:9102")]
+    pub listen: std::net::SocketAddr,
+    /// The URL to ask instead, e.g. http://127.0.0.1:9102/readyz.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// How long to wait for the answer.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "4s")]
+    pub timeout: Duration,
+}
+
+impl HealthArgs {
+    /// The URL to GET.
+    pub fn url(&self) -> Result<hyper::Uri, crate::http::HttpError> {
+        if let Some(url) = &self.url {
+            return crate::http::parse_url(url);
+        }
+        let mut addr = self.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            });
+        }
+        crate::http::parse_url(&format!("http://{addr}/healthz"))
+    }
 }
 
 /// `coredump-agent find`.
@@ -121,7 +164,16 @@ pub struct FindArgs {
     /// Pod UID.
     #[arg(long)]
     pub pod_uid: Option<String>,
-    /// Container name.
+    /// Amazon ECS cluster (narrows the listing).
+    #[arg(long)]
+    pub ecs_cluster: Option<String>,
+    /// ECS task definition family (narrows the listing together with --ecs-cluster).
+    #[arg(long)]
+    pub task_family: Option<String>,
+    /// ECS task id (the last part of the task ARN).
+    #[arg(long)]
+    pub task_id: Option<String>,
+    /// Container name (a pod's or an ECS task's).
     #[arg(long, short = 'c')]
     pub container: Option<String>,
     /// Node name.
@@ -317,6 +369,21 @@ pub struct NodeArgs {
     /// name a crash's container from its id. Only names are read; links are not followed.
     #[arg(long, env = "COREDUMP_CONTAINER_LOG_ROOT", default_value = kubelet::DEFAULT_CONTAINER_LOG_ROOT)]
     pub container_log_root: PathBuf,
+    /// Name Amazon ECS tasks through the ECS agent's introspection API (cluster, task ARN,
+    /// family, revision, container, image): its task list, kept in memory and refreshed every
+    /// --ecs-refresh, so that a known task costs no request at crash time. `auto` uses it
+    /// when it answers at start; `on` uses it even if it does not answer yet; `off` never
+    /// asks. Without it, a task is named by the task id its cgroup gives. Needs the host's
+    /// network (the API listens on the host's 127.0.0.1).
+    #[arg(long, env = "COREDUMP_ECS", value_enum, default_value_t = EcsMode::Auto)]
+    pub ecs: EcsMode,
+    /// The ECS agent's introspection API.
+    #[arg(long, env = "COREDUMP_ECS_AGENT_URI", default_value = ecs::introspection::DEFAULT_URI)]
+    pub ecs_agent_uri: String,
+    /// How often the ECS task list is read (the API shares the ECS agent's rate limit with
+    /// the task metadata endpoint).
+    #[arg(long, env = "COREDUMP_ECS_REFRESH", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub ecs_refresh: Duration,
 }
 
 impl NodeArgs {
@@ -465,7 +532,7 @@ pub struct RunArgs {
     /// (gzip, zstd, xz, lz4) are stored as they are.
     #[arg(long, env = "COREDUMP_COMPRESS", value_enum, default_value_t = Compress::Zstd)]
     pub compress: Compress,
-    /// zstd level, 1 (fastest) to 19 (smallest). zstd uses one thread per CPU.
+    /// zstd level, 1 (fastest) to 19 (smallest).
     #[arg(
         long,
         env = "COREDUMP_COMPRESS_LEVEL",
@@ -473,6 +540,11 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(i32).range(1..=19)
     )]
     pub compress_level: i32,
+    /// zstd threads per dump being compressed, each holding ~10 MiB (0: on the calling
+    /// thread). Default: one per CPU the agent may use, which in Kubernetes is its CPU limit;
+    /// ECS gives a container no CPU limit it can see, so set this there.
+    #[arg(long, env = "COREDUMP_COMPRESS_THREADS")]
+    pub compress_threads: Option<u32>,
 }
 
 /// The store: where dumps go (`run`) or are looked up (`find`, `get`, `info`, `check`).
@@ -592,6 +664,18 @@ pub enum KubeMode {
     Off,
 }
 
+/// `--ecs` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum EcsMode {
+    /// Use the introspection API when it answers at start (an ECS container instance).
+    Auto,
+    /// Use it even when it does not answer yet: tasks are named from their cgroup until it
+    /// does.
+    On,
+    /// Never ask it.
+    Off,
+}
+
 /// `--compress` choices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Compress {
@@ -605,7 +689,12 @@ impl RunArgs {
     /// The compression `--compress` and `--compress-level` ask for.
     pub fn zstd(&self) -> Option<Zstd> {
         match self.compress {
-            Compress::Zstd => Some(Zstd::level(self.compress_level)),
+            Compress::Zstd => Some(Zstd {
+                workers: self
+                    .compress_threads
+                    .unwrap_or_else(|| Zstd::default().workers),
+                ..Zstd::level(self.compress_level)
+            }),
             Compress::None => None,
         }
     }
@@ -730,6 +819,44 @@ mod tests {
             Some(PathBuf::from("/host/sys/fs/cgroup"))
         );
         assert!(Args::try_parse_from(["coredump-agent", "run", "--kube", "maybe"]).is_err());
+        assert_eq!(r.node.ecs, EcsMode::Auto);
+        assert_eq!(r.node.ecs_agent_uri, "http://127.0.0.1:51678");
+        assert_eq!(r.node.ecs_refresh, Duration::from_secs(30));
+        let r = run(&[
+            "--ecs",
+            "on",
+            "--ecs-agent-uri",
+            "http://127.0.0.1:1",
+            "--ecs-refresh",
+            "5s",
+        ]);
+        assert_eq!(r.node.ecs, EcsMode::On);
+        assert_eq!(r.node.ecs_agent_uri, "http://127.0.0.1:1");
+        assert_eq!(r.node.ecs_refresh, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn health_asks_the_listen_address_on_loopback() {
+        let health = |extra: &[&str]| {
+            let args = ["coredump-agent", "health"].iter().chain(extra);
+            match Args::try_parse_from(args).map(|a| a.command) {
+                Ok(Command::Health(h)) => h.url().unwrap().to_string(),
+                other => panic!("health: {other:?}"),
+            }
+        };
+        assert_eq!(health(&[]), "http://127.0.0.1:9102/healthz");
+        assert_eq!(
+            health(&["--listen", "0.0.0.0:9200"]),
+            "http://127.0.0.1:9200/healthz"
+        );
+        assert_eq!(
+            health(&["--listen", "[::]:9102"]),
+            "http://[::1]:9102/healthz"
+        );
+        assert_eq!(
+            health(&["--url", "http://10.0.0.1:1/readyz"]),
+            "http://10.0.0.1:1/readyz"
+        );
     }
 
     #[test]
@@ -764,6 +891,17 @@ mod tests {
         assert_eq!(r.store.s3_checksum, ChecksumMode::WhenRequired);
         assert_eq!(r.zstd().map(|z| z.level), Some(9));
         assert_eq!(run(&["--compress", "none"]).unwrap().zstd(), None);
+        assert_eq!(
+            run(&["--compress-threads", "2"])
+                .unwrap()
+                .zstd()
+                .map(|z| z.workers),
+            Some(2)
+        );
+        assert_eq!(
+            run(&[]).unwrap().zstd().map(|z| z.workers),
+            Some(Zstd::default().workers)
+        );
         assert!(run(&["--compress-level", "20"]).is_err());
         assert!(run(&["--compress", "gzip"]).is_err());
     }

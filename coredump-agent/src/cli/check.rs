@@ -15,12 +15,15 @@ use serde::Serialize;
 
 use super::{
     EXIT_NOT_FOUND,
-    args::{CheckArgs, KubeMode, NodeArgs},
+    args::{CheckArgs, EcsMode, KubeMode, NodeArgs},
     run::{KubeAccess, node_name},
 };
 use crate::{
     core_pattern::{self, Setting},
-    identity::cgroup::{CgroupResolver, cgroup2_mount},
+    identity::{
+        cgroup::{CgroupResolver, cgroup2_mount},
+        ecs::{EcsSource, introspection::Introspection},
+    },
     intake::{Candidate, Intake, pipe, socket},
     pattern::CorePattern,
     probe::{Probe, btf},
@@ -273,11 +276,11 @@ fn kernel_checks(args: &NodeArgs, file: bool, live: &Result<String, String>, out
     }
 }
 
-fn node_checks(args: &NodeArgs, file: bool, out: &mut Vec<Line>) {
+fn node_checks(args: &NodeArgs, file: bool, on_ecs: bool, out: &mut Vec<Line>) {
     if file {
         dump_dir_checks(args, out);
     }
-    cgroup_and_log_checks(args, out);
+    cgroup_and_log_checks(args, on_ecs, out);
 }
 
 fn dump_dir_checks(args: &NodeArgs, out: &mut Vec<Line>) {
@@ -329,7 +332,7 @@ fn dump_dir_checks(args: &NodeArgs, out: &mut Vec<Line>) {
     }
 }
 
-fn cgroup_and_log_checks(args: &NodeArgs, out: &mut Vec<Line>) {
+fn cgroup_and_log_checks(args: &NodeArgs, on_ecs: bool, out: &mut Vec<Line>) {
     match args.cgroup_root.clone().or_else(cgroup2_mount) {
         None => out.push(line(
             Level::Warn,
@@ -363,6 +366,10 @@ fn cgroup_and_log_checks(args: &NodeArgs, out: &mut Vec<Line>) {
         ("pod logs", &args.pod_log_root),
         ("container logs", &args.container_log_root),
     ] {
+        if on_ecs && !dir.is_dir() {
+            // An ECS container instance has no kubelet: nothing to fall back on, nothing lost.
+            continue;
+        }
         out.push(if dir.is_dir() {
             line(Level::Ok, name, dir.display().to_string(), None)
         } else {
@@ -529,12 +536,79 @@ fn sysctl_checks(
     }
 }
 
+/// The ECS agent's introspection API, per `--ecs`: reachable, the cluster, how many tasks it
+/// lists. Returns whether it answered (an ECS container instance).
+async fn ecs_checks(args: &NodeArgs, out: &mut Vec<Line>) -> bool {
+    const CHECK: &str = "ECS agent";
+    if args.ecs == EcsMode::Off {
+        out.push(line(
+            Level::Ok,
+            CHECK,
+            "off (--ecs off): ECS tasks are named by their cgroup's task id only",
+            None,
+        ));
+        return false;
+    }
+    let api = match Introspection::new(&args.ecs_agent_uri) {
+        Ok(api) => api,
+        Err(e) => {
+            out.push(line(
+                Level::Fail,
+                CHECK,
+                format!("--ecs-agent-uri: {e}"),
+                Some("give the ECS agent's introspection API as http://127.0.0.1:51678"),
+            ));
+            return false;
+        }
+    };
+    let source = EcsSource::new(api);
+    match source.refresh().await {
+        Ok(tasks) => {
+            out.push(line(
+                Level::Ok,
+                CHECK,
+                format!(
+                    "reachable at {}: cluster {}, {tasks} tasks known",
+                    source.uri(),
+                    source
+                        .cluster()
+                        .as_deref()
+                        .unwrap_or("(not registered yet)")
+                ),
+                None,
+            ));
+            true
+        }
+        Err(_) if args.ecs == EcsMode::Auto => {
+            out.push(line(
+                Level::Ok,
+                CHECK,
+                format!(
+                    "no ECS agent answers at {} (--ecs auto): not an ECS container instance",
+                    source.uri()
+                ),
+                None,
+            ));
+            false
+        }
+        Err(e) => {
+            out.push(line(
+                Level::Fail,
+                CHECK,
+                crate::error_chain(&e),
+                Some("run the agent in the host's network (networkMode host) on an ECS container instance, or point --ecs-agent-uri at the ECS agent"),
+            ));
+            false
+        }
+    }
+}
+
 /// Pod list requests in a check: one item proves access and that this node has pods.
 const KUBE_PROBE_LIMIT: u32 = 1;
 
 /// The Kubernetes API: configured, reachable, this node's pods listable (and some there: a
 /// wrong node name lists none), and the other permissions the agent uses.
-async fn kube_checks(args: &NodeArgs, out: &mut Vec<Line>) {
+async fn kube_checks(args: &NodeArgs, on_ecs: bool, out: &mut Vec<Line>) {
     const CHECK: &str = "kubernetes API";
     // Without the API the agent still names pods from the kubelet's files: a warning,
     // unless `--kube on` makes it required.
@@ -549,6 +623,15 @@ async fn kube_checks(args: &NodeArgs, out: &mut Vec<Line>) {
                 Level::Ok,
                 CHECK,
                 "off (--kube off): pods are named from the kubelet's log files",
+                None,
+            ));
+            return;
+        }
+        KubeAccess::NotConfigured if on_ecs && args.kube == KubeMode::Auto => {
+            out.push(line(
+                Level::Ok,
+                CHECK,
+                "not configured: an ECS container instance, not a Kubernetes node",
                 None,
             ));
             return;
@@ -684,8 +767,11 @@ pub async fn execute(args: CheckArgs) -> anyhow::Result<ExitCode> {
     intake_checks(&args, plan.as_ref(), &mut lines);
     kernel_checks(&args.node, file, &live, &mut lines);
     sysctl_checks(&args, plan.as_ref(), live.as_deref().ok(), &mut lines);
-    node_checks(&args.node, file, &mut lines);
-    kube_checks(&args.node, &mut lines).await;
+    let mut ecs = Vec::new();
+    let on_ecs = ecs_checks(&args.node, &mut ecs).await;
+    node_checks(&args.node, file, on_ecs, &mut lines);
+    kube_checks(&args.node, on_ecs, &mut lines).await;
+    lines.append(&mut ecs);
     let store = match args.store.open(None).await {
         Err(e) => Err(e),
         Ok(s) => s

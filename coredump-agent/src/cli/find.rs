@@ -1,4 +1,5 @@
-//! `coredump-agent find`: list the dumps of a pod (or any tag filter), newest first.
+//! `coredump-agent find`: list the dumps of a pod or an ECS task (or any tag filter), newest
+//! first.
 
 use std::{io::Write as _, process::ExitCode};
 
@@ -27,17 +28,19 @@ fn human_size(bytes: u64) -> String {
 
 fn row(hit: &Hit) -> [String; 8] {
     let t = |k: &str| hit.tags.get(k).cloned().unwrap_or_else(|| "-".into());
-    let pod = match (hit.tags.get(tag::NAMESPACE), hit.tags.get(tag::POD)) {
-        (Some(ns), Some(pod)) => format!("{ns}/{pod}"),
-        _ => "-".into(),
-    };
+    let pair = |a: &str, b: &str| Some(format!("{}/{}", hit.tags.get(a)?, hit.tags.get(b)?));
+    // A pod's namespace/name, else an ECS task's cluster/family, else its id.
+    let workload = pair(tag::NAMESPACE, tag::POD)
+        .or_else(|| pair(tag::ECS_CLUSTER, tag::TASK_FAMILY))
+        .or_else(|| hit.tags.get(tag::TASK_ID).map(|id| format!("task {id}")))
+        .unwrap_or_else(|| "-".into());
     let size = match hit.kind {
         Kind::Dump => human_size(hit.size),
         Kind::Crash => "no dump".into(),
     };
     [
         humantime::format_rfc3339_seconds(hit.crash_time).to_string(),
-        pod,
+        workload,
         t(tag::CONTAINER),
         t(tag::NODE),
         t(tag::COMM),
@@ -51,7 +54,7 @@ fn row(hit: &Hit) -> [String; 8] {
 fn table(out: &mut impl std::io::Write, hits: &[Hit]) -> std::io::Result<()> {
     let header = [
         "TIME",
-        "NAMESPACE/POD",
+        "WORKLOAD",
         "CONTAINER",
         "NODE",
         "COMM",
@@ -91,6 +94,9 @@ pub async fn execute(args: FindArgs) -> anyhow::Result<ExitCode> {
         namespace: args.namespace,
         pod: args.pod,
         pod_uid: args.pod_uid,
+        ecs_cluster: args.ecs_cluster,
+        task_family: args.task_family,
+        task_id: args.task_id,
         container: args.container,
         node: args.node,
         comm: args.comm,
@@ -139,6 +145,36 @@ pub async fn execute(args: FindArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_workload_column_names_a_pod_or_an_ecs_task() {
+        let hit = |tags: &[(&str, &str)]| Hit {
+            key: "k".into(),
+            size: 1,
+            last_modified: std::time::SystemTime::UNIX_EPOCH,
+            kind: Kind::Dump,
+            crash_time: std::time::SystemTime::UNIX_EPOCH,
+            tags: tags
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let workload = |tags: &[(&str, &str)]| row(&hit(tags))[1].clone();
+        assert_eq!(
+            workload(&[("namespace", "shop"), ("pod", "web-1")]),
+            "shop/web-1"
+        );
+        assert_eq!(
+            workload(&[
+                ("ecs-cluster", "prod"),
+                ("task-family", "web"),
+                ("task-id", "t1")
+            ]),
+            "prod/web"
+        );
+        assert_eq!(workload(&[("task-id", "t1")]), "task t1");
+        assert_eq!(workload(&[("node", "n")]), "-");
+    }
 
     #[test]
     fn sizes_are_human() {

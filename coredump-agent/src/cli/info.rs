@@ -6,6 +6,7 @@ use anyhow::Context as _;
 
 use super::{EXIT_NOT_FOUND, args::InfoArgs, printable as p, read_record};
 use crate::{
+    identity::{EcsTask, HostUnit, Identity, KubePod, Workload},
     record::Record,
     store::{Store as _, StoreError, layout},
 };
@@ -90,21 +91,8 @@ pub async fn execute(args: InfoArgs) -> anyhow::Result<ExitCode> {
             )?;
             writeln!(out, "  uid/gid:     {}/{}", c.uid, c.gid)?;
         }
-        let id = &r.identity;
-        for (label, v) in [
-            ("namespace", &id.namespace),
-            ("pod", &id.pod),
-            ("pod uid", &id.pod_uid),
-            ("container", &id.container),
-            ("image", &id.image),
-            ("image id", &id.image_id),
-            ("container id", &id.container_id),
-            ("cgroup", &id.cgroup_path),
-            ("unit", &id.systemd_unit),
-        ] {
-            if let Some(v) = v {
-                writeln!(out, "  {:<12} {}", format!("{label}:"), p(v))?;
-            }
+        for (label, v) in identity_lines(&r.identity) {
+            writeln!(out, "  {:<12} {}", format!("{label}:"), p(&v))?;
         }
         if let Some(exe) = r.exe() {
             writeln!(out, "  exe:         {}", p(exe))?;
@@ -132,4 +120,110 @@ pub async fn execute(args: InfoArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "record:        none stored beside this object")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `info` shows of an identity, as (label, value), in order: the pod, ECS task or host
+/// unit, then the container and cgroup, and what is missing.
+fn identity_lines(id: &Identity) -> Vec<(&'static str, String)> {
+    let workload: Vec<(&str, Option<String>)> = match &id.workload {
+        Workload::Kubernetes(KubePod {
+            pod_uid,
+            namespace,
+            pod,
+            container,
+            image,
+            image_id,
+            ..
+        }) => vec![
+            ("namespace", namespace.clone()),
+            ("pod", pod.clone()),
+            ("pod uid", pod_uid.clone()),
+            ("container", container.clone()),
+            ("image", image.clone()),
+            ("image id", image_id.clone()),
+        ],
+        Workload::Ecs(EcsTask {
+            task_id,
+            cluster,
+            task_arn,
+            family,
+            revision,
+            container,
+            image,
+            image_id,
+        }) => vec![
+            ("ecs cluster", cluster.clone()),
+            (
+                "task",
+                family
+                    .as_ref()
+                    .map(|f| format!("{f}:{}", revision.as_deref().unwrap_or("?"))),
+            ),
+            ("task id", Some(task_id.clone())),
+            ("task arn", task_arn.clone()),
+            ("container", container.clone()),
+            ("image", image.clone()),
+            ("image digest", image_id.clone()),
+        ],
+        Workload::Host(HostUnit { systemd_unit }) => vec![("unit", systemd_unit.clone())],
+    };
+    workload
+        .into_iter()
+        .chain([
+            ("container id", id.container_id.clone()),
+            ("cgroup", id.cgroup_path.clone()),
+            ("missing", id.missing.clone()),
+        ])
+        .filter_map(|(label, v)| Some((label, v?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ecs_task_is_shown_as_family_revision_and_id() {
+        let id = Identity {
+            container_id: Some("ab".repeat(32)),
+            workload: Workload::Ecs(EcsTask {
+                task_id: "488fc5b8b77f4fb7984bdc4aba948f9f".into(),
+                cluster: Some("prod".into()),
+                family: Some("web".into()),
+                revision: Some("8".into()),
+                container: Some("app".into()),
+                ..EcsTask::default()
+            }),
+            ..Identity::default()
+        };
+        let lines = identity_lines(&id);
+        let labels: Vec<&str> = lines.iter().map(|(l, _)| *l).collect();
+        assert_eq!(
+            labels,
+            [
+                "ecs cluster",
+                "task",
+                "task id",
+                "container",
+                "container id"
+            ]
+        );
+        assert_eq!(lines[1].1, "web:8");
+        // Named from the cgroup only: the id, and why the rest is missing.
+        let id = Identity {
+            workload: Workload::Ecs(EcsTask {
+                task_id: "488fc5b8b77f4fb7984bdc4aba948f9f".into(),
+                ..EcsTask::default()
+            }),
+            missing: Some("the ECS agent did not answer".into()),
+            ..Identity::default()
+        };
+        assert_eq!(
+            identity_lines(&id),
+            [
+                ("task id", "488fc5b8b77f4fb7984bdc4aba948f9f".to_owned()),
+                ("missing", "the ECS agent did not answer".to_owned())
+            ]
+        );
+    }
 }

@@ -6,6 +6,7 @@ pub mod args;
 mod check;
 mod find;
 mod get;
+mod health;
 mod info;
 mod probe;
 mod restore;
@@ -56,6 +57,7 @@ pub fn main() -> ExitCode {
             Command::Get(a) => get::execute(*a).await,
             Command::Info(a) => info::execute(*a).await,
             Command::Check(a) => check::execute(*a).await,
+            Command::Health(a) => health::execute(a).await,
             Command::Restore(a) => restore::execute(*a),
         }
     });

@@ -20,17 +20,17 @@ use anyhow::{Context as _, bail};
 use tokio::{net::UnixListener, sync::mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::args::{KubeMode, NodeArgs, RunArgs};
+use super::args::{EcsMode, KubeMode, NodeArgs, RunArgs};
 use crate::{
     core_pattern::{self, Installed, Sysctl},
     correlate::{self, FileIntake},
     deliver,
     enrich::{self, Enricher, ProcFs},
     health::{self, Health},
-    identity::events::PodEvents,
     identity::{
-        PodResolver,
+        PodResolver, Sources, WorkloadSource,
         cgroup::{CgroupResolver, cgroup2_mount},
+        ecs::{EcsSource, introspection::Introspection},
         kube,
         kubelet::KubeletLogs,
     },
@@ -44,6 +44,7 @@ use crate::{
         watch::{self, Watcher},
     },
     job::Claims,
+    notify::{Notify, events::PodEvents},
     pattern::CorePattern,
     policy::Policy,
     probe::{self, Probe},
@@ -200,6 +201,40 @@ async fn pod_resolver(
     });
     let kubelet = KubeletLogs::new(&node_args.pod_log_root, &node_args.container_log_root);
     Ok((PodResolver::new(api, Some(kubelet)), events))
+}
+
+/// What names ECS tasks, per `--ecs`: the introspection API's task list, read once now and
+/// then refreshed on `tracker`. `None` when off, or when `auto` finds no ECS agent answering.
+pub(super) async fn ecs_source(
+    node_args: &NodeArgs,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> anyhow::Result<Option<EcsSource>> {
+    if node_args.ecs == EcsMode::Off {
+        return Ok(None);
+    }
+    let api = Introspection::new(&node_args.ecs_agent_uri)
+        .with_context(|| format!("--ecs-agent-uri {}", node_args.ecs_agent_uri))?;
+    let source = EcsSource::new(api);
+    match source.refresh().await {
+        Ok(tasks) => tracing::info!(
+            api = %source.uri(),
+            cluster = source.cluster().as_deref().unwrap_or(""),
+            tasks,
+            "ECS task cache synced"
+        ),
+        Err(e) if node_args.ecs == EcsMode::Auto => {
+            tracing::debug!(api = %source.uri(), error = %crate::error_chain(&e), "no ECS agent answers: not naming ECS tasks (--ecs auto)");
+            return Ok(None);
+        }
+        Err(e) => tracing::warn!(
+            api = %source.uri(),
+            error = %crate::error_chain(&e),
+            "the ECS agent's introspection API does not answer (--ecs on): crashes in tasks are named from their cgroup only until it does"
+        ),
+    }
+    source.spawn_refresh(node_args.ecs_refresh, tracker, cancel);
+    Ok(Some(source))
 }
 
 /// The intake in place: its listeners and the kernel settings it installed.
@@ -528,10 +563,17 @@ async fn run_pipeline(
     }
     // Before any stage runs: `--kube on` without a configuration must stop the start here.
     let (pods, events) = pod_resolver(&args.node, &node, &tracker, cancel.clone()).await?;
+    // In the order identity::sources documents: Kubernetes, then ECS.
+    let mut sources: Vec<Arc<dyn WorkloadSource>> = vec![Arc::new(pods)];
+    if let Some(ecs) = ecs_source(&args.node, &tracker, cancel.clone()).await? {
+        sources.push(Arc::new(ecs));
+    }
+    let sources = Sources::new(sources);
+    tracing::info!(sources = ?sources.names(), "workload sources");
     let enricher = Enricher {
         proc: ProcFs::default(),
         cgroups: cgroup_resolver(&args.node)?,
-        pods: Some(pods),
+        sources,
     };
     let (crash_tx, crash_rx) = mpsc::channel(CRASH_CAPACITY);
     let (facts_tx, facts_rx) = mpsc::channel(CRASH_CAPACITY);
@@ -552,7 +594,7 @@ async fn run_pipeline(
                 Dest::S3 { bucket, .. } => format!("s3://{bucket}/"),
                 Dest::Local(root) => format!("file://{}/", root.display()),
             },
-            events,
+            notify: Notify { events },
             compress: args.zstd(),
         },
         store.clone(),

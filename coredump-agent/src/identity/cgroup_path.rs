@@ -10,6 +10,12 @@
 //! those are never trusted. A container above the pod (kind's `/system.slice/docker-<node>.scope`)
 //! is an enclosing one and is forgotten at the pod; a custom kubelet cgroup root and trailing
 //! sub-cgroups (`…/init`, `…/container`) need no rules of their own.
+//!
+//! Amazon ECS tasks are found the same way, from the cgroup the ECS agent makes for each task
+//! (its task id) and the Docker container inside it: `ecstasks-<task-id>.slice/docker-<id>.scope`
+//! (cgroup v2, systemd driver) or `/ecs/<task-id>/<id>` (cgroupfs driver). A pod and a task are
+//! both the crash's *workload*: the outermost one decides, and nothing below its container is
+//! trusted.
 
 use serde::{Deserialize, Serialize};
 
@@ -62,6 +68,10 @@ pub struct CgroupIdentity {
     /// component, or the innermost `*.slice` if there is neither, e.g. `nginx.service`,
     /// `session-3.scope`, `user@1000.service`.
     pub systemd_unit: Option<String>,
+    /// Amazon ECS task id, from the cgroup the ECS agent made for the task: 32 lowercase hex
+    /// (task ARNs since 2020), or a lowercase UUID (the older ARN format). Never set together
+    /// with `pod_uid`.
+    pub ecs_task_id: Option<String>,
 }
 
 /// How one runtime names a container's cgroup: `<prefix><64 hex><suffix>`, optionally only
@@ -134,23 +144,35 @@ const SLICE_SUFFIX: &str = ".slice";
 /// systemd's limit on unit name length.
 const MAX_UNIT_NAME: usize = 255;
 
+/// The ECS agent's task cgroups. cgroup v2 (`DefaultTaskCgroupV2Prefix`): a systemd slice per
+/// task, `ecstasks-<task-id>.slice` inside `ecstasks.slice`. cgroup v1 and the cgroupfs driver
+/// (`DefaultTaskCgroupV1Prefix`): `/ecs/<task-id>`.
+const ECS_SLICE_PREFIX: &str = "ecstasks-";
+const ECS_V1_ROOT: &str = "ecs";
+
 /// Parses one cgroup path (as in `/proc/<pid>/cgroup`, after the second colon).
 ///
 /// Never fails: parts of the path that match no known form leave their fields `None`.
 pub fn parse(path: &str) -> CgroupIdentity {
     let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    // Read inside another cgroup namespace, a path starts with `..`: the first real
+    // component is where `/ecs/<task-id>` may begin.
+    let first_real = components.iter().position(|&c| c != "..");
     let mut id = CgroupIdentity::default();
     let mut leaf_unit: Option<&str> = None;
     let mut slice: Option<&str> = None;
+    // Index of the ECS task's component, once found.
+    let mut task_at: Option<usize> = None;
 
     for (i, &component) in components.iter().enumerate() {
         let parent = i.checked_sub(1).map(|j| components[j]);
         let grandparent = i.checked_sub(2).map(|j| components[j]);
+        let in_workload = id.pod_uid.is_some() || id.ecs_task_id.is_some();
 
-        // Inside a pod, the first container cgroup is the container; anything below it is
-        // what the container made itself (a process with write access to its cgroupfs can
-        // nest `…pod<another>.slice/cri-containerd-<another>.scope` there): never trusted.
-        let settled = id.pod_uid.is_some() && id.container_id.is_some();
+        // Inside a pod or task, the first container cgroup is the container; anything below
+        // it is what the container made itself (a process with write access to its cgroupfs
+        // can nest `…pod<another>.slice/cri-containerd-<another>.scope` there): never trusted.
+        let settled = in_workload && id.container_id.is_some();
         if settled {
             // Sub-cgroups of the container (`/init`, CRI-O's `/container`): nothing to learn.
         } else if let Some((pod, runtime, container_id)) = match_colon_form(component) {
@@ -163,16 +185,31 @@ pub fn parse(path: &str) -> CgroupIdentity {
         } else if let Some((uid, qos)) = match_pod(component, parent, grandparent) {
             // The outermost pod decides: one found inside a pod is a fake. A container seen
             // above the pod is an enclosing one (kind's node container), not this pod's.
-            if id.pod_uid.is_none() {
+            if !in_workload {
                 id.pod_uid = Some(uid);
                 id.qos = qos;
                 id.runtime = None;
                 id.container_id = None;
             }
+        } else if let Some(task_id) = match_ecs_task(component, parent, i, first_real) {
+            // As for pods: the outermost workload decides, and it encloses its container.
+            if !in_workload {
+                id.ecs_task_id = Some(task_id);
+                task_at = Some(i);
+                id.runtime = None;
+                id.container_id = None;
+            }
         } else if let Some((runtime, container_id)) = match_container(component, parent)
-            && !(id.pod_uid.is_some() && id.runtime.is_some())
+            && !(in_workload && id.runtime.is_some())
         {
-            id.runtime = Some(runtime);
+            // The ECS agent only drives Docker: a bare id right under the task (cgroupfs
+            // driver) is Docker's.
+            let under_task = task_at.is_some_and(|t| t + 1 == i);
+            id.runtime = Some(if under_task && runtime == Runtime::Unknown {
+                Runtime::Docker
+            } else {
+                runtime
+            });
             id.container_id = container_id;
         }
 
@@ -185,8 +222,9 @@ pub fn parse(path: &str) -> CgroupIdentity {
         }
     }
 
-    // Inside a pod the unit is only the kubelet's bookkeeping; the pod is the identity.
-    if id.pod_uid.is_none() {
+    // Inside a pod or task the unit is only the kubelet's or the ECS agent's bookkeeping; the
+    // workload is the identity.
+    if id.pod_uid.is_none() && id.ecs_task_id.is_none() {
         id.systemd_unit = leaf_unit.or(slice).map(str::to_owned);
     }
     id
@@ -209,9 +247,9 @@ pub fn parse_proc_cgroup(content: &str) -> Option<(String, CgroupIdentity)> {
             continue;
         };
         let identity = parse(path);
-        // A pod beats a bare container (kind's node container on a mixed v1/v2 host), which
-        // beats a unit, which beats nothing.
-        let tier = if identity.pod_uid.is_some() {
+        // A pod or task beats a bare container (kind's node container on a mixed v1/v2
+        // host), which beats a unit, which beats nothing.
+        let tier = if identity.pod_uid.is_some() || identity.ecs_task_id.is_some() {
             0
         } else if identity.container_id.is_some() {
             1
@@ -353,6 +391,41 @@ fn match_colon_form(component: &str) -> Option<(Option<PodMatch>, Runtime, Strin
     Some((pod, runtime, name.to_owned()))
 }
 
+/// Matches an ECS task's cgroup: `ecstasks-<task-id>.slice` anywhere (read from inside the
+/// agent's own cgroup namespace, `ecstasks.slice` may be cut off), or `<task-id>` right under
+/// `ecs` when that is the path's first component. systemd makes one slice per dash of an
+/// older UUID task id (`ecstasks-10838bed.slice/ecstasks-10838bed-421f.slice/…`): only the
+/// innermost carries a whole id, so the others match nothing.
+fn match_ecs_task(
+    component: &str,
+    parent: Option<&str>,
+    i: usize,
+    first_real: Option<usize>,
+) -> Option<String> {
+    let id = match component.strip_prefix(ECS_SLICE_PREFIX) {
+        Some(rest) => rest.strip_suffix(SLICE_SUFFIX)?,
+        None if parent == Some(ECS_V1_ROOT) && first_real.is_some_and(|f| f + 1 == i) => component,
+        None => return None,
+    };
+    is_ecs_task_id(id).then(|| id.to_owned())
+}
+
+/// An ECS task id, as the last part of a task ARN: 32 lowercase hex, or a lowercase UUID.
+pub fn is_ecs_task_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    match b.len() {
+        32 => b.iter().all(|&c| is_lower_hex(c)),
+        36 => b.iter().enumerate().all(|(i, &c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == b'-'
+            } else {
+                is_lower_hex(c)
+            }
+        }),
+        _ => false,
+    }
+}
+
 /// Matches a container cgroup against [`CONTAINER_RULES`].
 fn match_container(component: &str, parent: Option<&str>) -> Option<(Runtime, Option<String>)> {
     CONTAINER_RULES.iter().find_map(|rule| {
@@ -408,6 +481,7 @@ mod tests {
             runtime,
             container_id: container_id.map(str::to_owned),
             systemd_unit: None,
+            ecs_task_id: None,
         }
     }
 
@@ -1127,6 +1201,7 @@ mod tests {
             runtime: c.runtime,
             container_id: c.container_id.map(str::to_owned),
             systemd_unit: c.systemd_unit.map(str::to_owned),
+            ecs_task_id: None,
         }
     }
 
@@ -1457,26 +1532,6 @@ mod tests {
             systemd_unit: None,
         },
         Case {
-            name: "dd-trace ContainerInfoTest: ECS/Fargate /ecs/<task uuid>/<id>",
-            path: "/ecs/55091c13-b8cf-4801-b527-f4601742204d/432624d2150b349fe35ba397284dea788c2bf66b885d14dfc1569b01890ca7da",
-            pod_uid: None,
-            qos: None,
-            runtime: Some(Unknown),
-            container_id: Some("432624d2150b349fe35ba397284dea788c2bf66b885d14dfc1569b01890ca7da"),
-            systemd_unit: None,
-        },
-        Case {
-            name: "ECS agent cgroup v2 task slice + docker scope (slice name from amazon-ecs-agent; scope inferred)",
-            path: "/ecstasks.slice/ecstasks-e95a40efbde84cbc8600660a109ec194.slice/docker-38fac3e99302b3622be089dd41e7ccf38aff368a86cc339972075136ee2710ce.scope",
-            pod_uid: None,
-            qos: None,
-            runtime: Some(Docker),
-            container_id: Some("38fac3e99302b3622be089dd41e7ccf38aff368a86cc339972075136ee2710ce"),
-            systemd_unit: Some(
-                "docker-38fac3e99302b3622be089dd41e7ccf38aff368a86cc339972075136ee2710ce.scope",
-            ),
-        },
-        Case {
             name: "tetragon proc_test: GitHub Actions /actions_job/<id>",
             path: "/actions_job/ec5fd62ba68d0b75a3cbdb7f7f78b526440b7969e22b2b362fb6f429ded42fdc",
             pod_uid: None,
@@ -1486,6 +1541,259 @@ mod tests {
             systemd_unit: None,
         },
     ];
+
+    /// One expected ECS parse: task id, container id and runtime.
+    struct EcsCase {
+        name: &'static str,
+        path: &'static str,
+        task_id: Option<&'static str>,
+        container_id: Option<&'static str>,
+        runtime: Option<Runtime>,
+        /// A pod that wins over a task (forged or not ECS at all).
+        pod_uid: Option<&'static str>,
+    }
+
+    /// ECS task cgroups as the ECS agent, Docker and runc lay them out on cgroup v1 and v2,
+    /// with the systemd and cgroupfs drivers, and as read from inside a private cgroup
+    /// namespace (leading `..`). Sources: the ECS agent's `task_linux.go` (`BuildCgroupRoot`)
+    /// and its tests, moby's `WithCgroups`, runc's `ExpandSlice`, and real paths from an ECS
+    /// maintainer's cgroup v2 notes (the kernel's OOM log, `systemctl status ecstasks.slice`).
+    const ECS_CASES: &[EcsCase] = &[
+        EcsCase {
+            name: "v2 systemd, task cgroup (AL2023, Bottlerocket aws-ecs-2+) - real, from kernel OOM log",
+            path: "/ecstasks.slice/ecstasks-488fc5b8b77f4fb7984bdc4aba948f9f.slice/docker-60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d.scope",
+            task_id: Some("488fc5b8b77f4fb7984bdc4aba948f9f"),
+            container_id: Some("60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "v2 systemd, task cgroup - real, from systemctl status ecstasks.slice",
+            path: "/ecstasks.slice/ecstasks-e95a40efbde84cbc8600660a109ec194.slice/docker-c7d42d8ffd0142ea1f7858cb04f05f19b913572a3dadb49ca9d27eb1705090a1.scope",
+            task_id: Some("e95a40efbde84cbc8600660a109ec194"),
+            container_id: Some("c7d42d8ffd0142ea1f7858cb04f05f19b913572a3dadb49ca9d27eb1705090a1"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "v2, same crash read from /proc/<pid>/cgroup inside the agent's private cgroup namespace (agent is itself in an ECS task slice)",
+            path: "/../../ecstasks-488fc5b8b77f4fb7984bdc4aba948f9f.slice/docker-60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d.scope",
+            task_id: Some("488fc5b8b77f4fb7984bdc4aba948f9f"),
+            container_id: Some("60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "v2, read inside a private cgroupns when the agent sits in system.slice/docker-<id>.scope",
+            path: "/../../ecstasks.slice/ecstasks-e95a40efbde84cbc8600660a109ec194.slice/docker-c7d42d8ffd0142ea1f7858cb04f05f19b913572a3dadb49ca9d27eb1705090a1.scope",
+            task_id: Some("e95a40efbde84cbc8600660a109ec194"),
+            container_id: Some("c7d42d8ffd0142ea1f7858cb04f05f19b913572a3dadb49ca9d27eb1705090a1"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "v2, ECS_ENABLE_TASK_CPU_MEM_LIMIT=false (or cgroup init failed): no task in the path, ask /v1/tasks?dockerid=",
+            path: "/system.slice/docker-e883b4e9fbc445677c65ce9325a2ec5548c30b2709c02141da64b7992c430afe.scope",
+            task_id: None,
+            container_id: Some("e883b4e9fbc445677c65ce9325a2ec5548c30b2709c02141da64b7992c430afe"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "v1 cgroupfs, task cgroup (AL2 ECS AMI, Bottlerocket aws-ecs-1); the same path in every v1 controller and in name=systemd",
+            path: "/ecs/e39cda25f9824fe9b035e2f57e81c793/7ff2ace8e15097939aa2ca98f2179fc216aa9faca0eafdcf92dd9c755bd7c4f3",
+            task_id: Some("e39cda25f9824fe9b035e2f57e81c793"),
+            container_id: Some("7ff2ace8e15097939aa2ca98f2179fc216aa9faca0eafdcf92dd9c755bd7c4f3"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "v1 cgroupfs, task cgroups disabled: plain Docker layout",
+            path: "/docker/7ff2ace8e15097939aa2ca98f2179fc216aa9faca0eafdcf92dd9c755bd7c4f3",
+            task_id: None,
+            container_id: Some("7ff2ace8e15097939aa2ca98f2179fc216aa9faca0eafdcf92dd9c755bd7c4f3"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "v1, old (short) ARN format task id: a UUID with dashes",
+            path: "/ecs/10838bed-421f-43ef-870a-f43feacbbb5b/7ff2ace8e15097939aa2ca98f2179fc216aa9faca0eafdcf92dd9c755bd7c4f3",
+            task_id: Some("10838bed-421f-43ef-870a-f43feacbbb5b"),
+            container_id: Some("7ff2ace8e15097939aa2ca98f2179fc216aa9faca0eafdcf92dd9c755bd7c4f3"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "v2, old ARN format: systemd turns every '-' into a slice level (runc ExpandSlice); the innermost ecstasks-*.slice carries the whole id",
+            path: "/ecstasks.slice/ecstasks-10838bed.slice/ecstasks-10838bed-421f.slice/ecstasks-10838bed-421f-43ef.slice/ecstasks-10838bed-421f-43ef-870a.slice/ecstasks-10838bed-421f-43ef-870a-f43feacbbb5b.slice/docker-e883b4e9fbc445677c65ce9325a2ec5548c30b2709c02141da64b7992c430afe.scope",
+            task_id: Some("10838bed-421f-43ef-870a-f43feacbbb5b"),
+            container_id: Some("e883b4e9fbc445677c65ce9325a2ec5548c30b2709c02141da64b7992c430afe"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "v2, trailing sub-cgroup created inside the container: ignored",
+            path: "/ecstasks.slice/ecstasks-488fc5b8b77f4fb7984bdc4aba948f9f.slice/docker-60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d.scope/init",
+            task_id: Some("488fc5b8b77f4fb7984bdc4aba948f9f"),
+            container_id: Some("60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "v2, a container forging another task's shape below its own cgroup: the outermost task and the first container below it win",
+            path: "/ecstasks.slice/ecstasks-488fc5b8b77f4fb7984bdc4aba948f9f.slice/docker-60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d.scope/ecstasks.slice/ecstasks-e95a40efbde84cbc8600660a109ec194.slice/docker-c7d42d8ffd0142ea1f7858cb04f05f19b913572a3dadb49ca9d27eb1705090a1.scope",
+            task_id: Some("488fc5b8b77f4fb7984bdc4aba948f9f"),
+            container_id: Some("60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "v2, task slice itself (no container): task only",
+            path: "/ecstasks.slice/ecstasks-488fc5b8b77f4fb7984bdc4aba948f9f.slice",
+            task_id: Some("488fc5b8b77f4fb7984bdc4aba948f9f"),
+            container_id: None,
+            runtime: None,
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "Bottlerocket: the ECS agent is a host systemd service, not a task",
+            path: "/system.slice/ecs.service",
+            task_id: None,
+            container_id: None,
+            runtime: None,
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "parent slice only",
+            path: "/ecstasks.slice",
+            task_id: None,
+            container_id: None,
+            runtime: None,
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "not a task id: /ecs/<something that is neither 32 hex nor a UUID>",
+            path: "/ecs/not-a-task/7ff2ace8e15097939aa2ca98f2179fc216aa9faca0eafdcf92dd9c755bd7c4f3",
+            task_id: None,
+            container_id: Some("7ff2ace8e15097939aa2ca98f2179fc216aa9faca0eafdcf92dd9c755bd7c4f3"),
+            runtime: Some(Unknown),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "bad container id (63 hex) under a valid task slice: task only",
+            path: "/ecstasks.slice/ecstasks-488fc5b8b77f4fb7984bdc4aba948f9f.slice/docker-60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91.scope",
+            task_id: Some("488fc5b8b77f4fb7984bdc4aba948f9f"),
+            container_id: None,
+            runtime: None,
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "Kubernetes path must not be taken for ECS",
+            path: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod3c3e2c8a_7b1a_4d8e_9f6b_2a1c0d9e8f7a.slice/cri-containerd-60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d.scope",
+            task_id: None,
+            container_id: Some("60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d"),
+            runtime: Some(Containerd),
+            pod_uid: Some("3c3e2c8a-7b1a-4d8e-9f6b-2a1c0d9e8f7a"),
+        },
+        EcsCase {
+            name: "dd-trace ContainerInfoTest: /ecs/<task uuid>/<id> (Fargate shows the same layout)",
+            path: "/ecs/55091c13-b8cf-4801-b527-f4601742204d/432624d2150b349fe35ba397284dea788c2bf66b885d14dfc1569b01890ca7da",
+            task_id: Some("55091c13-b8cf-4801-b527-f4601742204d"),
+            container_id: Some("432624d2150b349fe35ba397284dea788c2bf66b885d14dfc1569b01890ca7da"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "v1 read inside another cgroup namespace: `/ecs` is still the first real component",
+            path: "/../ecs/e39cda25f9824fe9b035e2f57e81c793/7ff2ace8e15097939aa2ca98f2179fc216aa9faca0eafdcf92dd9c755bd7c4f3",
+            task_id: Some("e39cda25f9824fe9b035e2f57e81c793"),
+            container_id: Some("7ff2ace8e15097939aa2ca98f2179fc216aa9faca0eafdcf92dd9c755bd7c4f3"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "`ecs/<task-id>` deeper than the root is not the ECS agent's",
+            path: "/system.slice/ecs/e39cda25f9824fe9b035e2f57e81c793/7ff2ace8e15097939aa2ca98f2179fc216aa9faca0eafdcf92dd9c755bd7c4f3",
+            task_id: None,
+            container_id: Some("7ff2ace8e15097939aa2ca98f2179fc216aa9faca0eafdcf92dd9c755bd7c4f3"),
+            runtime: Some(Unknown),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "uppercase hex is not a task id (ARNs are lowercase)",
+            path: "/ecstasks.slice/ecstasks-488FC5B8B77F4FB7984BDC4ABA948F9F.slice/docker-60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d.scope",
+            task_id: None,
+            container_id: Some("60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "a pod slice below a task's container is forged: the task decides",
+            path: "/ecstasks.slice/ecstasks-488fc5b8b77f4fb7984bdc4aba948f9f.slice/docker-60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d.scope/kubepods-pod11111111_2222_3333_4444_555555555555.slice/cri-containerd-c7d42d8ffd0142ea1f7858cb04f05f19b913572a3dadb49ca9d27eb1705090a1.scope",
+            task_id: Some("488fc5b8b77f4fb7984bdc4aba948f9f"),
+            container_id: Some("60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d"),
+            runtime: Some(Docker),
+            pod_uid: None,
+        },
+        EcsCase {
+            name: "a task slice below a pod's container is forged: the pod decides",
+            path: "/kubepods.slice/kubepods-pod11111111_2222_3333_4444_555555555555.slice/cri-containerd-c7d42d8ffd0142ea1f7858cb04f05f19b913572a3dadb49ca9d27eb1705090a1.scope/ecstasks-488fc5b8b77f4fb7984bdc4aba948f9f.slice/docker-60ef727c9751aac9084702bca274544f94f1bb070ace95e8a79911c22b01a91d.scope",
+            task_id: None,
+            container_id: Some("c7d42d8ffd0142ea1f7858cb04f05f19b913572a3dadb49ca9d27eb1705090a1"),
+            runtime: Some(Containerd),
+            pod_uid: Some("11111111-2222-3333-4444-555555555555"),
+        },
+    ];
+
+    #[test]
+    fn ecs_task_layouts() {
+        let failing: Vec<String> = ECS_CASES
+            .iter()
+            .filter_map(|c| {
+                let got = parse(c.path);
+                let ok = got.ecs_task_id.as_deref() == c.task_id
+                    && got.container_id.as_deref() == c.container_id
+                    && got.runtime == c.runtime
+                    && got.pod_uid.as_deref() == c.pod_uid
+                    // Inside a task, as inside a pod, no unit is reported.
+                    && (c.task_id.is_none() || got.systemd_unit.is_none());
+                (!ok).then(|| format!("{}: got {got:?}", c.name))
+            })
+            .collect();
+        assert!(failing.is_empty(), "{}", failing.join("\n"));
+    }
+
+    #[test]
+    fn ecs_task_ids() {
+        assert!(is_ecs_task_id("488fc5b8b77f4fb7984bdc4aba948f9f"));
+        assert!(is_ecs_task_id("10838bed-421f-43ef-870a-f43feacbbb5b"));
+        for bad in [
+            "",
+            "task-id",
+            "488fc5b8b77f4fb7984bdc4aba948f9",
+            "488fc5b8b77f4fb7984bdc4aba948f9g",
+            "10838bed_421f_43ef_870a_f43feacbbb5b",
+            "10838bed-421f-43ef-870af43feacbbb5b-",
+            "../../../../../../../../../../../..",
+        ] {
+            assert!(!is_ecs_task_id(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn proc_cgroup_ecs_v1_task_beats_the_unified_docker_scope() {
+        // AL2-like hybrid: the v1 hierarchies hold the task, the unified line only Docker's.
+        let p = "/ecs/e39cda25f9824fe9b035e2f57e81c793/7ff2ace8e15097939aa2ca98f2179fc216aa9faca0eafdcf92dd9c755bd7c4f3";
+        let content =
+            format!("12:memory:{p}\n1:name=systemd:{p}\n0::/system.slice/docker.service\n");
+        let (used, id) = parse_proc_cgroup(&content).expect("lines");
+        assert_eq!(used, p);
+        assert_eq!(
+            id.ecs_task_id.as_deref(),
+            Some("e39cda25f9824fe9b035e2f57e81c793")
+        );
+        assert_eq!(id.runtime, Some(Runtime::Docker));
+    }
 
     #[test]
     fn cri_containerd_colon_form() {

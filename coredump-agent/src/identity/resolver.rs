@@ -1,12 +1,12 @@
-//! identity::resolver: fills an identity's names (namespace, pod, container, image, labels)
-//! from what its cgroup said (pod uid, container id): the API cache first, then the kubelet's
-//! files for whatever is still unknown.
+//! identity::resolver: the Kubernetes [`WorkloadSource`]: fills a pod's names (namespace,
+//! pod, container, image, labels) from what its cgroup said (pod uid, container id): the API
+//! cache first, then the kubelet's files for whatever is still unknown.
 //!
 //! Runs when the crash event arrives, in the correlate stage, so it never waits: both sources
 //! answer from memory or a directory listing. Unknown stays `None`.
 
 use super::{
-    Identity,
+    Identity, KubePod, Workload, WorkloadSource,
     kube::{self, PodCache},
     kubelet::{self, KubeletLogs},
 };
@@ -23,13 +23,25 @@ impl PodResolver {
     pub fn new(api: Option<PodCache>, kubelet: Option<KubeletLogs>) -> Self {
         Self { api, kubelet }
     }
+}
 
-    /// Fills `namespace`, `pod`, `container`, `image`, `image_id`, `labels` and `source` from
-    /// the identity's cgroup-derived `pod_uid` and `container_id`. `source` names where the pod
-    /// was found; a container name the API did not know yet may still come from the kubelet's
-    /// files. Identities that name neither pod nor container are left alone.
-    pub fn resolve(&self, identity: &mut Identity) {
-        let pod_uid = identity.pod_uid.clone();
+impl WorkloadSource for PodResolver {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    /// Fills the pod's `namespace`, `pod`, `container`, `image`, `image_id`, `labels`, and
+    /// `source`, from the identity's cgroup-derived pod uid and container id. `source` names
+    /// where the pod was found; a container name the API did not know yet may still come from
+    /// the kubelet's files. A container in no pod (by its cgroup) becomes a pod's when a
+    /// source knows it. Identities that name neither pod nor container are left alone.
+    fn resolve(&self, identity: &mut Identity) {
+        let mut pod = match &identity.workload {
+            Workload::Kubernetes(pod) => pod.clone(),
+            Workload::Host(_) if identity.container_id.is_some() => KubePod::default(),
+            _ => return,
+        };
+        let pod_uid = pod.pod_uid.clone();
         let container_id = identity.container_id.clone();
         let (pod_uid, container_id) = (pod_uid.as_deref(), container_id.as_deref());
         if pod_uid.is_none() && container_id.is_none() {
@@ -52,41 +64,42 @@ impl PodResolver {
                 ));
                 return;
             }
-            identity.namespace = Some(found.namespace);
-            identity.pod = Some(found.name);
-            identity.labels = found.labels;
+            pod.namespace = Some(found.namespace);
+            pod.pod = Some(found.name);
+            pod.labels = found.labels;
             identity.source = Some(kube::SOURCE.to_owned());
             if let Some(c) = found.container {
-                identity.container = Some(c.name);
-                identity.image = c.image;
-                identity.image_id = c.image_id;
+                pod.container = Some(c.name);
+                pod.image = c.image;
+                pod.image_id = c.image_id;
             }
             images = found.images;
         }
 
-        let container_missing = container_id.is_some() && identity.container.is_none();
-        if identity.pod.is_some() && !container_missing {
-            return;
-        }
-        let Some(kubelet) = &self.kubelet else {
-            return;
-        };
-        let found = kubelet.lookup(pod_uid, container_id);
-        if identity.pod.is_none()
-            && let (Some(namespace), Some(pod)) = (found.namespace.clone(), found.pod.clone())
+        let container_missing = container_id.is_some() && pod.container.is_none();
+        if let Some(kubelet) = &self.kubelet
+            && (pod.pod.is_none() || container_missing)
         {
-            identity.namespace = Some(namespace);
-            identity.pod = Some(pod);
-            identity.source = Some(kubelet::SOURCE.to_owned());
+            let found = kubelet.lookup(pod_uid, container_id);
+            if pod.pod.is_none()
+                && let (Some(namespace), Some(name)) = (found.namespace.clone(), found.pod.clone())
+            {
+                pod.namespace = Some(namespace);
+                pod.pod = Some(name);
+                identity.source = Some(kubelet::SOURCE.to_owned());
+            }
+            // Only a container of the pod already named: the two sources must agree.
+            let same_pod = found.namespace == pod.namespace && found.pod == pod.pod;
+            if pod.container.is_none()
+                && same_pod
+                && let Some(container) = found.container
+            {
+                pod.image = images.get(&container).cloned();
+                pod.container = Some(container);
+            }
         }
-        // Only a container of the pod already named: the two sources must agree.
-        let same_pod = found.namespace == identity.namespace && found.pod == identity.pod;
-        if identity.container.is_none()
-            && same_pod
-            && let Some(container) = found.container
-        {
-            identity.image = images.get(&container).cloned();
-            identity.container = Some(container);
+        if pod.pod_uid.is_some() || pod.pod.is_some() {
+            identity.workload = Workload::Kubernetes(pod);
         }
     }
 }
@@ -155,10 +168,21 @@ mod tests {
 
     fn k8s(uid: Option<&str>, cid: Option<&str>) -> Identity {
         Identity {
-            pod_uid: uid.map(str::to_owned),
             container_id: cid.map(str::to_owned),
+            workload: match uid {
+                Some(uid) => Workload::Kubernetes(KubePod {
+                    pod_uid: Some(uid.to_owned()),
+                    ..KubePod::default()
+                }),
+                None => Workload::default(),
+            },
             ..Identity::default()
         }
+    }
+
+    /// The pod the identity names (empty if none).
+    fn named(id: &Identity) -> KubePod {
+        id.pod().cloned().unwrap_or_default()
     }
 
     #[tokio::test]
@@ -172,34 +196,40 @@ mod tests {
         // In the API cache: everything, from the API.
         let mut id = k8s(Some(UID), Some(CID));
         resolver.resolve(&mut id);
-        assert_eq!(id.namespace.as_deref(), Some("payments"));
-        assert_eq!(id.pod.as_deref(), Some("api-7f9c6d5b4-qw8zt"));
-        assert_eq!(id.container.as_deref(), Some("api"));
-        assert_eq!(id.image.as_deref(), Some("ghcr.io/example/api:2.3.1"));
+        assert_eq!(named(&id).namespace.as_deref(), Some("payments"));
+        assert_eq!(named(&id).pod.as_deref(), Some("api-7f9c6d5b4-qw8zt"));
+        assert_eq!(named(&id).container.as_deref(), Some("api"));
         assert_eq!(
-            id.image_id.as_deref(),
+            named(&id).image.as_deref(),
+            Some("ghcr.io/example/api:2.3.1")
+        );
+        assert_eq!(
+            named(&id).image_id.as_deref(),
             Some("ghcr.io/example/api@sha256:0123abcd")
         );
-        assert_eq!(id.labels["team"], "payments");
+        assert_eq!(named(&id).labels["team"], "payments");
         assert_eq!(id.source.as_deref(), Some("kubernetes-api"));
 
         // The pod is in the cache but this container's status is not yet: the kubelet's link
         // names the container, the API's spec its image.
         let mut id = k8s(Some(UID), Some(NEW_CID));
         resolver.resolve(&mut id);
-        assert_eq!(id.container.as_deref(), Some("envoy-proxy"));
-        assert_eq!(id.image.as_deref(), Some("envoyproxy/envoy:v1.31.2"));
-        assert_eq!(id.image_id, None);
+        assert_eq!(named(&id).container.as_deref(), Some("envoy-proxy"));
+        assert_eq!(
+            named(&id).image.as_deref(),
+            Some("envoyproxy/envoy:v1.31.2")
+        );
+        assert_eq!(named(&id).image_id, None);
         assert_eq!(id.source.as_deref(), Some("kubernetes-api"));
 
         // A pod the API never showed (deleted before the watch saw it): the kubelet's files.
         let mut id = k8s(Some(GONE_UID), Some(GONE_CID));
         resolver.resolve(&mut id);
-        assert_eq!(id.namespace.as_deref(), Some("batch"));
-        assert_eq!(id.pod.as_deref(), Some("report-29123456-k8x2v"));
-        assert_eq!(id.container.as_deref(), Some("report"));
-        assert_eq!((id.image, id.image_id), (None, None));
-        assert!(id.labels.is_empty());
+        assert_eq!(named(&id).namespace.as_deref(), Some("batch"));
+        assert_eq!(named(&id).pod.as_deref(), Some("report-29123456-k8x2v"));
+        assert_eq!(named(&id).container.as_deref(), Some("report"));
+        assert_eq!((named(&id).image, named(&id).image_id), (None, None));
+        assert!(named(&id).labels.is_empty());
         assert_eq!(id.source.as_deref(), Some("kubelet-logs"));
 
         // Unknown everywhere: unknown.
@@ -225,9 +255,9 @@ mod tests {
         // Kubelet files only (no API access).
         let mut id = k8s(Some(UID), Some(NEW_CID));
         PodResolver::new(None, Some(kubelet_tree(&root))).resolve(&mut id);
-        assert_eq!(id.pod.as_deref(), Some("api-7f9c6d5b4-qw8zt"));
-        assert_eq!(id.container.as_deref(), Some("envoy-proxy"));
-        assert_eq!(id.image, None);
+        assert_eq!(named(&id).pod.as_deref(), Some("api-7f9c6d5b4-qw8zt"));
+        assert_eq!(named(&id).container.as_deref(), Some("envoy-proxy"));
+        assert_eq!(named(&id).image, None);
         assert_eq!(id.source.as_deref(), Some("kubelet-logs"));
         std::fs::remove_dir_all(&root).unwrap();
     }
@@ -241,11 +271,11 @@ mod tests {
         let resolver = PodResolver::new(Some(kube::cache_of(vec![all_reported]).await), None);
         let mut id = k8s(Some(UID), Some(&"f".repeat(64)));
         resolver.resolve(&mut id);
-        assert_eq!(id.pod, None);
+        assert_eq!(named(&id).pod, None);
         assert!(id.unresolved.unwrap().contains("does not list"));
         // Its own container: named.
         let mut id = k8s(Some(UID), Some(CID));
         resolver.resolve(&mut id);
-        assert_eq!(id.container.as_deref(), Some("api"));
+        assert_eq!(named(&id).container.as_deref(), Some("api"));
     }
 }

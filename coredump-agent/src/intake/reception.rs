@@ -98,7 +98,7 @@ impl Reception {
             pinned.cgroup_id(),
             process.as_ref(),
             self.enricher.cgroups.as_deref(),
-            self.enricher.pods.as_ref(),
+            &self.enricher.sources,
         );
         kernel.host_pid = Some(pinned.host_pid);
         // The time the kernel handed it over (a pipe helper's %t says the same).

@@ -8,6 +8,9 @@
 //! <prefix>/<namespace>/<pod>/<crash-time>_<container>_<comm>_<pid>_<signal>.core[.zst|.gz|.xz|.lz4]
 //! <prefix>/_host/<node>/<crash-time>___<comm>_<pid>_<signal>.core…  outside any pod (container `_`)
 //! <prefix>/_pod-uid/<pod-uid>/…                                      in a pod whose name is unknown
+//! <prefix>/_ecs/<cluster>/<task-family>/<crash-time>_<container>_<comm>_<pid>_<signal>.core…
+//!                                                                   in an Amazon ECS task
+//! <prefix>/_ecs-task/<task-id>/…                                     in an ECS task whose family is unknown
 //! <prefix>/_unattested/<node>/…                                     no kernel event vouches for it
 //! <prefix>/_unknown/<node>/…                                        the crash's cgroup is gone
 //! ```
@@ -20,7 +23,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::{Metadata, Tags};
-use crate::{pattern::Compression, record::Record};
+use crate::{identity::Workload, pattern::Compression, record::Record};
 
 /// Tag names. `find` filters on these.
 pub mod tag {
@@ -44,6 +47,12 @@ pub mod tag {
     pub const ATTESTED: &str = "attested";
     /// Cluster name, when configured.
     pub const CLUSTER: &str = "cluster";
+    /// Amazon ECS cluster of the task (instead of the pod's namespace).
+    pub const ECS_CLUSTER: &str = "ecs-cluster";
+    /// ECS task definition family (instead of the pod's name).
+    pub const TASK_FAMILY: &str = "task-family";
+    /// ECS task id: the last part of the task ARN (instead of the pod's UID).
+    pub const TASK_ID: &str = "task-id";
 }
 
 /// S3 allows at most this many tags per object; [`tags`] never makes more.
@@ -61,6 +70,10 @@ pub const UNATTESTED_SEGMENT: &str = "_unattested";
 pub const UNKNOWN_SEGMENT: &str = "_unknown";
 /// First key segment of pods whose UID is known but whose name could not be resolved.
 pub const POD_UID_SEGMENT: &str = "_pod-uid";
+/// First key segment of Amazon ECS tasks: `_ecs/<cluster>/<task-family>/`.
+pub const ECS_SEGMENT: &str = "_ecs";
+/// First key segment of ECS tasks whose family could not be resolved: `_ecs-task/<task-id>/`.
+pub const ECS_TASK_SEGMENT: &str = "_ecs-task";
 /// Key part for a value that is not known.
 pub const UNKNOWN: &str = "unknown";
 /// Container part of the key for processes outside any pod.
@@ -87,28 +100,40 @@ pub enum Stored {
 /// key prefix (`Dest` parsing checks that).
 pub fn object_key(prefix: &str, record: &Record, stored: Stored) -> String {
     let identity = &record.identity;
-    let container = if identity.pod.is_some() {
-        sanitize_part(identity.container.as_deref(), MAX_PART_LEN)
-    } else {
-        NO_CONTAINER.to_owned()
+    let part = |v: Option<&str>| sanitize_part(v, MAX_PART_LEN);
+    let node = || part(Some(&record.node));
+    // The workload's own folder, and its container, when its names are known.
+    let named = match &identity.workload {
+        Workload::Kubernetes(pod) if pod.pod.is_some() => Some((
+            (part(pod.namespace.as_deref()), part(pod.pod.as_deref())),
+            part(pod.container.as_deref()),
+        )),
+        Workload::Ecs(task) if task.family.is_some() => Some((
+            (
+                format!("{ECS_SEGMENT}/{}", part(task.cluster.as_deref())),
+                part(task.family.as_deref()),
+            ),
+            part(task.container.as_deref()),
+        )),
+        _ => None,
     };
-    let node = || sanitize_part(Some(&record.node), MAX_PART_LEN);
+    let container = named
+        .as_ref()
+        .map_or_else(|| NO_CONTAINER.to_owned(), |(_, c)| c.clone());
     let (group, owner) = if !record.attestation.attested {
         (UNATTESTED_SEGMENT.to_owned(), node())
     } else if identity.unresolved.is_some() {
         (UNKNOWN_SEGMENT.to_owned(), node())
-    } else if let (None, Some(uid)) = (&identity.pod, &identity.pod_uid) {
-        (
-            POD_UID_SEGMENT.to_owned(),
-            sanitize_part(Some(uid), MAX_PART_LEN),
-        )
-    } else if identity.pod.is_none() {
-        (HOST_SEGMENT.to_owned(), node())
+    } else if let Some((folder, _)) = named {
+        folder
     } else {
-        (
-            sanitize_part(identity.namespace.as_deref(), MAX_PART_LEN),
-            sanitize_part(identity.pod.as_deref(), MAX_PART_LEN),
-        )
+        match &identity.workload {
+            Workload::Kubernetes(pod) if pod.pod_uid.is_some() => {
+                (POD_UID_SEGMENT.to_owned(), part(pod.pod_uid.as_deref()))
+            }
+            Workload::Ecs(task) => (ECS_TASK_SEGMENT.to_owned(), part(Some(&task.task_id))),
+            _ => (HOST_SEGMENT.to_owned(), node()),
+        }
     };
     let time = key_time(record.crash_time());
     let comm = sanitize_part(comm(record), MAX_COMM_LEN);
@@ -174,16 +199,33 @@ pub fn key_part(value: &str) -> String {
     sanitize_part(Some(value), MAX_PART_LEN)
 }
 
-/// The object's tags (at most [`MAX_TAGS`]): the pod's identity when the process ran in one,
-/// then node, comm, signal, crash time, attestation and cluster. Values that are not known are
-/// left out rather than tagged `unknown`, so a filter never matches a guess.
+/// The object's tags (at most [`MAX_TAGS`]): the workload's identity (a pod's namespace, name,
+/// UID and container; an ECS task's cluster, family, id and container), then node, comm,
+/// signal, crash time, attestation and cluster. Values that are not known are left out rather
+/// than tagged `unknown`, so a filter never matches a guess.
 pub fn tags(record: &Record) -> Tags {
     let identity = &record.identity;
+    let workload: [(&str, Option<String>); 4] = match &identity.workload {
+        Workload::Kubernetes(pod) => [
+            (tag::NAMESPACE, pod.namespace.clone()),
+            (tag::POD, pod.pod.clone()),
+            (tag::POD_UID, pod.pod_uid.clone()),
+            (tag::CONTAINER, pod.container.clone()),
+        ],
+        Workload::Ecs(task) => [
+            (tag::ECS_CLUSTER, task.cluster.clone()),
+            (tag::TASK_FAMILY, task.family.clone()),
+            (tag::TASK_ID, Some(task.task_id.clone())),
+            (tag::CONTAINER, task.container.clone()),
+        ],
+        Workload::Host(_) => [
+            (tag::NAMESPACE, None),
+            (tag::POD, None),
+            (tag::POD_UID, None),
+            (tag::CONTAINER, None),
+        ],
+    };
     let known = [
-        (tag::NAMESPACE, identity.namespace.clone()),
-        (tag::POD, identity.pod.clone()),
-        (tag::POD_UID, identity.pod_uid.clone()),
-        (tag::CONTAINER, identity.container.clone()),
         (tag::NODE, Some(record.node.clone())),
         (tag::COMM, comm(record).map(str::to_owned)),
         (tag::SIGNAL, record.signal().map(|s| s.to_string())),
@@ -191,8 +233,9 @@ pub fn tags(record: &Record) -> Tags {
         (tag::ATTESTED, Some(record.attestation.attested.to_string())),
         (tag::CLUSTER, record.cluster.clone()),
     ];
-    known
+    workload
         .into_iter()
+        .chain(known)
         .filter_map(|(name, value)| Some((name.to_owned(), sanitize_tag_value(&value?))))
         .collect()
 }
@@ -221,9 +264,11 @@ pub fn sanitize_tag_value(value: &str) -> String {
     }
 }
 
-/// Each metadata key with the most bytes its value may take. The sum, keys included, stays
-/// under [`MAX_METADATA_LEN`] whatever the record holds (a test checks it).
-const METADATA_FIELDS: [(&str, usize); 16] = [
+/// Each metadata key with the most bytes its value may take. The ECS task's fields come last;
+/// the command line ([`ELASTIC`]) takes what the others leave, up to its cap, so that the sum,
+/// keys included, stays under [`MAX_METADATA_LEN`] whatever the record holds (a test checks
+/// it).
+const METADATA_FIELDS: [(&str, usize); 19] = [
     ("exe", 256),
     ("cmdline", 512),
     ("host-pid", 10),
@@ -240,7 +285,14 @@ const METADATA_FIELDS: [(&str, usize); 16] = [
     ("original-size", 20),
     ("compression", 16),
     ("attestation", 256),
+    ("task-arn", 256),
+    ("task-revision", 10),
+    ("image-digest", 80),
 ];
+
+/// The field that gives way when the others fill the 2 KiB: the longest, and one the record
+/// beside the object has in full.
+const ELASTIC: &str = "cmdline";
 
 /// The object's user metadata: facts `info` shows that nobody searches by. `original_size` is
 /// the dump's size before the store's compression, `compression` what was applied (see
@@ -270,7 +322,7 @@ pub fn metadata(record: &Record, original_size: u64, compression: &str) -> Metad
             "uid" => number(crash.map(|c| c.uid).or_else(|| fields?.uid)),
             "gid" => number(crash.map(|c| c.gid).or_else(|| fields?.gid)),
             "container-id" => identity.container_id.clone(),
-            "image" => identity.image.clone(),
+            "image" => identity.image().map(str::to_owned),
             "cgroup-path" => identity.cgroup_path.clone(),
             "si-code" => crash.and_then(|c| c.si_code).map(|c| c.to_string()),
             "kernel-release" => Some(record.agent.kernel.clone()).filter(|k| !k.is_empty()),
@@ -278,13 +330,31 @@ pub fn metadata(record: &Record, original_size: u64, compression: &str) -> Metad
             "original-size" => Some(original_size.to_string()),
             "compression" => Some(compression.to_owned()),
             "attestation" => Some(record.attestation.reason.clone()),
+            "task-arn" => identity.ecs()?.task_arn.clone(),
+            "task-revision" => identity.ecs()?.revision.clone(),
+            "image-digest" => identity.ecs()?.image_id.clone(),
             _ => None,
         }
     };
+    let mut metadata: Metadata = METADATA_FIELDS
+        .iter()
+        .filter(|(key, _)| *key != ELASTIC)
+        .filter_map(|&(key, max)| Some((key.to_owned(), header_safe(&value(key)?, max))))
+        .collect();
+    let used: usize = metadata.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if let Some(v) = value(ELASTIC) {
+        let room = MAX_METADATA_LEN.saturating_sub(1 + used + ELASTIC.len());
+        metadata.insert(ELASTIC.to_owned(), header_safe(&v, room.min(cap(ELASTIC))));
+    }
+    metadata
+}
+
+/// The cap of a metadata field.
+fn cap(key: &str) -> usize {
     METADATA_FIELDS
         .iter()
-        .filter_map(|&(key, max)| Some((key.to_owned(), header_safe(&value(key)?, max))))
-        .collect()
+        .find_map(|&(k, max)| (k == key).then_some(max))
+        .unwrap_or(0)
 }
 
 /// A value as S3 user metadata (an HTTP header): printable ASCII kept, anything else becomes
@@ -340,7 +410,7 @@ mod tests {
     use super::*;
     use crate::{
         crash::{Crash, Hook, Signal},
-        identity::Identity,
+        identity::{EcsTask, HostUnit, Identity, KubePod, Workload},
         pattern::NameFields,
         record::{AgentInfo, Attestation, DumpFile, ProcessInfo, SCHEMA},
     };
@@ -409,11 +479,14 @@ mod tests {
             identity: Identity {
                 cgroup_path: Some("/kubepods.slice/x.scope".into()),
                 container_id: Some("ab".repeat(32)),
-                pod_uid: Some("0b6a3b9c-1111-2222-3333-444455556666".into()),
-                namespace: Some("prod".into()),
-                pod: Some("web-7d9f".into()),
-                container: Some("app".into()),
-                image: Some("registry.example/web:1.2".into()),
+                workload: Workload::Kubernetes(KubePod {
+                    pod_uid: Some("0b6a3b9c-1111-2222-3333-444455556666".into()),
+                    namespace: Some("prod".into()),
+                    pod: Some("web-7d9f".into()),
+                    container: Some("app".into()),
+                    image: Some("registry.example/web:1.2".into()),
+                    ..KubePod::default()
+                }),
                 ..Identity::default()
             },
             agent: AgentInfo {
@@ -430,11 +503,49 @@ mod tests {
     fn host(mut r: Record) -> Record {
         r.identity = Identity {
             cgroup_path: Some("/system.slice/sshd.service".into()),
-            systemd_unit: Some("sshd.service".into()),
+            workload: Workload::Host(HostUnit {
+                systemd_unit: Some("sshd.service".into()),
+            }),
             ..Identity::default()
         };
         r
     }
+
+    /// The record's pod, to change it.
+    fn pod(r: &mut Record) -> &mut KubePod {
+        match &mut r.identity.workload {
+            Workload::Kubernetes(pod) => pod,
+            other => panic!("not a pod: {other:?}"),
+        }
+    }
+
+    /// A crash in an ECS task (the v2 layout), named by the introspection API.
+    fn ecs(mut r: Record) -> Record {
+        r.identity = Identity {
+            cgroup_path: Some(format!(
+                "/ecstasks.slice/ecstasks-{TASK}.slice/docker-{}.scope",
+                "ab".repeat(32)
+            )),
+            container_id: Some("ab".repeat(32)),
+            workload: Workload::Ecs(EcsTask {
+                task_id: TASK.into(),
+                cluster: Some("prod-eu".into()),
+                task_arn: Some(format!(
+                    "arn:aws:ecs:eu-west-1:012345678910:task/prod-eu/{TASK}"
+                )),
+                family: Some("checkout-api".into()),
+                revision: Some("42".into()),
+                container: Some("app".into()),
+                image: Some("012345678910.dkr.ecr.eu-west-1.amazonaws.com/checkout:3.1".into()),
+                image_id: Some(format!("sha256:{}", "c".repeat(64))),
+            }),
+            source: Some("ecs-introspection".into()),
+            ..Identity::default()
+        };
+        r
+    }
+
+    const TASK: &str = "488fc5b8b77f4fb7984bdc4aba948f9f";
 
     #[test]
     fn pod_crash_key() {
@@ -496,9 +607,9 @@ mod tests {
     #[test]
     fn pod_without_a_resolved_name_is_filed_by_uid() {
         let mut r = record();
-        r.identity.pod = None;
-        r.identity.namespace = None;
-        r.identity.pod_uid = Some("2f6f5a3e-8a7b-4c1d-9e0f-1a2b3c4d5e6f".into());
+        pod(&mut r).pod = None;
+        pod(&mut r).namespace = None;
+        pod(&mut r).pod_uid = Some("2f6f5a3e-8a7b-4c1d-9e0f-1a2b3c4d5e6f".into());
         assert_eq!(
             object_key("p", &r, Stored::Dump(None)),
             "p/_pod-uid/2f6f5a3e-8a7b-4c1d-9e0f-1a2b3c4d5e6f/20261126T082627Z___server_7_SIGSEGV.core"
@@ -520,8 +631,8 @@ mod tests {
         let mut r = record();
         r.crash = None;
         r.dump.as_mut().unwrap().fields = NameFields::default();
-        r.identity.container = None;
-        r.identity.namespace = Some(String::new());
+        pod(&mut r).container = None;
+        pod(&mut r).namespace = Some(String::new());
         // No kernel time, no %t: the file's mtime.
         assert_eq!(
             object_key("", &r, Stored::Dump(None)),
@@ -533,9 +644,9 @@ mod tests {
     fn hostile_parts_cannot_escape_or_hide() {
         let mut r = record();
         r.crash.as_mut().unwrap().process_comm = Some("my app/../*".into());
-        r.identity.namespace = Some("..".into());
-        r.identity.pod = Some(format!("p\u{e9}d/{}", "x".repeat(300)));
-        r.identity.container = Some(".hidden".into());
+        pod(&mut r).namespace = Some("..".into());
+        pod(&mut r).pod = Some(format!("p\u{e9}d/{}", "x".repeat(300)));
+        pod(&mut r).container = Some(".hidden".into());
         r.node = "\u{1F600}".into();
         let key = object_key("", &r, Stored::Dump(None));
         assert_eq!(
@@ -604,10 +715,13 @@ mod tests {
 
     #[test]
     fn tag_count_never_exceeds_ten() {
-        let mut variants = vec![record(), host(record())];
+        let mut variants = vec![record(), host(record()), ecs(record())];
+        let mut ecs_full = ecs(record());
+        ecs_full.cluster = Some("c".into());
+        variants.push(ecs_full);
         let mut full = record();
         full.cluster = Some("c".into());
-        full.identity.labels = (0..50).map(|i| (format!("l{i}"), "v".into())).collect();
+        pod(&mut full).labels = (0..50).map(|i| (format!("l{i}"), "v".into())).collect();
         variants.push(full.clone());
         let mut unattested = full.clone();
         unattested.attestation.attested = false;
@@ -677,7 +791,81 @@ mod tests {
         assert_eq!(get("original-size"), Some("1073741824"));
         assert_eq!(get("compression"), Some("zstd"));
         assert_eq!(get("attestation"), Some("joined on host pid 14232"));
+        // Everything but the ECS task's fields.
+        assert_eq!(m.len(), METADATA_FIELDS.len() - ECS_METADATA.len());
+    }
+
+    /// Metadata only ECS tasks have.
+    const ECS_METADATA: [&str; 3] = ["task-arn", "task-revision", "image-digest"];
+
+    #[test]
+    fn ecs_task_crash_key_tags_and_metadata() {
+        let mut r = ecs(record());
+        r.cluster = Some("eu-1".into());
+        assert_eq!(
+            object_key("dumps", &r, Stored::Dump(Some(Compression::Zstd))),
+            "dumps/_ecs/prod-eu/checkout-api/20261126T082627Z_app_server_7_SIGSEGV.core.zst"
+        );
+        let want: BTreeMap<String, String> = [
+            ("ecs-cluster", "prod-eu"),
+            ("task-family", "checkout-api"),
+            ("task-id", TASK),
+            ("container", "app"),
+            ("node", "node-1"),
+            ("comm", "server"),
+            ("signal", "SIGSEGV"),
+            ("crash-time", "2026-11-26T08:26:27Z"),
+            ("attested", "true"),
+            ("cluster", "eu-1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(tags(&r), want);
+        let m = metadata(&r, 1, "zstd");
+        assert_eq!(
+            m["task-arn"],
+            format!("arn:aws:ecs:eu-west-1:012345678910:task/prod-eu/{TASK}")
+        );
+        assert_eq!(m["task-revision"], "42");
+        assert_eq!(m["image-digest"], format!("sha256:{}", "c".repeat(64)));
+        assert_eq!(
+            m["image"],
+            "012345678910.dkr.ecr.eu-west-1.amazonaws.com/checkout:3.1"
+        );
         assert_eq!(m.len(), METADATA_FIELDS.len());
+
+        // Named from the cgroup alone (the introspection API did not answer): filed by task id.
+        let Workload::Ecs(task) = &mut r.identity.workload else {
+            unreachable!()
+        };
+        *task = EcsTask {
+            task_id: TASK.into(),
+            ..EcsTask::default()
+        };
+        assert_eq!(
+            object_key("", &r, Stored::RecordOnly),
+            format!("_ecs-task/{TASK}/20261126T082627Z___server_7_SIGSEGV.crash")
+        );
+        let t = tags(&r);
+        assert_eq!(t[tag::TASK_ID], TASK);
+        for absent in [
+            tag::ECS_CLUSTER,
+            tag::TASK_FAMILY,
+            tag::CONTAINER,
+            tag::NAMESPACE,
+        ] {
+            assert!(!t.contains_key(absent), "{absent}: {t:?}");
+        }
+        // A family without a cluster (an old ARN, no agent metadata): the cluster is unknown.
+        let Workload::Ecs(task) = &mut r.identity.workload else {
+            unreachable!()
+        };
+        task.family = Some("../batch".into());
+        assert_eq!(
+            object_key("", &r, Stored::Dump(None)),
+            "_ecs/unknown/_._batch/20261126T082627Z_unknown_server_7_SIGSEGV.core"
+        );
     }
 
     #[test]
@@ -690,7 +878,7 @@ mod tests {
             ..ProcessInfo::default()
         });
         r.identity.container_id = Some(huge.clone());
-        r.identity.image = Some(huge.clone());
+        pod(&mut r).image = Some(huge.clone());
         r.identity.cgroup_path = Some(huge.clone());
         r.agent = AgentInfo {
             version: huge.clone(),
@@ -702,7 +890,7 @@ mod tests {
         r.crash.as_mut().unwrap().exe_name = Some(huge.clone());
         r.crash.as_mut().unwrap().cmdline = Some(vec![huge.clone(); 20]);
         let m = metadata(&r, u64::MAX, &huge);
-        assert_eq!(m.len(), METADATA_FIELDS.len());
+        assert_eq!(m.len(), METADATA_FIELDS.len() - ECS_METADATA.len());
         let total: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
         assert!(total < MAX_METADATA_LEN, "{total} bytes");
         for v in m.values() {
@@ -717,9 +905,40 @@ mod tests {
         assert_eq!(m["si-code"], "-2147483648");
         assert_eq!(m["original-size"], u64::MAX.to_string());
 
-        // The bound holds for the caps themselves, whatever a record holds.
-        let worst: usize = METADATA_FIELDS.iter().map(|(k, max)| k.len() + max).sum();
-        assert!(worst < MAX_METADATA_LEN, "{worst} bytes");
+        // An ECS task's crash with every field at its cap: the command line gives way.
+        let mut e = ecs(r.clone());
+        let Workload::Ecs(task) = &mut e.identity.workload else {
+            unreachable!()
+        };
+        task.task_arn = Some(huge.clone());
+        task.revision = Some(huge.clone());
+        task.image_id = Some(huge.clone());
+        task.image = Some(huge.clone());
+        e.identity.cgroup_path = Some(huge.clone());
+        e.identity.container_id = Some(huge.clone());
+        let m = metadata(&e, u64::MAX, &huge);
+        assert_eq!(m.len(), METADATA_FIELDS.len());
+        let total: usize = m.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert!(total < MAX_METADATA_LEN, "{total} bytes");
+        assert_eq!(
+            total,
+            MAX_METADATA_LEN - 1,
+            "the command line takes what is left"
+        );
+        assert!(m["cmdline"].starts_with("???vvv"));
+
+        // The bound holds for the caps themselves, whatever a record holds, and still leaves
+        // the command line a useful start.
+        let others: usize = METADATA_FIELDS
+            .iter()
+            .filter(|(k, _)| *k != ELASTIC)
+            .map(|(k, max)| k.len() + max)
+            .sum();
+        let least = MAX_METADATA_LEN - 1 - others - ELASTIC.len();
+        assert!(
+            least >= 128,
+            "the command line keeps at least {least} bytes"
+        );
     }
 
     #[test]

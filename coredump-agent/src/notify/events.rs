@@ -1,4 +1,4 @@
-//! identity::events: a Kubernetes Event on the crashed pod once its dump is stored, so
+//! notify::events: a Kubernetes Event on the crashed pod once its dump is stored, so
 //! `kubectl describe pod` shows where the dump is (reason `CoreDumpStored`).
 //!
 //! Best effort: the dump is already stored when this runs, and a refused or failed Event only
@@ -33,7 +33,7 @@ impl std::fmt::Debug for PodEvents {
 
 /// The Event for a stored dump; `None` when the crash was not in a named pod.
 pub fn event(record: &Record, uri: &str, node: &str, now: Timestamp) -> Option<Event> {
-    let id = &record.identity;
+    let id = record.identity.pod()?;
     let (namespace, pod) = (id.namespace.as_ref()?, id.pod.as_ref()?);
     let what = match (&record.crash, &id.container) {
         (Some(c), Some(container)) => format!("container {container} ({}, {})", c.comm, c.signal),
@@ -101,7 +101,7 @@ mod tests {
     use super::*;
     use crate::{
         crash::{Crash, Hook, Signal},
-        identity::Identity,
+        identity::{Identity, KubePod, Workload},
         record::{AgentInfo, Attestation, SCHEMA},
     };
 
@@ -151,10 +151,13 @@ mod tests {
     #[test]
     fn event_names_the_pod_and_the_uri() {
         let r = record(Identity {
-            namespace: Some("shop".into()),
-            pod: Some("web-1".into()),
-            pod_uid: Some("u-1".into()),
-            container: Some("app".into()),
+            workload: Workload::Kubernetes(KubePod {
+                namespace: Some("shop".into()),
+                pod: Some("web-1".into()),
+                pod_uid: Some("u-1".into()),
+                container: Some("app".into()),
+                ..KubePod::default()
+            }),
             ..Identity::default()
         });
         let ev = event(
