@@ -633,6 +633,58 @@ impl Drop for SysctlGuard {
     }
 }
 
+/// The agent's memory holds credentials (the service account's token, S3 keys): when it
+/// crashes, the kernel writes no core of it (it is not dumpable), even with a core limit and a
+/// dump directory that would take one, and even with `fs.suid_dumpable=2` and its own pipe
+/// helper installed (the kernel skips a process whose mm is not dumpable before it looks at
+/// `suid_dumpable`). Before the fix its core landed in its own dump directory, for it to upload
+/// on its next start.
+#[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
+fn the_agents_own_crash_leaves_no_core() {
+    if !require_root("abuse") {
+        return;
+    }
+    for (intake, suid_dumpable) in [("file", "0"), ("pipe", "2")] {
+        let n = node(&format!("own-crash-{intake}"));
+        let _suid = SysctlGuard::set("/proc/sys/fs/suid_dumpable", suid_dumpable);
+        let agent = n.start(&["--intake", intake]);
+        let pid = agent.pid() as i32;
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: prlimit and kill on the agent this test started; `unlimited` outlives the
+        // call.
+        unsafe {
+            assert_eq!(
+                libc::prlimit(pid, libc::RLIMIT_CORE, &unlimited, std::ptr::null_mut()),
+                0
+            );
+            assert_eq!(libc::kill(pid, libc::SIGABRT), 0);
+        }
+        // Time for the kernel and a pipe helper to do what they would.
+        std::thread::sleep(Duration::from_secs(3));
+        let mut agent = agent;
+        let status = agent.sigterm();
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "{intake}: {status:?}");
+        // A pipe helper would outlive the process it was given: it waits for an agent for 5 s,
+        // then writes the dump itself.
+        std::thread::sleep(Duration::from_secs(6));
+        let kept: Vec<String> = files_under(&n.dumps)
+            .into_iter()
+            .chain(files_under(&n.tmp.join("received")))
+            .filter(|f| f.contains(&pid.to_string()) || f.ends_with(".json") || f.contains("core"))
+            .collect();
+        assert!(kept.is_empty(), "{intake}: {kept:?}");
+        assert!(
+            !status.core_dumped(),
+            "{intake}: the kernel dumped the agent"
+        );
+    }
+}
+
 /// The agent cannot read for a while (here it is stopped) while 2,500 processes crash: the
 /// kernel's ring buffer fills, and the events it could not take are counted by the probe, logged
 /// by the probe itself through aya-log, and reported in the agent's log. Nothing is silent.
