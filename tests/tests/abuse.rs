@@ -695,7 +695,11 @@ fn a_full_ring_buffer_is_logged_by_the_probe_and_counted() {
         return;
     }
     let n = node("ring-full");
-    let mut agent = n.start(&["--intake", "file"]);
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let mut agent = n.start(&["--intake", "file", "--listen", &listen]);
     let pid = agent.pid() as i32;
     // SAFETY: signals to the agent this test started.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
@@ -709,6 +713,29 @@ fn a_full_ring_buffer_is_logged_by_the_probe_and_counted() {
     assert_eq!(probe["level"], "WARN", "{probe}");
     let lost = agent.wait_for_log("crash events lost: the ring buffer was full", WAIT);
     assert!(lost["lost"].as_u64().unwrap_or(0) > 0, "{lost}");
+    // `check`, given the agent's address, says so too.
+    let out = std::process::Command::new(coredump_tests::agent_path())
+        .args(["check", "--json", "--kube", "off", "--intake", "file"])
+        .args(["--listen", &listen])
+        .args(["--state-dir", n.state.to_str().unwrap()])
+        .args(["--dump-dir", n.dumps.to_str().unwrap()])
+        .args(["--dest", n.store.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let running: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["check"] == "running agent")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(running["level"], "WARN", "{running}");
+    assert!(
+        running["detail"]
+            .as_str()
+            .unwrap()
+            .contains("crash events lost since it started"),
+        "{running}"
+    );
     agent.terminate();
 }
 

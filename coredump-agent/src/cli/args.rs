@@ -137,16 +137,24 @@ impl HealthArgs {
         if let Some(url) = &self.url {
             return crate::http::parse_url(url);
         }
-        let mut addr = self.listen;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(if addr.is_ipv4() {
-                std::net::Ipv4Addr::LOCALHOST.into()
-            } else {
-                std::net::Ipv6Addr::LOCALHOST.into()
-            });
-        }
-        crate::http::parse_url(&format!("http://{addr}/healthz"))
+        local_url(self.listen, "/healthz")
     }
+}
+
+/// The URL of `path` on a running agent's `--listen` address, as this host asks it: 0.0.0.0
+/// and [::] are asked on the loopback address.
+pub fn local_url(
+    mut addr: std::net::SocketAddr,
+    path: &str,
+) -> Result<hyper::Uri, crate::http::HttpError> {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    crate::http::parse_url(&format!("http://{addr}{path}"))
 }
 
 /// `coredump-agent find`.
@@ -254,6 +262,11 @@ pub struct CheckArgs {
     /// This node.
     #[command(flatten)]
     pub node: NodeArgs,
+    /// The running agent's --listen address: its /metrics says how many crash events the
+    /// kernel dropped (the probe's ring buffer was full) and how many were over a cgroup's
+    /// budget since it started. Without it, the running agent is not asked.
+    #[arg(long, env = "COREDUMP_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,

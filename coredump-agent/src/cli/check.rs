@@ -237,6 +237,77 @@ fn socket_pattern_writable(
     }
 }
 
+/// What the running agent's /metrics says about crash events lost and throttled.
+async fn running_agent(addr: std::net::SocketAddr) -> Line {
+    let answer = match super::args::local_url(addr, "/metrics") {
+        Err(e) => Err(e.to_string()),
+        Ok(url) => crate::http::get(&url, std::time::Duration::from_secs(4), 4 << 20)
+            .await
+            .map_err(|e| crate::error_chain(&e))
+            .and_then(|r| {
+                if r.status.is_success() {
+                    Ok(String::from_utf8_lossy(&r.body).into_owned())
+                } else {
+                    Err(format!("{url} answered {}", r.status))
+                }
+            }),
+    };
+    judge_running_agent(addr, answer)
+}
+
+/// The value of an unlabelled sample `name` in Prometheus text.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+fn judge_running_agent(addr: std::net::SocketAddr, metrics: Result<String, String>) -> Line {
+    const CHECK: &str = "running agent";
+    let text = match metrics {
+        Ok(t) => t,
+        Err(e) => {
+            return line(
+                Level::Warn,
+                CHECK,
+                format!("no agent answered on {addr}: {e}"),
+                Some("start the agent, or give check its --listen address"),
+            );
+        }
+    };
+    let (Some(lost), throttled) = (
+        sample(&text, "coredump_agent_crash_events_lost_total"),
+        sample(&text, "coredump_agent_crash_events_throttled_total").unwrap_or(0.0),
+    ) else {
+        return line(
+            Level::Warn,
+            CHECK,
+            format!(
+                "{addr} answered, but its /metrics has no crash event counters: is it this agent?"
+            ),
+            None,
+        );
+    };
+    if lost > 0.0 {
+        line(
+            Level::Warn,
+            CHECK,
+            format!(
+                "{lost} crash events lost since it started (the probe's ring buffer was full), {throttled} over a cgroup's budget"
+            ),
+            Some("see the CoredumpAgentProbeLosingEvents runbook in docs/operator.md"),
+        )
+    } else {
+        line(
+            Level::Ok,
+            CHECK,
+            format!("no crash event lost since it started, {throttled} over a cgroup's budget"),
+            None,
+        )
+    }
+}
+
 /// `live`: the pattern dump names come from, or why it could not be read. The core_pattern
 /// line is file intake's: socket and pipe intake install their own.
 fn kernel_checks(args: &NodeArgs, file: bool, live: &Result<String, String>, out: &mut Vec<Line>) {
@@ -772,6 +843,9 @@ pub async fn execute(args: CheckArgs) -> anyhow::Result<ExitCode> {
     node_checks(&args.node, file, on_ecs, &mut lines);
     kube_checks(&args.node, on_ecs, &mut lines).await;
     lines.append(&mut ecs);
+    if let Some(addr) = args.listen {
+        lines.push(running_agent(addr).await);
+    }
     let store = match args.store.open(None).await {
         Err(e) => Err(e),
         Ok(s) => s
@@ -821,6 +895,34 @@ pub async fn execute(args: CheckArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_running_agents_lost_events_are_judged() {
+        let addr = "127.0.0.1:9102".parse().unwrap();
+        let metrics = |lost: u64| {
+            Ok(format!(
+                "# TYPE coredump_agent_crash_events_lost counter\n\
+                 coredump_agent_crash_events_lost_total {lost}\n\
+                 coredump_agent_crash_events_throttled_total 7\n"
+            ))
+        };
+        let quiet = judge_running_agent(addr, metrics(0));
+        assert_eq!(quiet.level, Level::Ok, "{quiet:?}");
+        let lossy = judge_running_agent(addr, metrics(12));
+        assert_eq!(lossy.level, Level::Warn);
+        assert!(
+            lossy.detail.starts_with("12 crash events lost"),
+            "{lossy:?}"
+        );
+        assert!(lossy.detail.contains("7 over"), "{lossy:?}");
+        let down = judge_running_agent(addr, Err("connection refused".into()));
+        assert_eq!(down.level, Level::Warn);
+        let other = judge_running_agent(addr, Ok("up 1\n".into()));
+        assert!(
+            other.detail.contains("no crash event counters"),
+            "{other:?}"
+        );
+    }
 
     #[test]
     fn the_socket_pattern_is_writable_from_the_host_namespace_or_by_entering_it() {
