@@ -4,6 +4,7 @@
 
 pub mod fake_kube;
 pub mod moto;
+pub mod node;
 pub mod radosgw;
 pub mod seed;
 pub mod tools;
