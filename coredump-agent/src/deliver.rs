@@ -101,6 +101,7 @@ async fn deliver<S: Store>(
         dump,
         upload_dump,
         rate_limited,
+        evidence: _,
     } = job;
     let dump = dump.filter(|_| upload_dump);
     let source_compression = record.dump.as_ref().and_then(|d| d.compression);
@@ -226,6 +227,8 @@ async fn deliver<S: Store>(
                     original_bytes = size,
                     seconds = started.elapsed().as_secs_f64(),
                     attested = record.attestation.attested,
+                    signature = record.report.as_ref().and_then(|r| r.signature.as_deref()).unwrap_or(""),
+                    summary = record.report.as_ref().and_then(|r| r.summary.as_deref()).unwrap_or(""),
                     "stored"
                 );
                 if dump.is_some()
@@ -246,6 +249,7 @@ async fn deliver<S: Store>(
                     dump,
                     upload_dump,
                     rate_limited,
+                    evidence: None,
                 };
                 match spool.park(&job, &reason) {
                     Ok(to) => {

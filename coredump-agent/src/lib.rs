@@ -35,6 +35,7 @@ pub mod pattern;
 pub mod policy;
 pub mod probe;
 pub mod record;
+pub mod report;
 pub mod spool;
 pub mod state;
 pub mod store;

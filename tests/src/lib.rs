@@ -5,6 +5,7 @@
 pub mod fake_kube;
 pub mod moto;
 pub mod node;
+pub mod programs;
 pub mod radosgw;
 pub mod seed;
 pub mod tools;

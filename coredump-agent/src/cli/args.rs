@@ -473,6 +473,49 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(i32).range(1..=19)
     )]
     pub compress_level: i32,
+    /// Crash reports.
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+/// `--report` and its budget.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Build a crash report for each dump (signal, backtrace, modules and build-ids, crash
+    /// signature), stored in its record: read from the core as it arrives, with the module
+    /// files of the crashed process. `off`: none.
+    #[arg(long = "report", env = "COREDUMP_REPORT", value_enum, default_value_t = OnOff::On)]
+    pub report: OnOff,
+    /// Time for one report. What is not done by then (unwinding, symbols) is left out, and
+    /// the report says so; the dump is stored either way.
+    #[arg(long, env = "COREDUMP_REPORT_BUDGET", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub report_budget: Duration,
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+impl ReportArgs {
+    /// Whether reports are built.
+    pub fn enabled(&self) -> bool {
+        self.report == OnOff::On
+    }
+
+    /// How reports are built; private copies of module files go to `scratch`.
+    pub fn config(&self, scratch: &std::path::Path) -> crate::report::Config {
+        crate::report::Config {
+            enabled: self.enabled(),
+            budget: self.report_budget,
+            scratch: scratch.to_owned(),
+            ..crate::report::Config::default()
+        }
+    }
 }
 
 /// The store: where dumps go (`run`) or are looked up (`find`, `get`, `info`, `check`).

@@ -424,6 +424,7 @@ mod tests {
             intake: Default::default(),
             receive_id: None,
             kernel: None,
+            report: None,
         }
     }
 
