@@ -147,6 +147,11 @@ pub struct Metrics {
     pub report_seconds: Histogram,
     /// Crashes by signature (at most [`MAX_SIGNATURES`], then `other`).
     pub crash_signatures: Family<SignatureLabels, Counter>,
+    /// Module files, by what became of them: `uploaded`, `present` (stored before),
+    /// `skipped` (limits, no build-id), `failed`.
+    pub modules: Family<ReasonLabels, Counter>,
+    /// Bytes of module files uploaded.
+    pub module_bytes: Counter,
     signatures: Mutex<HashSet<String>>,
     lost_seen: AtomicI64,
     max_namespaces: AtomicUsize,
@@ -276,11 +281,26 @@ impl Metrics {
             "Crashes by signature (a hash of the top frames) and where they crashed",
             crash_signatures.clone(),
         );
+        let modules = Family::default();
+        registry.register(
+            "modules",
+            "Module files of crashed processes, by what became of them",
+            modules.clone(),
+        );
+        let module_bytes = Counter::default();
+        registry.register_with_unit(
+            "module_uploaded",
+            "Bytes of module files uploaded",
+            Unit::Bytes,
+            module_bytes.clone(),
+        );
         Self {
             registry,
             reports,
             report_seconds,
             crash_signatures,
+            modules,
+            module_bytes,
             signatures: Mutex::new(HashSet::new()),
             crashes,
             crash_events,
@@ -387,6 +407,15 @@ impl Metrics {
             }
         };
         self.crash_signatures.get_or_create(&labels).inc();
+    }
+
+    /// Counts a module file by what became of it.
+    pub fn module(&self, outcome: &str) {
+        self.modules
+            .get_or_create(&ReasonLabels {
+                reason: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a file rejected by the dump directory's checks.

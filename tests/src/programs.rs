@@ -68,6 +68,17 @@ pub fn c_program(dir: &Path, name: &str, flags: &[&str]) -> PathBuf {
     out
 }
 
+/// `damage.c` (a core_pattern helper that writes the core with damaged notes) built into
+/// `dir/name`.
+pub fn damager(dir: &Path, name: &str) -> PathBuf {
+    let out = dir.join(name);
+    run(Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&out)
+        .arg(source("damage.c")));
+    out
+}
+
 /// `order.rs` built into `dir/name` with rustc, `-C panic=abort`, debug info.
 pub fn rust_program(dir: &Path, name: &str) -> PathBuf {
     let out = dir.join(name);

@@ -13,6 +13,8 @@ use std::{
 use coredump_tests::{
     Crasher, CrasherOpts, TempDir, agent_path,
     fake_kube::FakeKube,
+    module_keys,
+    moto::Moto,
     node::{Node, Pod, node, record_of},
     programs, require_root, store_records,
 };
@@ -149,6 +151,20 @@ fn c_programs_with_and_without_symbols() {
         .expect("libc is mapped");
     assert_eq!(libc["file"], "map_files", "{libc:#}");
 
+    // The executable and its libraries are stored by build-id, and the record says where.
+    let exe_key = format!("_modules/{}/order-svc", programs::build_id(&debug));
+    assert_eq!(main["key"], exe_key.as_str(), "{main:#}");
+    assert_eq!(
+        libc["key"]
+            .as_str()
+            .map(|k| module_keys(&n.store).contains(&k.to_owned())),
+        Some(true)
+    );
+    assert_eq!(
+        std::fs::read(n.store.join(&exe_key)).unwrap(),
+        std::fs::read(&debug).unwrap()
+    );
+
     // `info`: the signal line, the top frames, the build-id.
     let (ok, out, err) = cli(&["info", "--dest", n.store.to_str().unwrap(), &key]);
     assert!(ok, "{err}");
@@ -276,5 +292,191 @@ fn a_rust_panic_and_a_pid_namespaced_crash() {
     {
         assert!(name.ends_with(&format!("::{want}")), "{names:?}");
     }
+    assert!(agent.terminate().success());
+}
+
+/// Two crashes of the same program at once, then a third: each module is uploaded once (PUTs
+/// counted on the S3 server), and every record names the keys.
+#[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
+fn modules_are_uploaded_once_per_build_id() {
+    if !require_root("report") || !programs::require("report", &["gcc", "readelf"]) {
+        return;
+    }
+    let Some(moto) = Moto::launch("modules_are_uploaded_once_per_build_id") else {
+        return;
+    };
+    let n = node("report-s3");
+    let bin = TempDir::new("report-s3-bin");
+    let program = programs::c_program(&bin.path, "order-svc", &["-g"]);
+    let endpoint = moto.endpoint();
+    let env = moto.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let agent = n.start_with_env(
+        "socket",
+        &[
+            "--dest",
+            "s3://dumps/p",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-path-style",
+        ],
+        &env,
+    );
+    let mut crashers: Vec<Crasher> = (0..2)
+        .map(|_| {
+            Crasher::spawn_with(
+                "segv",
+                None,
+                &CrasherOpts {
+                    program: Some(&program),
+                    ..CrasherOpts::default()
+                },
+            )
+        })
+        .collect();
+    for c in &mut crashers {
+        c.release();
+    }
+    for c in crashers {
+        assert!(!c.wait().success());
+    }
+    let stored = |agent: &coredump_tests::Agent| {
+        agent
+            .logs()
+            .into_iter()
+            .filter(|l| l["message"] == "stored")
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + WAIT;
+    while stored(&agent).len() < 2 {
+        assert!(Instant::now() < deadline, "{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    crash_in(None, &program, "segv");
+    let deadline = Instant::now() + WAIT;
+    while stored(&agent).len() < 3 {
+        assert!(Instant::now() < deadline, "{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let uploaded: Vec<String> = agent
+        .logs()
+        .into_iter()
+        .filter(|l| l["message"] == "module stored")
+        .map(|l| l["key"].as_str().unwrap().to_owned())
+        .collect();
+    let exe_key = format!("p/_modules/{}/order-svc", programs::build_id(&program));
+    assert!(uploaded.contains(&exe_key), "{uploaded:?}");
+    assert!(
+        uploaded.iter().any(|k| k.ends_with("/libc.so.6")),
+        "{uploaded:?}"
+    );
+    let mut unique = uploaded.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), uploaded.len(), "uploaded twice: {uploaded:?}");
+    for key in &uploaded {
+        assert_eq!(moto.writes(&format!("/dumps/{key}")), 1, "{key}");
+    }
+    assert!(agent.terminate().success());
+}
+
+/// Reports that cannot be whole say so, and the dump is stored all the same: a core whose
+/// notes are damaged (a pipe helper corrupts NT_FILE), a binary deleted before its crash, a
+/// library over --max-module-size.
+#[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
+fn partial_reports_say_what_is_missing() {
+    if !require_root("report") || !programs::require("report", &["gcc"]) {
+        return;
+    }
+    let bin = TempDir::new("rb");
+    let program = programs::c_program(&bin.path, "order-svc", &["-g"]);
+
+    // Deleted before the crash, and libc over the size limit.
+    let n = node("report-partial");
+    let agent = n.start("socket", &["--max-module-size", "1MiB"]);
+    let doomed = bin.path.join("doomed-svc");
+    std::fs::copy(&program, &doomed).unwrap();
+    let mut c = Crasher::spawn_with(
+        "segv",
+        None,
+        &CrasherOpts {
+            program: Some(&doomed),
+            ..CrasherOpts::default()
+        },
+    );
+    std::fs::remove_file(&doomed).unwrap();
+    let pid = c.host_pid;
+    c.release();
+    assert!(!c.wait().success());
+    let (key, record) = stored_record(&n, pid);
+    assert!(n.store.join(&key).exists());
+    let report = &record["report"];
+    let main = main_module(report);
+    assert_eq!(main["deleted"], true, "{report:#}");
+    assert_eq!(main["path"], doomed.to_str().unwrap());
+    // The kernel's own reference to the unlinked file still reads it.
+    assert_eq!(main["file"], "map_files");
+    assert_eq!(functions(report, 3), ["crash3", "crash2", "crash1"]);
+    assert_eq!(report["complete"], false);
+    let problems = report["problems"].to_string();
+    assert!(problems.contains("libc.so.6: not stored: "), "{problems}");
+    assert!(problems.contains("--max-module-size"), "{problems}");
+    let libc = report["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["path"].as_str().unwrap().ends_with("/libc.so.6"))
+        .unwrap();
+    assert!(libc["key"].is_null(), "{libc:#}");
+    assert!(libc["note"].as_str().unwrap().contains("--max-module-size"));
+    assert!(
+        main["key"].is_string(),
+        "the small executable is stored: {main:#}"
+    );
+    assert!(agent.terminate().success());
+    drop(n);
+
+    // Damaged notes: file intake, through a pipe helper that corrupts NT_FILE.
+    let n = node("report-damaged");
+    std::fs::create_dir_all(&n.dumps).unwrap();
+    let damager = programs::damager(&bin.path, "d");
+    let pattern = format!("|{} {}/core.%P.%s", damager.display(), n.dumps.display());
+    assert!(pattern.len() < 128, "{pattern}");
+    std::fs::write("/proc/sys/kernel/core_pattern", &pattern).unwrap();
+    let agent = n.start("file", &[]);
+    let pid = crash_in(None, &program, "segv");
+    let deadline = Instant::now() + WAIT;
+    let (key, record) = loop {
+        let records = store_records(&n.store);
+        if let Some((k, r)) = records
+            .iter()
+            .find(|(k, r)| k.ends_with(".core.zst.json") && r["crash"]["host_pid"] == pid)
+        {
+            break (k.strip_suffix(".json").unwrap().to_owned(), r.clone());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{records:#?}\n{}",
+            agent.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(n.store.join(&key).exists(), "the dump is stored");
+    let report = &record["report"];
+    assert_eq!(report["complete"], false);
+    assert!(
+        report["problems"]
+            .to_string()
+            .contains("NT_FILE is damaged"),
+        "{report:#}"
+    );
+    assert_eq!(report["signal"]["name"], "SIGSEGV");
+    assert!(
+        report["pc"].is_string(),
+        "the registers are still read: {report:#}"
+    );
+    assert_eq!(report["modules"].as_array().unwrap().len(), 0);
     assert!(agent.terminate().success());
 }

@@ -473,12 +473,12 @@ pub struct RunArgs {
         value_parser = clap::value_parser!(i32).range(1..=19)
     )]
     pub compress_level: i32,
-    /// Crash reports.
+    /// Crash reports and module files.
     #[command(flatten)]
     pub report: ReportArgs,
 }
 
-/// `--report` and its budget.
+/// `--report`, `--modules`, and their limits.
 #[derive(Debug, clap::Args)]
 pub struct ReportArgs {
     /// Build a crash report for each dump (signal, backtrace, modules and build-ids, crash
@@ -490,6 +490,16 @@ pub struct ReportArgs {
     /// the report says so; the dump is stored either way.
     #[arg(long, env = "COREDUMP_REPORT_BUDGET", value_parser = humantime::parse_duration, default_value = "10s")]
     pub report_budget: Duration,
+    /// Store the executable and libraries of each crashed process, once per build-id, under
+    /// `<prefix>/_modules/<build-id>/` (what `coredump-agent debug` needs). `off`: not stored.
+    #[arg(long, env = "COREDUMP_MODULES", value_enum, default_value_t = OnOff::On)]
+    pub modules: OnOff,
+    /// Larger module files are neither stored nor symbolized (the report says which).
+    #[arg(long, env = "COREDUMP_MAX_MODULE_SIZE", value_parser = parse_bytes, default_value = "512MiB")]
+    pub max_module_size: u64,
+    /// At most this many bytes of module files uploaded for one dump.
+    #[arg(long, env = "COREDUMP_MAX_MODULES_PER_DUMP", value_parser = parse_bytes, default_value = "2GiB")]
+    pub max_modules_per_dump: u64,
 }
 
 /// `on` or `off`.
@@ -513,7 +523,17 @@ impl ReportArgs {
             enabled: self.enabled(),
             budget: self.report_budget,
             scratch: scratch.to_owned(),
+            max_module_size: self.max_module_size,
             ..crate::report::Config::default()
+        }
+    }
+
+    /// How modules are stored.
+    pub fn modules(&self) -> crate::report::upload::Config {
+        crate::report::upload::Config {
+            enabled: self.enabled() && self.modules == OnOff::On,
+            max_size: self.max_module_size,
+            max_per_dump: self.max_modules_per_dump,
         }
     }
 }

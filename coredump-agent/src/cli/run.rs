@@ -556,6 +556,7 @@ async fn run_pipeline(
             },
             events,
             compress: args.zstd(),
+            modules: args.report.modules(),
         },
         store.clone(),
         spool.clone(),

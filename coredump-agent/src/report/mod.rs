@@ -22,6 +22,7 @@ pub mod signature;
 pub mod stage;
 pub mod symbolize;
 pub mod unwind;
+pub mod upload;
 
 use std::{
     fmt,
