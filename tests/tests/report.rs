@@ -480,3 +480,59 @@ fn partial_reports_say_what_is_missing() {
     assert_eq!(report["modules"].as_array().unwrap().len(), 0);
     assert!(agent.terminate().success());
 }
+
+/// `debug --print-command` gives a command that opens the stored core in gdb with the stored
+/// executable and libraries: run from a fresh directory after the binary is gone from disk,
+/// `bt` names the three functions.
+#[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
+fn debug_opens_gdb_where_the_binary_exists_only_in_the_store() {
+    if !require_root("report") || !programs::require("report", &["gcc", "gdb"]) {
+        return;
+    }
+    let n = node("report-debug");
+    let agent = n.start("socket", &[]);
+    let key = {
+        let bin = TempDir::new("report-debug-bin");
+        let program = programs::c_program(&bin.path, "order-svc", &["-g"]);
+        let pid = crash_in(None, &program, "segv");
+        stored_record(&n, pid).0
+        // The program, and its directory, are gone from here on.
+    };
+    let store = n.store.to_str().unwrap();
+    let (ok, command, err) = cli(&["debug", "--dest", store, "--print-command", &key]);
+    assert!(ok, "{err}");
+    let command = command.trim();
+    assert!(command.starts_with("gdb "), "{command}");
+    let fresh = TempDir::new("report-debug-fresh");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{command} -batch -ex bt"))
+        .current_dir(&fresh.path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    for (i, f) in ["crash3", "crash2", "crash1", "main"].iter().enumerate() {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("#{i} ")) && l.contains(f)),
+            "#{i} {f}: {text}"
+        );
+    }
+    // The files the command uses are kept until removed (the last word is the core).
+    let core = Path::new(command.rsplit(' ').next().unwrap());
+    let session = core.parent().unwrap();
+    assert!(session.join("sysroot").is_dir());
+    std::fs::remove_dir_all(session).unwrap();
+    // Without --print-command the debugger runs, and the files go afterwards.
+    let sessions = TempDir::new("report-debug-sessions");
+    let dir = sessions.path.to_str().unwrap();
+    let (ok, out, err) = cli(&[
+        "debug", "--dest", store, "--dir", dir, &key, "--", "-batch", "-ex", "bt",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("crash3"), "{out}");
+    assert_eq!(std::fs::read_dir(&sessions.path).unwrap().count(), 0);
+    assert!(agent.terminate().success());
+}

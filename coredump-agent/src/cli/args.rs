@@ -83,6 +83,23 @@ pub enum Command {
     ///
     /// Exit codes: 0 shown, 1 no such object, 2 error.
     Info(Box<InfoArgs>),
+    /// Open a stored dump in gdb (or lldb) with the exact executable and libraries it ran:
+    /// the `coredumpctl debug` of the cluster.
+    ///
+    /// Downloads the core and every module file the agent stored for it (by build-id) into a
+    /// temporary sysroot, checks each (the core against its record's checksum, each module
+    /// against the build-id the core names), and runs the debugger with `set sysroot`,
+    /// `solib-search-path`, the executable and the core: `bt` works on a machine that never
+    /// saw the image. Removed afterwards unless --keep. Arguments after `--` go to the
+    /// debugger.
+    ///
+    /// Examples:
+    ///   coredump-agent debug --dest s3://dumps/prod shop/web-7d9f/20261126T082627Z_app_server_7_SIGSEGV.core.zst
+    ///   coredump-agent debug --print-command KEY        # print the command, keep the files
+    ///   coredump-agent debug KEY -- -batch -ex 'thread apply all bt'
+    ///
+    /// Exit codes: 0 the debugger succeeded, 2 error.
+    Debug(Box<DebugArgs>),
     /// Put back the kernel settings the agent changed, from its backups in the state dir.
     ///
     /// core_pattern, core_pipe_limit and suid_dumpable, each where it still holds the agent's
@@ -190,6 +207,43 @@ pub struct InfoArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `coredump-agent debug`.
+#[derive(Debug, clap::Args)]
+pub struct DebugArgs {
+    /// Where to look.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The dump's key, as `find` prints it.
+    pub key: String,
+    /// Print the debugger's command line instead of running it (the files are kept).
+    #[arg(long)]
+    pub print_command: bool,
+    /// The debugger.
+    #[arg(long, value_enum, default_value_t = Debugger::Gdb)]
+    pub debugger: Debugger,
+    /// Keep the downloaded files after the debugger exits.
+    #[arg(long)]
+    pub keep: bool,
+    /// Where to make the session's directory (default: the system's temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Largest core accepted when its record does not give its size.
+    #[arg(long, value_parser = parse_bytes, default_value = "64GiB")]
+    pub max_size: u64,
+    /// Arguments for the debugger (after `--`).
+    #[arg(last = true)]
+    pub debugger_args: Vec<String>,
+}
+
+/// `--debugger` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Debugger {
+    /// GNU gdb.
+    Gdb,
+    /// LLVM lldb.
+    Lldb,
 }
 
 /// `coredump-agent check`: the same node and store settings as `run` (same flags, same

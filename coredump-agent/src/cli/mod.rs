@@ -4,6 +4,7 @@
 
 pub mod args;
 mod check;
+mod debug;
 mod find;
 mod get;
 mod info;
@@ -55,6 +56,7 @@ pub fn main() -> ExitCode {
             Command::Find(a) => find::execute(*a).await,
             Command::Get(a) => get::execute(*a).await,
             Command::Info(a) => info::execute(*a).await,
+            Command::Debug(a) => debug::execute(*a).await,
             Command::Check(a) => check::execute(*a).await,
             Command::Restore(a) => restore::execute(*a),
         }
