@@ -536,3 +536,191 @@ fn debug_opens_gdb_where_the_binary_exists_only_in_the_store() {
     assert_eq!(std::fs::read_dir(&sessions.path).unwrap().count(), 0);
     assert!(agent.terminate().success());
 }
+
+/// One HTTP GET over a plain TCP connection: (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    write!(c, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// Two crashes of the same binary at the same place share one signature, a crash elsewhere
+/// does not; the log line and `/metrics` carry it; `find --signature`, `find --build-id` and
+/// `find --group-by signature` (2 groups, counts 2 and 1) read it back from the records.
+#[test]
+#[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
+fn signatures_group_the_same_crash() {
+    if !require_root("report") || !programs::require("report", &["gcc", "readelf"]) {
+        return;
+    }
+    let n = node("report-sig");
+    let bin = TempDir::new("report-sig-bin");
+    let program = programs::c_program(&bin.path, "order-svc", &["-g"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let agent = n.start("socket", &["--listen", &addr]);
+    let (web1, web2) = (Pod::new(&n, "web-1", 5), Pod::new(&n, "web-2", 6));
+
+    let mut stored = Vec::new();
+    for (pod, mode) in [(&web1, "segv"), (&web2, "segv"), (&web2, "elsewhere")] {
+        let pid = crash_in(Some(pod), &program, mode);
+        stored.push(stored_record(&n, pid));
+    }
+    let sig = |i: usize| {
+        stored[i].1["report"]["signature"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(sig(0), sig(1), "the same crash, in two pods");
+    assert_ne!(sig(0), sig(2), "a crash elsewhere");
+    assert_eq!(sig(0).len(), 16);
+    assert_eq!(
+        stored[2].1["report"]["summary"],
+        "SIGSEGV in elsewhere ← other2 ← main"
+    );
+
+    // The log line of each stored dump names its signature.
+    let logged: Vec<String> = agent
+        .logs()
+        .into_iter()
+        .filter(|l| l["message"] == "stored")
+        .filter_map(|l| l["signature"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        logged.iter().filter(|s| **s == sig(0)).count(),
+        2,
+        "{logged:?}"
+    );
+    assert_eq!(
+        logged.iter().filter(|s| **s == sig(2)).count(),
+        1,
+        "{logged:?}"
+    );
+    // /metrics counts crashes by signature.
+    let (status, metrics) = http_get(&addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let line = |s: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("coredump_agent_crash_signatures_total{")
+                    && l.contains(&format!("signature=\"{s}\""))
+            })
+            .unwrap_or_else(|| panic!("no metric for {s}: {metrics}"))
+            .to_owned()
+    };
+    assert!(line(&sig(0)).ends_with(" 2"), "{}", line(&sig(0)));
+    assert!(line(&sig(2)).ends_with(" 1"), "{}", line(&sig(2)));
+
+    let store = n.store.to_str().unwrap();
+    let keys = |out: &str| -> Vec<String> {
+        out.lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["key"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    // --signature: the full hash, or its first digits; with the pod narrowing.
+    let (ok, out, err) = cli(&["find", "--dest", store, "--signature", &sig(0), "--json"]);
+    assert!(ok, "{err}");
+    let mut want = vec![stored[0].0.clone(), stored[1].0.clone()];
+    want.sort();
+    let mut got = keys(&out);
+    got.sort();
+    assert_eq!(got, want);
+    let hit: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(hit["report"]["signature"], sig(0).as_str());
+    assert_eq!(
+        hit["report"]["summary"],
+        "SIGSEGV in crash3 ← crash2 ← crash1"
+    );
+    let (ok, out, err) = cli(&[
+        "find",
+        "--dest",
+        store,
+        "--signature",
+        &sig(0)[..8],
+        "-n",
+        "shop",
+        "-p",
+        "web-2",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(keys(&out), [stored[1].0.clone()]);
+    // --build-id: the executable's (a prefix of it), or a library's; a build never seen.
+    let build_id = programs::build_id(&program);
+    let (ok, out, err) = cli(&[
+        "find",
+        "--dest",
+        store,
+        "--build-id",
+        &build_id[..12],
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(keys(&out).len(), 3, "{out}");
+    let libc = stored[0].1["report"]["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["path"].as_str().unwrap().ends_with("/libc.so.6"))
+        .and_then(|m| m["build_id"].as_str())
+        .unwrap()
+        .to_owned();
+    let (ok, out, _) = cli(&["find", "--dest", store, "--build-id", &libc, "--json"]);
+    assert!(ok);
+    assert_eq!(keys(&out).len(), 3, "{out}");
+    let (ok, _, err) = cli(&["find", "--dest", store, "--build-id", "0123456789abcdef"]);
+    assert!(!ok);
+    assert!(err.contains("no dumps match"), "{err}");
+    // --group-by signature: each crash once, with its count, times and pods.
+    let (ok, out, err) = cli(&["find", "--dest", store, "--group-by", "signature", "--json"]);
+    assert!(ok, "{err}");
+    let groups: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(groups.len(), 2, "{out}");
+    let mut counts: Vec<(String, u64)> = groups
+        .iter()
+        .map(|g| {
+            (
+                g["signature"].as_str().unwrap().to_owned(),
+                g["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    counts.sort_by_key(|(_, c)| std::cmp::Reverse(*c));
+    assert_eq!(counts, [(sig(0), 2), (sig(2), 1)]);
+    let same = groups
+        .iter()
+        .find(|g| g["signature"] == sig(0).as_str())
+        .unwrap();
+    assert_eq!(
+        same["pods"],
+        serde_json::json!(["shop/web-1", "shop/web-2"])
+    );
+    assert_eq!(same["summary"], "SIGSEGV in crash3 ← crash2 ← crash1");
+    let (ok, out, err) = cli(&["find", "--dest", store, "--group-by", "signature"]);
+    assert!(ok, "{err}");
+    eprintln!("{out}");
+    assert!(out.starts_with("SIGNATURE"), "{out}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(agent.terminate().success());
+}

@@ -63,9 +63,15 @@ pub enum Command {
     /// costs requests in proportion to that pod's dumps, not to the bucket; other filters are
     /// confirmed on each object's tags, many reads at once.
     ///
+    /// --build-id, --signature and --group-by read what crashed from each dump's record (the
+    /// tags have no room for it): one more request for every dump left after the other
+    /// filters, so narrow with --namespace/--pod and --since first on a big bucket.
+    ///
     /// Examples:
     ///   coredump-agent find --dest s3://dumps/prod --namespace shop --pod web-7d9f --since 2d
     ///   coredump-agent find --signal SIGABRT --json | jq -r .key
+    ///   coredump-agent find --namespace shop --since 7d --group-by signature
+    ///   coredump-agent find --signature 3f2a9c01 --since 1d
     ///
     /// Exit codes: 0 found, 1 nothing matched, 2 error (including unreadable tags and no match).
     Find(Box<FindArgs>),
@@ -162,12 +168,44 @@ pub struct FindArgs {
     /// Crashes until: same forms as --since.
     #[arg(long, value_parser = crate::lookup::parse_time)]
     pub until: Option<std::time::SystemTime>,
-    /// At most this many results (newest first).
+    /// At most this many results (newest first; with --group-by, groups, latest first).
     #[arg(long)]
     pub limit: Option<usize>,
-    /// One JSON object per line: key, size, last_modified, kind, crash_time and every tag.
+    /// Dumps of a build: a GNU build-id, or its first hex digits, of the executable or of any
+    /// library the process had mapped. Reads each candidate's record (one request per dump).
+    #[arg(long, value_parser = parse_hex_prefix)]
+    pub build_id: Option<String>,
+    /// Dumps of one crash: its signature (as `info` and the logs show it), or its first hex
+    /// digits. Reads each candidate's record (one request per dump).
+    #[arg(long, value_parser = parse_hex_prefix)]
+    pub signature: Option<String>,
+    /// Show each distinct crash once: its count, first and last time, pods and summary.
+    /// Reads each candidate's record (one request per dump).
+    #[arg(long, value_enum)]
+    pub group_by: Option<GroupBy>,
+    /// One JSON object per line: key, size, last_modified, kind, crash_time and every tag (and
+    /// the report's signature, summary and build-id when records were read); with
+    /// --group-by, one object per group.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--group-by` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GroupBy {
+    /// The crash signature: the same crash, however many pods and times.
+    Signature,
+}
+
+/// A build-id or signature, or the first hex digits of one (at least 4), lowercase.
+fn parse_hex_prefix(s: &str) -> Result<String, String> {
+    if s.len() >= 4 && s.len() <= 128 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "`{s}` is not a hex id (or its first 4 or more hex digits)"
+        ))
+    }
 }
 
 /// `coredump-agent get`.
@@ -748,6 +786,14 @@ pub struct ProbeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_hex_prefixes() {
+        assert_eq!(parse_hex_prefix("3F2A9c").unwrap(), "3f2a9c");
+        for bad in ["", "3f2", "xyz0", "3f2a 9c"] {
+            assert!(parse_hex_prefix(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn cli_is_consistent() {

@@ -81,7 +81,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 /// Largest record `get` and `info` read: records are a few KiB; a bucket is anyone's.
-pub const MAX_RECORD: u64 = 1 << 20;
+pub const MAX_RECORD: u64 = crate::lookup::MAX_RECORD;
 
 /// The record stored at `key`, at most [`MAX_RECORD`] bytes; `None` if there is none.
 async fn read_record(store: &crate::store::AnyStore, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
