@@ -210,7 +210,7 @@ fn measure_output(what: &str, cmd: &mut Command) -> anyhow::Result<Run> {
 }
 
 /// Wall seconds, peak RSS (KiB) and CPU seconds of `cmd`, from `/usr/bin/time`.
-fn timed(
+pub(super) fn timed(
     cmd: &mut Command,
     stdout: Stdio,
     during: impl FnOnce(&mut Child) -> anyhow::Result<()>,
@@ -261,7 +261,7 @@ fn tempfile_path(tag: &str) -> PathBuf {
 
 /// Size of an object as s3s-fs stored it (a file under its root), then removes it: the next
 /// run needs the disk space.
-fn stored_size(data: &Path, key: &str) -> anyhow::Result<u64> {
+pub(super) fn stored_size(data: &Path, key: &str) -> anyhow::Result<u64> {
     let path = data.join(BUCKET).join(key);
     let size = std::fs::metadata(&path)
         .with_context(|| format!("the uploaded object {}", path.display()))?
