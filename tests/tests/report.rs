@@ -503,6 +503,7 @@ fn debug_opens_gdb_where_the_binary_exists_only_in_the_store() {
     let (ok, command, err) = cli(&["debug", "--dest", store, "--print-command", &key]);
     assert!(ok, "{err}");
     let command = command.trim();
+    eprintln!("debug --print-command {key}:\n{command}\n{err}");
     assert!(command.starts_with("gdb "), "{command}");
     let fresh = TempDir::new("report-debug-fresh");
     let out = Command::new("sh")
@@ -532,6 +533,7 @@ fn debug_opens_gdb_where_the_binary_exists_only_in_the_store() {
         "debug", "--dest", store, "--dir", dir, &key, "--", "-batch", "-ex", "bt",
     ]);
     assert!(ok, "{err}");
+    eprintln!("debug {key} -- -batch -ex bt:\n{err}{out}");
     assert!(out.contains("crash3"), "{out}");
     assert_eq!(std::fs::read_dir(&sessions.path).unwrap().count(), 0);
     assert!(agent.terminate().success());
