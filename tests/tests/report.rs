@@ -300,7 +300,7 @@ fn a_rust_panic_and_a_pid_namespaced_crash() {
 #[test]
 #[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
 fn modules_are_uploaded_once_per_build_id() {
-    if !require_root("report") || !programs::require("report", &["gcc", "readelf"]) {
+    if !require_root("report") || !programs::require("report", &["gcc", "readelf", "gdb"]) {
         return;
     }
     let Some(moto) = Moto::launch("modules_are_uploaded_once_per_build_id") else {
@@ -378,6 +378,40 @@ fn modules_are_uploaded_once_per_build_id() {
     for key in &uploaded {
         assert_eq!(moto.writes(&format!("/dumps/{key}")), 1, "{key}");
     }
+    // `debug` from S3: the core and the modules come from the bucket, and gdb names the
+    // functions.
+    let dump = agent
+        .logs()
+        .into_iter()
+        .find(|l| l["message"] == "stored")
+        .and_then(|l| l["key"].as_str().map(str::to_owned))
+        .unwrap();
+    let sessions = TempDir::new("report-s3-debug");
+    let out = Command::new(agent_path())
+        .args([
+            "debug",
+            "--dest",
+            "s3://dumps/p",
+            "--s3-endpoint",
+            &endpoint,
+        ])
+        .args([
+            "--s3-path-style",
+            "--dir",
+            sessions.path.to_str().unwrap(),
+            &dump,
+        ])
+        .args(["--", "-batch", "-ex", "bt"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("crash3") && text.contains("crash1"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_dir(&sessions.path).unwrap().count(), 0);
     assert!(agent.terminate().success());
 }
 
