@@ -100,7 +100,7 @@ pub enum Command {
     /// debugger.
     ///
     /// Examples:
-    ///   coredump-agent debug --dest s3://dumps/prod shop/web-7d9f/20261126T082627Z_app_server_7_SIGSEGV.core.zst
+    ///   coredump-agent debug --dest s3://dumps/prod prod/shop/web-7d9f/20261126T082627Z_app_server_7_SIGSEGV.core.zst
     ///   coredump-agent debug --print-command KEY        # print the command, keep the files
     ///   coredump-agent debug KEY -- -batch -ex 'thread apply all bt'
     ///
