@@ -85,6 +85,7 @@ fn record(i: u32, pods: u32) -> Record {
         intake: Default::default(),
         receive_id: None,
         kernel: None,
+        report: None,
     }
 }
 

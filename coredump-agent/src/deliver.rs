@@ -24,6 +24,7 @@ use crate::{
     notify::Notify,
     pattern::Compression,
     record::{DumpFile, Record, StoredDump},
+    report::upload::InFlight,
     spool::{DumpDirs, Spool},
     store::{
         Body, Store, StoreError, Zstd,
@@ -54,6 +55,8 @@ pub struct Config {
     pub uri_base: String,
     /// Who is told once a dump is stored (a `CoreDumpStored` Event on the crashed pod).
     pub notify: Notify,
+    /// Whether and within which limits the crashed process's module files are stored.
+    pub modules: crate::report::upload::Config,
 }
 
 /// First retry delay.
@@ -93,6 +96,7 @@ async fn deliver<S: Store>(
     store: &S,
     spool: &Spool,
     uploads: &Semaphore,
+    in_flight: &InFlight,
     job: Job,
     cancel: &CancellationToken,
 ) -> Delivered {
@@ -101,6 +105,7 @@ async fn deliver<S: Store>(
         dump,
         upload_dump,
         rate_limited,
+        evidence,
     } = job;
     let dump = dump.filter(|_| upload_dump);
     let source_compression = record.dump.as_ref().and_then(|d| d.compression);
@@ -166,9 +171,24 @@ async fn deliver<S: Store>(
                     compression: stored_compression,
                 });
             }
+            // Then the module files the crash report checked, once per build-id: the record
+            // lists their keys.
+            let mut report = record.report.clone();
+            if let (Some(_), Some(report), Some(evidence)) = (&dump, report.as_mut(), &evidence) {
+                crate::report::upload::store_modules(
+                    store,
+                    &cfg.prefix,
+                    report,
+                    &evidence.files,
+                    cfg.modules,
+                    in_flight,
+                )
+                .await;
+            }
             // The record beside the dump says what the store confirmed, so `get` can verify.
             let json = serde_json::to_vec_pretty(&Record {
                 stored: stored_dump,
+                report,
                 ..record.clone()
             })
             .expect("records serialize");
@@ -226,6 +246,8 @@ async fn deliver<S: Store>(
                     original_bytes = size,
                     seconds = started.elapsed().as_secs_f64(),
                     attested = record.attestation.attested,
+                    signature = record.report.as_ref().and_then(|r| r.signature.as_deref()).unwrap_or(""),
+                    summary = record.report.as_ref().and_then(|r| r.summary.as_deref()).unwrap_or(""),
                     "stored"
                 );
                 if dump.is_some() {
@@ -244,6 +266,7 @@ async fn deliver<S: Store>(
                     dump,
                     upload_dump,
                     rate_limited,
+                    evidence: None,
                 };
                 match spool.park(&job, &reason) {
                     Ok(to) => {
@@ -333,6 +356,7 @@ pub async fn run<S: Store>(
     cancel: CancellationToken,
 ) {
     let uploads = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
+    let in_flight = InFlight::default();
     let held = Arc::new(Semaphore::new(MAX_HELD));
     let cfg = Arc::new(cfg);
     let mut tasks = JoinSet::new();
@@ -340,13 +364,14 @@ pub async fn run<S: Store>(
         let Ok(permit) = held.clone().acquire_owned().await else {
             break;
         };
-        let (cfg, store, spool, claims, cancel, uploads) = (
+        let (cfg, store, spool, claims, cancel, uploads, in_flight) = (
             cfg.clone(),
             store.clone(),
             spool.clone(),
             claims.clone(),
             cancel.clone(),
             uploads.clone(),
+            in_flight.clone(),
         );
         // Every line about this crash carries its id, pod and key.
         let pod = job.record.identity.pod();
@@ -360,7 +385,8 @@ pub async fn run<S: Store>(
         tasks.spawn(tracing::Instrument::instrument(
             async move {
                 let path = job.dump.as_ref().map(|d| d.path.clone());
-                let delivered = deliver(&cfg, &*store, &spool, &uploads, job, &cancel).await;
+                let delivered =
+                    deliver(&cfg, &*store, &spool, &uploads, &in_flight, job, &cancel).await;
                 // A parked dump stays claimed: it is not taken for a new one.
                 if let Some(path) = path
                     && delivered == Delivered::Stored

@@ -16,6 +16,7 @@ use crate::{
     crash::Crash,
     identity::{Identity, Sources, cgroup::CgroupResolver, cgroup_path},
     record::ProcessInfo,
+    report::files::ModuleFiles,
     spool::CrashJournal,
 };
 
@@ -28,6 +29,9 @@ pub struct Enricher {
     pub cgroups: Option<Arc<CgroupResolver>>,
     /// Name workloads (pods, ECS tasks) and their containers, in order.
     pub sources: Sources,
+    /// Opens the crashed process's module files when its crash event arrives (file intake:
+    /// nothing else holds the process while the kernel writes its core).
+    pub open_modules: bool,
 }
 
 /// A crash event with what was read about it when it arrived: journaled, then joined with
@@ -40,6 +44,9 @@ pub struct CrashFacts {
     pub process: Option<ProcessInfo>,
     /// Its identity.
     pub identity: Identity,
+    /// Its module files, opened when the event arrived (file intake), for the crash report.
+    #[serde(skip)]
+    pub modules: Option<Arc<ModuleFiles>>,
 }
 
 /// A crash's id: unique per boot (host pid and the kernel's boot-time nanoseconds).
@@ -116,10 +123,22 @@ impl Enricher {
             ecs_task_id = identity.ecs().map_or("", |t| t.task_id.as_str()),
             "crash"
         );
+        // The process is still dumping: its mappings are still there to be opened.
+        let modules = self.open_modules.then(|| {
+            let maps = std::fs::read_to_string(self.proc.pid_dir(crash.host_pid).join("maps"))
+                .unwrap_or_default();
+            let wanted = crate::report::files::from_maps(&maps);
+            Arc::new(crate::report::files::open(
+                self.proc.root(),
+                crash.host_pid,
+                &wanted,
+            ))
+        });
         CrashFacts {
             crash,
             process,
             identity,
+            modules,
         }
     }
 }
@@ -157,6 +176,11 @@ impl ProcFs {
     /// A reader for the proc filesystem mounted at `root`.
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
+    }
+
+    /// Where the proc filesystem is.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     fn pid_dir(&self, pid: u32) -> PathBuf {

@@ -37,6 +37,9 @@ pub struct Job {
     pub upload_dump: bool,
     /// The dump was dropped (or refused) by the per-container rate limit.
     pub rate_limited: bool,
+    /// What the intake gathered for the crash report (the scanned core, the module files),
+    /// in memory only: a job taken from the spool after a restart has none.
+    pub evidence: Option<crate::report::Evidence>,
 }
 
 /// Dump files handed to the spool and store and not finished yet: events for them are ignored.

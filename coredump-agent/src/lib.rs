@@ -38,6 +38,7 @@ pub mod pattern;
 pub mod policy;
 pub mod probe;
 pub mod record;
+pub mod report;
 pub mod spool;
 pub mod state;
 pub mod store;

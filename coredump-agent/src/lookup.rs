@@ -6,6 +6,10 @@
 //! time, signal), and only then confirms the
 //! remaining filters with one tag read per candidate, many in flight at once. A search for one
 //! pod therefore costs requests in proportion to that pod's dumps, not to the bucket.
+//!
+//! What crashed (build-ids, the crash signature) does not fit in the tags (S3 allows ten, all
+//! taken), so filtering or grouping by it reads the record beside each dump still left after
+//! the prefix, the key and the tags: one more request per such dump, never per bucket.
 
 use std::time::SystemTime;
 
@@ -56,6 +60,13 @@ pub struct Query {
     pub until: Option<SystemTime>,
     /// At most this many results (newest first).
     pub limit: Option<usize>,
+    /// Build-id, or its first hex digits, of the executable or any module the process had
+    /// mapped (read from the records).
+    pub build_id: Option<String>,
+    /// Crash signature, or its first hex digits (read from the records).
+    pub signature: Option<String>,
+    /// Read every hit's record (for its report), even without a filter on it.
+    pub read_records: bool,
 }
 
 /// What kind of object a hit is.
@@ -85,6 +96,103 @@ pub struct Hit {
     pub crash_time: SystemTime,
     /// Every tag of the object.
     pub tags: Tags,
+    /// What crashed, from the record, when the search read it (`None`: not read, or no
+    /// report there).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub report: Option<HitReport>,
+}
+
+/// What a hit's record says crashed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct HitReport {
+    /// The crash signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// `SIGSEGV in f ← g ← main`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// The executable's build-id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// Every module's build-id (the executable's included), for `--build-id`.
+    #[serde(skip)]
+    pub build_ids: Vec<String>,
+}
+
+/// The part of a record a search reads (the rest is skipped unparsed into types).
+#[derive(serde::Deserialize)]
+struct RecordView {
+    #[serde(default)]
+    report: Option<ReportView>,
+}
+
+#[derive(serde::Deserialize)]
+struct ReportView {
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
+    summary: Option<String>,
+    #[serde(default)]
+    modules: Vec<ModuleView>,
+}
+
+#[derive(serde::Deserialize)]
+struct ModuleView {
+    #[serde(default)]
+    build_id: Option<String>,
+    #[serde(default)]
+    main: bool,
+}
+
+impl From<ReportView> for HitReport {
+    fn from(r: ReportView) -> Self {
+        let build_id = r
+            .modules
+            .iter()
+            .find(|m| m.main)
+            .and_then(|m| m.build_id.clone());
+        Self {
+            signature: r.signature,
+            summary: r.summary,
+            build_id,
+            build_ids: r.modules.into_iter().filter_map(|m| m.build_id).collect(),
+        }
+    }
+}
+
+/// Most bytes of a record read (the same bound as `info`).
+pub const MAX_RECORD: u64 = 1 << 20;
+
+/// The report in the record of `hit`: `Ok(None)` when there is no record or no report.
+async fn hit_report<S: Store>(store: &S, hit: &Hit) -> Result<Option<HitReport>, String> {
+    use tokio::io::AsyncReadExt as _;
+    let key = match hit.kind {
+        Kind::Dump => layout::record_key(&hit.key),
+        Kind::Crash => hit.key.clone(),
+    };
+    let reader = match store.open(&key).await {
+        Ok(r) => r,
+        Err(StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(format!("reading {key}: {e:#}")),
+    };
+    let mut buf = Vec::new();
+    reader
+        .take(MAX_RECORD + 1)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|e| format!("reading {key}: {e}"))?;
+    if buf.len() as u64 > MAX_RECORD {
+        return Err(format!("{key} is larger than a record can be"));
+    }
+    let view: RecordView =
+        serde_json::from_slice(&buf).map_err(|e| format!("{key} is not a record: {e}"))?;
+    Ok(view.report.map(HitReport::from))
+}
+
+/// Whether `id` starts with the hex digits `prefix` (any case).
+fn hex_prefix(id: &str, prefix: &str) -> bool {
+    id.get(..prefix.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
 }
 
 /// The result of a search.
@@ -94,10 +202,14 @@ pub struct Outcome {
     pub hits: Vec<Hit>,
     /// Objects whose tags could not be read: reported, never silently dropped.
     pub unreadable: Vec<(String, String)>,
+    /// Dumps whose record could not be read (when the search reads records): reported too.
+    pub unreadable_records: Vec<(String, String)>,
     /// Objects listed.
     pub listed: usize,
     /// Tag reads made.
     pub tag_reads: usize,
+    /// Records read (for `build_id`, `signature`, `read_records`).
+    pub record_reads: usize,
 }
 
 /// The parts of a key's file name: `<time>_<container>_<comm>_<pid>_<signal>.<kind>…`.
@@ -199,6 +311,24 @@ impl Query {
             .collect()
     }
 
+    /// Whether the search reads the records of the hits.
+    pub fn reads_records(&self) -> bool {
+        self.read_records || self.build_id.is_some() || self.signature.is_some()
+    }
+
+    /// Whether a hit's report passes `build_id` and `signature`.
+    fn report_admits(&self, report: Option<&HitReport>) -> bool {
+        let build_id = self.build_id.as_deref().is_none_or(|want| {
+            report.is_some_and(|r| r.build_ids.iter().any(|id| hex_prefix(id, want)))
+        });
+        let signature = self.signature.as_deref().is_none_or(|want| {
+            report
+                .and_then(|r| r.signature.as_deref())
+                .is_some_and(|sig| hex_prefix(sig, want))
+        });
+        build_id && signature
+    }
+
     /// Whether what the key says already rules the object out (no request needed).
     fn key_admits(&self, name: &KeyName<'_>) -> bool {
         let in_window = name
@@ -250,10 +380,34 @@ pub async fn find<S: Store>(store: &S, prefix: &str, q: &Query) -> Result<Outcom
                         kind,
                         crash_time,
                         tags,
+                        report: None,
                     });
                 }
             }
             Err(e) => outcome.unreadable.push((o.key, format!("{e:#}"))),
+        }
+    }
+    if q.reads_records() {
+        let hits = std::mem::take(&mut outcome.hits);
+        outcome.record_reads = hits.len();
+        let read: Vec<_> = futures::stream::iter(hits)
+            .map(|hit| async move {
+                let report = hit_report(store, &hit).await;
+                (hit, report)
+            })
+            .buffer_unordered(TAG_CONCURRENCY)
+            .collect()
+            .await;
+        for (mut hit, report) in read {
+            match report {
+                Ok(report) => {
+                    if q.report_admits(report.as_ref()) {
+                        hit.report = report;
+                        outcome.hits.push(hit);
+                    }
+                }
+                Err(e) => outcome.unreadable_records.push((hit.key, e)),
+            }
         }
     }
     outcome
@@ -298,6 +452,31 @@ mod tests {
         assert_eq!((c.kind, c.signal), (Kind::Crash, "SIGABRT"));
         assert!(parse_key("p/ns/pod/20261126T082627Z_app_x_7_SIGSEGV.core.zst.json").is_none());
         assert!(parse_key("random/object.txt").is_none());
+    }
+
+    #[test]
+    fn reports_are_matched_by_hex_prefixes() {
+        let report = HitReport {
+            signature: Some("3f2a9c01d2e4f5a6".into()),
+            build_ids: vec!["abcdef0123".into(), "5555aaaa".into()],
+            ..HitReport::default()
+        };
+        let q = |build_id: Option<&str>, signature: Option<&str>| Query {
+            build_id: build_id.map(str::to_owned),
+            signature: signature.map(str::to_owned),
+            ..Query::default()
+        };
+        assert!(q(None, None).report_admits(None));
+        assert!(!q(None, None).reads_records());
+        assert!(q(Some("abcd"), None).reads_records());
+        assert!(q(Some("abcd"), None).report_admits(Some(&report)));
+        assert!(q(Some("5555AAAA"), Some("3f2a")).report_admits(Some(&report)));
+        assert!(!q(Some("bcde"), None).report_admits(Some(&report)));
+        assert!(!q(None, Some("3f2b")).report_admits(Some(&report)));
+        assert!(!q(None, Some("3f2a")).report_admits(None));
+        // Longer than the id, or not ASCII there: no match, no panic.
+        assert!(!hex_prefix("ab", "abcd"));
+        assert!(!hex_prefix("é1234", "e123"));
     }
 
     #[test]

@@ -72,6 +72,15 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels of [`Metrics::crash_signatures`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignatureLabels {
+    /// The crash signature (16 hex digits), `none` without one, or `other` beyond the cap.
+    pub signature: String,
+    /// Where it crashed: `SIGSEGV in f ← g ← main` (empty for `other`).
+    pub summary: String,
+}
+
 /// The build and the node, as labels of an info metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -91,6 +100,10 @@ const UNKNOWN: &str = "_unknown";
 const OTHER: &str = "other";
 /// Default of `--metrics-max-namespaces`.
 pub const DEFAULT_MAX_NAMESPACES: usize = 100;
+/// Signatures with a label of their own; the others are `other`.
+pub const MAX_SIGNATURES: usize = 200;
+/// Longest summary label.
+const MAX_SUMMARY_LABEL: usize = 200;
 
 /// Every metric of the agent, registered in one registry.
 pub struct Metrics {
@@ -131,6 +144,19 @@ pub struct Metrics {
     pub store_reachable: Gauge,
     /// 1 while the agent is ready (what /readyz says).
     pub ready: Gauge,
+    /// Crash reports built, by status: `complete`, `partial` (something missing, said in the
+    /// report), `failed` (no backtrace at all).
+    pub reports: Family<ReasonLabels, Counter>,
+    /// How long building a report took.
+    pub report_seconds: Histogram,
+    /// Crashes by signature (at most [`MAX_SIGNATURES`], then `other`).
+    pub crash_signatures: Family<SignatureLabels, Counter>,
+    /// Module files, by what became of them: `uploaded`, `present` (stored before),
+    /// `skipped` (limits, no build-id), `failed`.
+    pub modules: Family<ReasonLabels, Counter>,
+    /// Bytes of module files uploaded.
+    pub module_bytes: Counter,
+    signatures: Mutex<HashSet<String>>,
     lost_seen: AtomicI64,
     max_namespaces: AtomicUsize,
     namespaces: Mutex<HashSet<String>>,
@@ -255,8 +281,46 @@ impl Metrics {
             "1 while the agent is ready (/readyz)",
             ready.clone(),
         );
+        let reports = Family::default();
+        registry.register(
+            "reports",
+            "Crash reports built, by status (complete, partial, failed)",
+            reports.clone(),
+        );
+        let report_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register_with_unit(
+            "report_duration",
+            "How long building a crash report took",
+            Unit::Seconds,
+            report_seconds.clone(),
+        );
+        let crash_signatures = Family::default();
+        registry.register(
+            "crash_signatures",
+            "Crashes by signature (a hash of the top frames) and where they crashed",
+            crash_signatures.clone(),
+        );
+        let modules = Family::default();
+        registry.register(
+            "modules",
+            "Module files of crashed processes, by what became of them",
+            modules.clone(),
+        );
+        let module_bytes = Counter::default();
+        registry.register_with_unit(
+            "module_uploaded",
+            "Bytes of module files uploaded",
+            Unit::Bytes,
+            module_bytes.clone(),
+        );
         Self {
             registry,
+            reports,
+            report_seconds,
+            crash_signatures,
+            modules,
+            module_bytes,
+            signatures: Mutex::new(HashSet::new()),
             crashes,
             crash_events,
             crash_events_throttled,
@@ -345,6 +409,51 @@ impl Metrics {
             outcome,
         };
         self.crashes.get_or_create(&labels).inc();
+    }
+
+    /// Counts a crash report: its status, time, and the crash's signature.
+    pub fn report(&self, status: &str, seconds: f64, report: &crate::report::Report) {
+        self.reports
+            .get_or_create(&ReasonLabels {
+                reason: status.to_owned(),
+            })
+            .inc();
+        self.report_seconds.observe(seconds);
+        let labels = match &report.signature {
+            None => SignatureLabels {
+                signature: "none".into(),
+                summary: String::new(),
+            },
+            Some(sig) => {
+                let mut seen = self
+                    .signatures
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if seen.contains(sig) || seen.len() < MAX_SIGNATURES {
+                    seen.insert(sig.clone());
+                    let summary = report.summary.clone().unwrap_or_default();
+                    SignatureLabels {
+                        signature: sig.clone(),
+                        summary: summary.chars().take(MAX_SUMMARY_LABEL).collect(),
+                    }
+                } else {
+                    SignatureLabels {
+                        signature: OTHER.into(),
+                        summary: String::new(),
+                    }
+                }
+            }
+        };
+        self.crash_signatures.get_or_create(&labels).inc();
+    }
+
+    /// Counts a module file by what became of it.
+    pub fn module(&self, outcome: &str) {
+        self.modules
+            .get_or_create(&ReasonLabels {
+                reason: outcome.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a file rejected by the dump directory's checks.

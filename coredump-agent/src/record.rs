@@ -70,6 +70,10 @@ pub struct Record {
     /// host pid; the pipe helper's `%` arguments), also when no dump came with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<NameFields>,
+    /// What crashed, read from the core: signal, backtrace, modules and their build-ids,
+    /// signature. Absent for a crash without a dump, or with `--report off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<crate::report::Report>,
 }
 
 /// The dump as the store holds it.

@@ -250,6 +250,7 @@ impl Spool {
                 record,
                 dump,
                 upload_dump: upload,
+                evidence: None,
             });
         }
         // Parked dumps stay where they are, not taken for new ones.

@@ -5,6 +5,8 @@
 pub mod fake_ecs;
 pub mod fake_kube;
 pub mod moto;
+pub mod node;
+pub mod programs;
 pub mod prometheus;
 pub mod radosgw;
 pub mod seed;
@@ -336,8 +338,27 @@ impl Drop for Agent {
     }
 }
 
-/// Objects of a local store: key → (data path), without the `.meta` sidecars.
+/// Module files stored under `_modules/` (crash reports), by key.
+pub fn module_keys(root: &Path) -> Vec<String> {
+    let modules = root.join("_modules");
+    all_keys(root)
+        .into_iter()
+        .filter(|k| root.join(k).starts_with(&modules))
+        .collect()
+}
+
+/// Dumps and records of a local store (the module files under `_modules/` left out: see
+/// [`module_keys`]), without the `.meta` sidecars.
 pub fn store_keys(root: &Path) -> Vec<String> {
+    let modules = root.join("_modules");
+    all_keys(root)
+        .into_iter()
+        .filter(|k| !root.join(k).starts_with(&modules))
+        .collect()
+}
+
+/// Objects of a local store: key → (data path), without the `.meta` sidecars.
+fn all_keys(root: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;

@@ -175,6 +175,36 @@ impl Moto {
         *self.relay.shared.rewrite.lock().unwrap() = None;
     }
 
+    /// The requests moto answered so far, `(method, target)` (the target with its query
+    /// string), from its request log: what a test counts uploads with.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| {
+                let request = l.split('"').nth(1)?;
+                let mut parts = request.split(' ');
+                Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
+            })
+            .collect()
+    }
+
+    /// How many times an object was written at `path` (`/bucket/key`): `PutObject`s and
+    /// `CreateMultipartUpload`s (not their parts).
+    pub fn writes(&self, path: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|(method, target)| {
+                let (p, query) = target.split_once('?').unwrap_or((target, ""));
+                p == path
+                    && match method.as_str() {
+                        "PUT" => !query.contains("partNumber"),
+                        "POST" => query.split('&').any(|q| q == "uploads"),
+                        _ => false,
+                    }
+            })
+            .count()
+    }
+
     /// Whether the port is closed (after [`Moto::stop`], or the bytes of [`Moto::stop_after`]).
     pub fn stopped(&self) -> bool {
         self.relay.shared.stopped.load(Ordering::SeqCst)

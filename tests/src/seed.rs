@@ -74,6 +74,7 @@ pub fn record(pod: Option<(&str, &str, &str)>, crash: Crash) -> Record {
         intake: Default::default(),
         receive_id: None,
         kernel: None,
+        report: None,
     }
 }
 

@@ -9,205 +9,23 @@ use std::{
     collections::BTreeMap,
     io::Read as _,
     os::unix::{fs::symlink, process::ExitStatusExt as _},
-    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use coredump_tests::{
-    Agent, CorePatternGuard, Crasher, CrasherOpts, TempCgroup, TempDir, agent_path, require_root,
-    store_records, wait_for_store,
+    Crasher, CrasherOpts, TempCgroup, agent_path,
+    node::{Pod, dumping, node, record_of},
+    require_root, store_records, wait_for_store,
 };
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(60);
-const NODE: &str = "test-node";
 const CORE_PATTERN: &str = "/proc/sys/kernel/core_pattern";
 const PIPE_LIMIT: &str = "/proc/sys/kernel/core_pipe_limit";
 
 fn sysctl(path: &str) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_owned()
-}
-
-/// A node: state, receive and run directories, a local store, kubelet log directories.
-struct Node {
-    tmp: TempDir,
-    state: PathBuf,
-    received: PathBuf,
-    run: PathBuf,
-    store: PathBuf,
-    dumps: PathBuf,
-    pod_logs: PathBuf,
-    container_logs: PathBuf,
-    _guard: CorePatternGuard,
-}
-
-fn node(tag: &str) -> Node {
-    let tmp = TempDir::new(tag);
-    let (pod_logs, container_logs) = (tmp.join("pods"), tmp.join("containers"));
-    std::fs::create_dir_all(&pod_logs).unwrap();
-    std::fs::create_dir_all(&container_logs).unwrap();
-    // A known pattern to start from: the agent installs its own and puts this one back.
-    let guard = CorePatternGuard::set("core");
-    Node {
-        state: tmp.join("state"),
-        received: tmp.join("received"),
-        run: tmp.join("run"),
-        store: tmp.join("store"),
-        dumps: tmp.join("dumps"),
-        pod_logs,
-        container_logs,
-        tmp,
-        _guard: guard,
-    }
-}
-
-impl Node {
-    fn args(&self, intake: &str) -> Vec<String> {
-        let p = |p: &Path| p.to_str().unwrap().to_owned();
-        let mut args: Vec<String> = ["run", "--intake", intake, "--node-name", NODE]
-            .map(String::from)
-            .into();
-        for (flag, value) in [
-            ("--state-dir", &self.state),
-            ("--receive-dir", &self.received),
-            ("--run-dir", &self.run),
-            ("--dest", &self.store),
-            ("--dump-dir", &self.dumps),
-            ("--pod-log-root", &self.pod_logs),
-            ("--container-log-root", &self.container_logs),
-        ] {
-            args.push(flag.into());
-            args.push(p(value));
-        }
-        args.extend(
-            [
-                "--kube",
-                "off",
-                "--event-wait",
-                "3s",
-                "--dump-wait",
-                "5s",
-                "--min-free-disk",
-                "0",
-            ]
-            .map(String::from),
-        );
-        args
-    }
-
-    fn start(&self, intake: &str, extra: &[&str]) -> Agent {
-        let mut args = self.args(intake);
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let log = self.tmp.join(&format!(
-            "agent-{}.log",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
-        Agent::start(&args, log)
-    }
-
-    /// Files in the receive directory (not the agent's sub-folders).
-    fn received_files(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.received)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| !e.file_type().unwrap().is_dir())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
-
-    /// `coredump-agent get` of `key` from the local store into a file; its bytes.
-    fn get(&self, key: &str) -> Vec<u8> {
-        let out = self.tmp.join("got.core");
-        let _ = std::fs::remove_file(&out);
-        let st = Command::new(agent_path())
-            .args(["get", "--dest", self.store.to_str().unwrap(), key, "-o"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "get {key}: {}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-        std::fs::read(&out).unwrap()
-    }
-}
-
-/// A pod as the kubelet lays it out: its cgroup (containerd, systemd driver, burstable) and
-/// the log directories that name it.
-struct Pod {
-    namespace: String,
-    name: String,
-    container: String,
-    cgroup: TempCgroup,
-}
-
-impl Pod {
-    fn new(node: &Node, name: &str, n: u32) -> Self {
-        let u = format!("{:08x}{n:08x}{}", std::process::id(), "a1b2c3d4e5f6a7b8");
-        let uid = format!(
-            "{}-{}-{}-{}-{}",
-            &u[..8],
-            &u[8..12],
-            &u[12..16],
-            &u[16..20],
-            &u[20..32]
-        );
-        let container_id = format!("{:08x}{n:08x}{}", std::process::id(), "c0ffee00".repeat(6));
-        let slice = format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_"));
-        let cgroup = TempCgroup::create(&format!(
-            "kubepods.slice/kubepods-burstable.slice/{slice}/cri-containerd-{container_id}.scope"
-        ));
-        let (namespace, container) = ("shop".to_owned(), "app".to_owned());
-        let dir = node
-            .pod_logs
-            .join(format!("{namespace}_{name}_{uid}"))
-            .join(&container);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("0.log"), "started\n").unwrap();
-        symlink(
-            dir.join("0.log"),
-            node.container_logs
-                .join(format!("{name}_{namespace}_{container}-{container_id}.log")),
-        )
-        .unwrap();
-        Self {
-            namespace,
-            name: name.into(),
-            container,
-            cgroup,
-        }
-    }
-
-    fn prefix(&self) -> String {
-        format!("{}/{}/", self.namespace, self.name)
-    }
-}
-
-fn dumping() -> CrasherOpts<'static> {
-    CrasherOpts {
-        core_limit: u64::MAX,
-        ..Default::default()
-    }
-}
-
-fn record_of(records: &[(String, Value)], host_pid: u32) -> (String, Value) {
-    records
-        .iter()
-        .find(|(_, r)| {
-            r["crash"]["host_pid"] == host_pid || r["dump"]["fields"]["host_pid"] == host_pid
-        })
-        .cloned()
-        .unwrap_or_else(|| panic!("no record for host pid {host_pid}: {records:#?}"))
 }
 
 /// Whether `bytes` are an ELF core file.
@@ -239,8 +57,9 @@ fn pod_that_mounts_nothing(intake: &str) {
     crasher.release();
     let st = crasher.wait();
     assert_eq!(st.signal(), Some(libc::SIGSEGV));
+    // The record goes beside the dump once the dump (and its modules) are stored.
     let keys = wait_for_store(&n.store, WAIT, |k| {
-        k.iter().any(|k| k.ends_with(".core.zst"))
+        k.iter().any(|k| k.ends_with(".core.zst.json"))
     });
     let (key, record) = record_of(&store_records(&n.store), pid);
     let core_key = key.strip_suffix(".json").unwrap();
@@ -388,7 +207,7 @@ fn pipe_dumps_wait_in_the_receive_directory_while_no_agent_runs() {
     // The next start stores them, named and attested by the kernel's %P.
     let agent = n.start("pipe", &[]);
     wait_for_store(&n.store, WAIT, |k| {
-        k.iter().filter(|k| k.ends_with(".core.zst")).count() == 3
+        k.iter().filter(|k| k.ends_with(".core.zst.json")).count() == 3
     });
     let records = store_records(&n.store);
     for pid in pids {

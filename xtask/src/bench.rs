@@ -3,6 +3,7 @@
 mod delay;
 mod flood;
 mod intake;
+mod report;
 mod servers;
 mod upload;
 
@@ -67,6 +68,14 @@ pub enum Bench {
         #[arg(long, default_value_t = 10)]
         seconds: u32,
     },
+    /// The crash report's cost: building it for a core of `--mib` MiB with 50 mapped modules,
+    /// against the agent's compression and upload of the same core (time, memory added).
+    /// Needs root; changes core_pattern for one crash and puts it back.
+    Report {
+        /// Memory the crashing process fills (its core is about that size), in MiB.
+        #[arg(long, default_value_t = 1024)]
+        mib: u64,
+    },
     /// `find` at scale: a store of 10,000 dumps over 500 pods; one pod's dumps (narrowed by
     /// key prefix) and one signal over everything, each against reading every object's tags.
     Find {
@@ -90,6 +99,7 @@ pub fn run(root: &Path, which: Bench) -> anyhow::Result<()> {
         } => upload::run(root, &sizes, level, server, &latency_ms),
         Bench::Intake { mib } => intake::run(root, mib),
         Bench::Flood { crashes, seconds } => flood::run(root, crashes, seconds),
+        Bench::Report { mib } => report::run(root, mib),
         Bench::Find { dumps, pods } => status(cargo(root).args([
             "run",
             "--release",

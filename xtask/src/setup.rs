@@ -66,6 +66,7 @@ pub fn ensure(root: &Path) -> anyhow::Result<()> {
     bpf_linker()?;
     let tools = tools_dir(root);
     python_venv(&tools, PYTHON_PINS, "the test tools")?;
+    debian_packages(DEBUGGING)?;
     let rgw = radosgw(root)?;
     prometheus()?;
     print_versions(&tools, &rgw);
@@ -209,6 +210,64 @@ fn prometheus() -> anyhow::Result<()> {
             v.as_deref().unwrap_or("missing")
         ),
     }
+}
+
+/// Debian packages the crash report tests and `coredump-agent debug` use, with the lowest
+/// major version they were measured with: gcc builds the programs the tests crash, gdb opens
+/// the stored cores, binutils' readelf and nm check the reports.
+const DEBUGGING: &[(&str, u32)] = &[("gcc", 12), ("gdb", 12), ("binutils", 2)];
+
+/// The major version of a Debian version string (`4:12.2.0-3` is 12: epoch dropped).
+fn debian_major(version: &str) -> Option<u32> {
+    let version = version.split_once(':').map_or(version, |(_, v)| v);
+    version
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Installs (apt) each Debian package of `wanted` that is missing or older than its major
+/// version; says what it found for each.
+fn debian_packages(wanted: &[(&str, u32)]) -> anyhow::Result<()> {
+    let installed = |package: &str| {
+        output("dpkg-query", &["-W", "-f=${Version}", package])
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim().to_owned())
+    };
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(package, min)| match installed(package) {
+            Some(v) if debian_major(&v).is_some_and(|m| m >= *min) => {
+                ok(package, &v);
+                false
+            }
+            _ => true,
+        })
+        .map(|(package, _)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !succeeds("apt-get", &["--version"]) || !is_root() {
+        bail!(
+            "{} missing or too old, and installing needs apt-get as root: run `sudo apt-get install -y {}`, then rerun",
+            missing.join(", "),
+            missing.join(" ")
+        );
+    }
+    installing(&format!("{} (apt)", missing.join(", ")));
+    run("apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(&missing);
+    run("apt-get", &args)?;
+    for (package, min) in wanted.iter().filter(|(p, _)| missing.contains(p)) {
+        match installed(package) {
+            Some(v) if debian_major(&v).is_some_and(|m| m >= *min) => ok(package, &v),
+            v => bail!("{package} is {v:?} after installing it, {min} or later is needed"),
+        }
+    }
+    Ok(())
 }
 
 /// Where the tests' tools live: `$COREDUMP_TOOLS_DIR`, else `target/tools` in the workspace (a
@@ -549,6 +608,7 @@ fn print_versions(tools: &Path, radosgw: &str) {
                 ),
             ),
         ])
+        .chain([("gcc", "--version"), ("gdb", "--version")].map(|(p, a)| (p, first_line(p, &[a]))))
         .collect();
     eprintln!("xtask setup: versions the build and the tests use:");
     for (tool, version) in rows {
@@ -559,6 +619,14 @@ fn print_versions(tools: &Path, radosgw: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debian_versions_are_compared_by_major() {
+        assert_eq!(debian_major("4:12.2.0-3"), Some(12));
+        assert_eq!(debian_major("13.1-3"), Some(13));
+        assert_eq!(debian_major("2.40-2"), Some(2));
+        assert_eq!(debian_major(""), None);
+    }
 
     #[test]
     fn pins_name_the_distribution_and_its_exact_version() {

@@ -64,10 +64,16 @@ pub enum Command {
     /// not to the bucket; other filters are confirmed on each object's tags, many reads at
     /// once.
     ///
+    /// --build-id, --signature and --group-by read what crashed from each dump's record (the
+    /// tags have no room for it): one more request for every dump left after the other
+    /// filters, so narrow with --namespace/--pod and --since first on a big bucket.
+    ///
     /// Examples:
     ///   coredump-agent find --dest s3://dumps/prod --namespace shop --pod web-7d9f --since 2d
     ///   coredump-agent find --dest s3://dumps/prod --ecs-cluster prod --task-family web
     ///   coredump-agent find --signal SIGABRT --json | jq -r .key
+    ///   coredump-agent find --namespace shop --since 7d --group-by signature
+    ///   coredump-agent find --signature 3f2a9c01 --since 1d
     ///
     /// Exit codes: 0 found, 1 nothing matched, 2 error (including unreadable tags and no match).
     Find(Box<FindArgs>),
@@ -85,6 +91,23 @@ pub enum Command {
     ///
     /// Exit codes: 0 shown, 1 no such object, 2 error.
     Info(Box<InfoArgs>),
+    /// Open a stored dump in gdb (or lldb) with the exact executable and libraries it ran:
+    /// the `coredumpctl debug` of the cluster.
+    ///
+    /// Downloads the core and every module file the agent stored for it (by build-id) into a
+    /// temporary sysroot, checks each (the core against its record's checksum, each module
+    /// against the build-id the core names), and runs the debugger with `set sysroot`,
+    /// `solib-search-path`, the executable and the core: `bt` works on a machine that never
+    /// saw the image. Removed afterwards unless --keep. Arguments after `--` go to the
+    /// debugger.
+    ///
+    /// Examples:
+    ///   coredump-agent debug --dest s3://dumps/prod prod/shop/web-7d9f/20261126T082627Z_app_server_7_SIGSEGV.core.zst
+    ///   coredump-agent debug --print-command KEY        # print the command, keep the files
+    ///   coredump-agent debug KEY -- -batch -ex 'thread apply all bt'
+    ///
+    /// Exit codes: 0 the debugger succeeded, 2 error.
+    Debug(Box<DebugArgs>),
     /// Put back the kernel settings the agent changed, from its backups in the state dir.
     ///
     /// core_pattern, core_pipe_limit and suid_dumpable, each where it still holds the agent's
@@ -205,12 +228,44 @@ pub struct FindArgs {
     /// Crashes until: same forms as --since.
     #[arg(long, value_parser = crate::lookup::parse_time)]
     pub until: Option<std::time::SystemTime>,
-    /// At most this many results (newest first).
+    /// At most this many results (newest first; with --group-by, groups, latest first).
     #[arg(long)]
     pub limit: Option<usize>,
-    /// One JSON object per line: key, size, last_modified, kind, crash_time and every tag.
+    /// Dumps of a build: a GNU build-id, or its first hex digits, of the executable or of any
+    /// library the process had mapped. Reads each candidate's record (one request per dump).
+    #[arg(long, value_parser = parse_hex_prefix)]
+    pub build_id: Option<String>,
+    /// Dumps of one crash: its signature (as `info` and the logs show it), or its first hex
+    /// digits. Reads each candidate's record (one request per dump).
+    #[arg(long, value_parser = parse_hex_prefix)]
+    pub signature: Option<String>,
+    /// Show each distinct crash once: its count, first and last time, pods and summary.
+    /// Reads each candidate's record (one request per dump).
+    #[arg(long, value_enum)]
+    pub group_by: Option<GroupBy>,
+    /// One JSON object per line: key, size, last_modified, kind, crash_time and every tag (and
+    /// the report's signature, summary and build-id when records were read); with
+    /// --group-by, one object per group.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--group-by` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GroupBy {
+    /// The crash signature: the same crash, however many pods and times.
+    Signature,
+}
+
+/// A build-id or signature, or the first hex digits of one (at least 4), lowercase.
+fn parse_hex_prefix(s: &str) -> Result<String, String> {
+    if s.len() >= 4 && s.len() <= 128 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+        Ok(s.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "`{s}` is not a hex id (or its first 4 or more hex digits)"
+        ))
+    }
 }
 
 /// `coredump-agent get`.
@@ -250,6 +305,43 @@ pub struct InfoArgs {
     /// Print one JSON document.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `coredump-agent debug`.
+#[derive(Debug, clap::Args)]
+pub struct DebugArgs {
+    /// Where to look.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The dump's key, as `find` prints it.
+    pub key: String,
+    /// Print the debugger's command line instead of running it (the files are kept).
+    #[arg(long)]
+    pub print_command: bool,
+    /// The debugger.
+    #[arg(long, value_enum, default_value_t = Debugger::Gdb)]
+    pub debugger: Debugger,
+    /// Keep the downloaded files after the debugger exits.
+    #[arg(long)]
+    pub keep: bool,
+    /// Where to make the session's directory (default: the system's temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Largest core accepted when its record does not give its size.
+    #[arg(long, value_parser = parse_bytes, default_value = "64GiB")]
+    pub max_size: u64,
+    /// Arguments for the debugger (after `--`).
+    #[arg(last = true)]
+    pub debugger_args: Vec<String>,
+}
+
+/// `--debugger` choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Debugger {
+    /// GNU gdb.
+    Gdb,
+    /// LLVM lldb.
+    Lldb,
 }
 
 /// `coredump-agent check`: the same node and store settings as `run` (same flags, same
@@ -558,6 +650,69 @@ pub struct RunArgs {
     /// ECS gives a container no CPU limit it can see, so set this there.
     #[arg(long, env = "COREDUMP_COMPRESS_THREADS")]
     pub compress_threads: Option<u32>,
+    /// Crash reports and module files.
+    #[command(flatten)]
+    pub report: ReportArgs,
+}
+
+/// `--report`, `--modules`, and their limits.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// Build a crash report for each dump (signal, backtrace, modules and build-ids, crash
+    /// signature), stored in its record: read from the core as it arrives, with the module
+    /// files of the crashed process. `off`: none.
+    #[arg(long = "report", env = "COREDUMP_REPORT", value_enum, default_value_t = OnOff::On)]
+    pub report: OnOff,
+    /// Time for one report. What is not done by then (unwinding, symbols) is left out, and
+    /// the report says so; the dump is stored either way.
+    #[arg(long, env = "COREDUMP_REPORT_BUDGET", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub report_budget: Duration,
+    /// Store the executable and libraries of each crashed process, once per build-id, under
+    /// `<prefix>/_modules/<build-id>/` (what `coredump-agent debug` needs). `off`: not stored.
+    #[arg(long, env = "COREDUMP_MODULES", value_enum, default_value_t = OnOff::On)]
+    pub modules: OnOff,
+    /// Larger module files are neither stored nor symbolized (the report says which).
+    #[arg(long, env = "COREDUMP_MAX_MODULE_SIZE", value_parser = parse_bytes, default_value = "512MiB")]
+    pub max_module_size: u64,
+    /// At most this many bytes of module files uploaded for one dump.
+    #[arg(long, env = "COREDUMP_MAX_MODULES_PER_DUMP", value_parser = parse_bytes, default_value = "2GiB")]
+    pub max_modules_per_dump: u64,
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Enabled.
+    On,
+    /// Disabled.
+    Off,
+}
+
+impl ReportArgs {
+    /// Whether reports are built.
+    pub fn enabled(&self) -> bool {
+        self.report == OnOff::On
+    }
+
+    /// How reports are built; private copies of module files go to `scratch`.
+    pub fn config(&self, scratch: &std::path::Path) -> crate::report::Config {
+        crate::report::Config {
+            enabled: self.enabled(),
+            budget: self.report_budget,
+            scratch: scratch.to_owned(),
+            max_module_size: self.max_module_size,
+            ..crate::report::Config::default()
+        }
+    }
+
+    /// How modules are stored.
+    pub fn modules(&self) -> crate::report::upload::Config {
+        crate::report::upload::Config {
+            enabled: self.enabled() && self.modules == OnOff::On,
+            max_size: self.max_module_size,
+            max_per_dump: self.max_modules_per_dump,
+        }
+    }
 }
 
 /// The store: where dumps go (`run`) or are looked up (`find`, `get`, `info`, `check`).
@@ -748,6 +903,14 @@ pub struct ProbeArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_are_hex_prefixes() {
+        assert_eq!(parse_hex_prefix("3F2A9c").unwrap(), "3f2a9c");
+        for bad in ["", "3f2", "xyz0", "3f2a 9c"] {
+            assert!(parse_hex_prefix(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn cli_is_consistent() {

@@ -76,12 +76,11 @@ enum Sink {
 }
 
 impl Sink {
-    fn open(output: Option<&Path>, default_name: &str) -> anyhow::Result<Self> {
-        let target = match output {
-            Some(p) if p == Path::new("-") => return Ok(Self::Stdout),
-            Some(p) => p.to_owned(),
-            None => PathBuf::from(default_name),
-        };
+    fn open(target: &Path) -> anyhow::Result<Self> {
+        if target == Path::new("-") {
+            return Ok(Self::Stdout);
+        }
+        let target = target.to_owned();
         let dir = target
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
@@ -214,16 +213,66 @@ pub async fn execute(args: GetArgs) -> anyhow::Result<ExitCode> {
         None => bail!("no record beside {key}: cannot verify it (--no-verify to download anyway)"),
     };
     // What a decompressed dump may grow to: its recorded size, else --max-size.
-    let cap = original_size.unwrap_or(args.max_size);
     let decompress = !args.raw && (key.ends_with(".zst") || key.ends_with(".gz"));
+    let expect = Expect {
+        size: info.size,
+        sha256: expected_sha,
+        cap: original_size.unwrap_or(args.max_size),
+        decompress,
+    };
+    let target = args.output.clone();
+    let name = default_name(&key, decompress);
+    let show_progress = io::stderr().is_terminal() && !args.quiet;
+    let (path, written) = download(
+        &store,
+        &key,
+        target.as_deref().unwrap_or(Path::new(&name)),
+        expect,
+        show_progress,
+    )
+    .await?;
+    if let Some(path) = path
+        && !args.quiet
+    {
+        eprintln!("{} ({written} bytes)", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What a download is checked against.
+pub(super) struct Expect {
+    /// The stored size.
+    pub size: u64,
+    /// SHA-256 of the stored bytes, when known.
+    pub sha256: Option<String>,
+    /// Most bytes a decompression may give.
+    pub cap: u64,
+    /// Decompress (`.zst`, `.gz`) on the way.
+    pub decompress: bool,
+}
+
+/// Downloads `key` to `output` (`-`: stdout) through a temporary name, decompressed when
+/// asked, counting and hashing the stored bytes: refused when they are not what `expect`
+/// says. The path written (none for stdout) and the bytes written.
+pub(super) async fn download(
+    store: &crate::store::AnyStore,
+    key: &str,
+    output: &Path,
+    expect: Expect,
+    show_progress: bool,
+) -> anyhow::Result<(Option<PathBuf>, u64)> {
+    let Expect {
+        size: total,
+        sha256: expected_sha,
+        cap,
+        decompress,
+    } = expect;
     let body = store
-        .open(&key)
+        .open(key)
         .await
         .with_context(|| format!("downloading {key}"))?;
-    let mut sink = Sink::open(args.output.as_deref(), &default_name(&key, decompress))?;
-    let show_progress = io::stderr().is_terminal() && !args.quiet;
-    let total = info.size;
-    let key_owned = key.clone();
+    let mut sink = Sink::open(output)?;
+    let key_owned = key.to_owned();
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<(Sink, u64, String)> {
         let mut reader = Verifying {
             inner: SyncIoBridge::new(body),
@@ -270,12 +319,7 @@ pub async fn execute(args: GetArgs) -> anyhow::Result<ExitCode> {
         drop(sink);
         bail!("checksum mismatch for {key}: sha256 {sha}, the record says {expected}");
     }
-    if let Some(path) = sink.commit()?
-        && !args.quiet
-    {
-        eprintln!("{} ({written} bytes)", path.display());
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok((sink.commit()?, written))
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -8,8 +8,104 @@ use super::{EXIT_NOT_FOUND, args::InfoArgs, printable as p, read_record};
 use crate::{
     identity::{EcsTask, HostUnit, Identity, KubePod, Workload},
     record::Record,
+    report::{Frame, Report},
     store::{Store as _, StoreError, layout},
 };
+
+/// Frames `info` shows; the record holds them all.
+const TOP_FRAMES: usize = 12;
+
+/// The crash report: the signal line, the top frames, the executable's build-id.
+fn write_report(out: &mut impl std::io::Write, r: &Report) -> std::io::Result<()> {
+    writeln!(out, "report:")?;
+    if let Some(s) = &r.signal {
+        let mut line = p(&s.name).into_owned();
+        if let Some(code) = &s.code_name {
+            line.push_str(&format!(" ({code})"));
+        }
+        if let Some(addr) = s.addr {
+            line.push_str(&format!(" at address {addr}"));
+        }
+        if let Some(pid) = s.sender_pid {
+            line.push_str(&format!(" sent by pid {pid}"));
+        }
+        if let Some(tid) = r.thread {
+            line.push_str(&format!(", thread {tid}"));
+        }
+        if let Some(pc) = r.pc {
+            line.push_str(&format!(", pc {pc}"));
+        }
+        writeln!(out, "  signal:      {line}")?;
+    }
+    if let Some(summary) = &r.summary {
+        writeln!(out, "  crashed:     {}", p(summary))?;
+    }
+    if let Some(sig) = &r.signature {
+        writeln!(out, "  signature:   {}", p(sig))?;
+    }
+    if let Some(main) = r.main() {
+        writeln!(
+            out,
+            "  executable:  {}  build-id {}",
+            p(&main.path),
+            main.build_id.as_deref().map_or("unknown".into(), p)
+        )?;
+    }
+    if !r.frames.is_empty() {
+        writeln!(out, "  backtrace:")?;
+        for (i, f) in r.frames.iter().take(TOP_FRAMES).enumerate() {
+            writeln!(out, "    {}", p(&frame_line(i, f)))?;
+        }
+        if r.frames.len() > TOP_FRAMES {
+            writeln!(
+                out,
+                "    … {} more frames in the record (info --json)",
+                r.frames.len() - TOP_FRAMES
+            )?;
+        }
+    }
+    let stored = r.modules.iter().filter(|m| m.key.is_some()).count();
+    writeln!(
+        out,
+        "  modules:     {} mapped, {} with a checked file, {} stored",
+        r.modules.len(),
+        r.modules.iter().filter(|m| m.file.is_some()).count(),
+        stored
+    )?;
+    if !r.complete {
+        writeln!(out, "  partial:")?;
+        for problem in &r.problems {
+            writeln!(out, "    - {}", p(problem))?;
+        }
+    }
+    Ok(())
+}
+
+/// `#0  0x…  function+0x10 (module+0x1139)  file:line`.
+pub fn frame_line(i: usize, f: &Frame) -> String {
+    let mut line = format!("#{i:<2} {:>18}  ", f.addr.to_string());
+    match (&f.function, f.function_offset) {
+        (Some(func), Some(off)) if !f.inlined => line.push_str(&format!("{func}+{off:#x}")),
+        (Some(func), _) => line.push_str(func),
+        (None, _) => line.push('?'),
+    }
+    if f.inlined {
+        line.push_str(" (inlined)");
+    }
+    match (&f.module, f.offset) {
+        (Some(m), Some(off)) => line.push_str(&format!(" ({m}+{off})")),
+        (Some(m), None) => line.push_str(&format!(" ({m})")),
+        (None, _) => {}
+    }
+    if let Some(file) = &f.file {
+        let name = file.rsplit('/').next().unwrap_or(file);
+        match f.line {
+            Some(n) => line.push_str(&format!(" at {name}:{n}")),
+            None => line.push_str(&format!(" at {name}")),
+        }
+    }
+    line
+}
 
 /// Shows tags, metadata and the stored record of a key.
 pub async fn execute(args: InfoArgs) -> anyhow::Result<ExitCode> {
@@ -116,6 +212,9 @@ pub async fn execute(args: InfoArgs) -> anyhow::Result<ExitCode> {
             p(&r.agent.version),
             p(&r.agent.kernel)
         )?;
+        if let Some(report) = &r.report {
+            write_report(&mut out, report)?;
+        }
     } else if record.is_none() {
         writeln!(out, "record:        none stored beside this object")?;
     }

@@ -4,6 +4,7 @@
 
 pub mod args;
 mod check;
+mod debug;
 mod find;
 mod get;
 mod health;
@@ -56,6 +57,7 @@ pub fn main() -> ExitCode {
             Command::Find(a) => find::execute(*a).await,
             Command::Get(a) => get::execute(*a).await,
             Command::Info(a) => info::execute(*a).await,
+            Command::Debug(a) => debug::execute(*a).await,
             Command::Check(a) => check::execute(*a).await,
             Command::Health(a) => health::execute(a).await,
             Command::Restore(a) => restore::execute(*a),
@@ -81,7 +83,7 @@ fn init_tracing(format: LogFormat) {
 }
 
 /// Largest record `get` and `info` read: records are a few KiB; a bucket is anyone's.
-pub const MAX_RECORD: u64 = 1 << 20;
+pub const MAX_RECORD: u64 = crate::lookup::MAX_RECORD;
 
 /// The record stored at `key`, at most [`MAX_RECORD`] bytes; `None` if there is none.
 async fn read_record(store: &crate::store::AnyStore, key: &str) -> anyhow::Result<Option<Vec<u8>>> {

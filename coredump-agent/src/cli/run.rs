@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! probe ──Crash──► enrich ──CrashFacts──┐
-//!                                        ├─► correlate ──Job──► spool ──Job──► deliver ──► store
+//!                                        ├─► correlate ──Job──► report ──Job──► spool ──Job──► deliver ──► store
 //! socket | pipe | watch ──DumpEvent─────┘
 //! ```
 //! Every arrow is a bounded channel. Sources (probe, the intake) stop on the shutdown signal;
@@ -574,11 +574,13 @@ async fn run_pipeline(
         proc: ProcFs::default(),
         cgroups: cgroup_resolver(&args.node)?,
         sources,
+        open_modules: intake == Intake::File && args.report.enabled(),
     };
     let (crash_tx, crash_rx) = mpsc::channel(CRASH_CAPACITY);
     let (facts_tx, facts_rx) = mpsc::channel(CRASH_CAPACITY);
     let (dump_tx, dump_rx) = mpsc::channel(DUMP_CAPACITY);
     let (job_tx, job_rx) = mpsc::channel(JOB_CAPACITY);
+    let (reported_tx, reported_rx) = mpsc::channel(JOB_CAPACITY);
     let (spooled_tx, spooled_rx) = mpsc::channel(JOB_CAPACITY);
 
     // Consumers first, so nothing the sources produce waits on a stage that is not there.
@@ -596,6 +598,7 @@ async fn run_pipeline(
             },
             notify: Notify { events },
             compress: args.zstd(),
+            modules: args.report.modules(),
         },
         store.clone(),
         spool.clone(),
@@ -609,8 +612,13 @@ async fn run_pipeline(
     let spool_task = tracker.spawn(spool::run(
         spool.clone(),
         Some(journal.clone()),
-        job_rx,
+        reported_rx,
         spooled_tx,
+    ));
+    tracker.spawn(crate::report::stage::run(
+        args.report.config(state),
+        job_rx,
+        reported_tx,
     ));
     let correlate_task = tracker.spawn(correlate::run(
         correlate::Config {
@@ -653,6 +661,10 @@ async fn run_pipeline(
             enricher: enricher.clone(),
             policy: policy.clone(),
             limits: limits(args),
+            scan: args
+                .report
+                .enabled()
+                .then(crate::report::scan::Limits::default),
         })
     });
     let intake_task = match (intake, kernel, helper, reception) {

@@ -153,6 +153,7 @@ impl Correlator {
             intake: Intake::File,
             receive_id: None,
             kernel: None,
+            report: None,
         }
     }
 
@@ -204,6 +205,7 @@ impl Correlator {
             dump,
             missing,
             rate_limited,
+            evidence,
         } = received;
         let host_pid = header.kernel.host_pid.unwrap_or_default();
         let how = match header.intake {
@@ -274,6 +276,7 @@ impl Correlator {
             record,
             dump,
             rate_limited,
+            evidence,
         }
     }
 
@@ -509,11 +512,17 @@ impl Correlator {
             "dump joined"
         );
         if self.claims.claim(dump.path.as_os_str()) {
+            // The module files opened when the crash event came.
+            let evidence = pending
+                .as_ref()
+                .and_then(|p| p.modules.clone())
+                .map(|files| crate::report::Evidence { core: None, files });
             out.push(Job {
                 record,
                 dump: Some(dump),
                 upload_dump: upload,
                 rate_limited: !upload,
+                evidence,
             });
         }
     }
@@ -559,6 +568,7 @@ impl Correlator {
                 dump: None,
                 upload_dump: false,
                 rate_limited: false,
+                evidence: None,
             });
         }
     }
@@ -628,6 +638,7 @@ impl Correlator {
                 dump: None,
                 upload_dump: false,
                 rate_limited: false,
+                evidence: None,
             });
         }
     }

@@ -140,6 +140,7 @@ fn by_itself(config: &HelperConfig, kernel: NameFields) -> io::Result<()> {
                 .compress_level
                 .map(|level| Zstd { level, workers: 0 }),
         },
+        scan: None,
     };
     let admission = reception
         .admit(Intake::Pipe, &pinned, kernel)
@@ -151,7 +152,7 @@ fn by_itself(config: &HelperConfig, kernel: NameFields) -> io::Result<()> {
         reception.dir.record_only(received.header, &why)?;
         return Err(io::Error::other(why));
     }
-    let received = reception.receive(admission.header, &mut io::stdin().lock());
+    let received = reception.receive(admission.header, &mut io::stdin().lock(), None);
     match received.missing {
         None => Ok(()),
         Some(why) => Err(io::Error::other(why)),

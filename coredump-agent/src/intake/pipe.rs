@@ -234,13 +234,12 @@ fn handle(
     let span = tracing::info_span!("crash", host_pid, intake = "pipe");
     let _enter = span.enter();
     // The kernel named the pid (%P), and the pidfd holds it while the helper runs.
-    let admission = Pinned::pid(host_pid)
-        .map_err(|e| e.to_string())
-        .and_then(|pinned| {
-            reception
-                .admit(Intake::Pipe, &pinned, hello.kernel)
-                .map_err(|e| e.to_string())
-        });
+    let pinned = Pinned::pid(host_pid).map_err(|e| e.to_string());
+    let admission = pinned.as_ref().map_err(Clone::clone).and_then(|pinned| {
+        reception
+            .admit(Intake::Pipe, pinned, hello.kernel)
+            .map_err(|e| e.to_string())
+    });
     let admission = match admission {
         Ok(a) => a,
         Err(reason) => {
@@ -282,7 +281,7 @@ fn handle(
                 return Ok(());
             };
             stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-            reception.receive(admission.header, &mut stream)
+            reception.receive(admission.header, &mut stream, pinned.as_ref().ok())
         }
         (Some(refusal), _) => Reception::refused(admission.header, refusal),
         (None, None) => Reception::refused(admission.header, &Refusal::Busy),

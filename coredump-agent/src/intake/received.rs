@@ -93,6 +93,8 @@ pub struct Received {
     pub missing: Option<String>,
     /// Refused by the per-container rate limit.
     pub rate_limited: bool,
+    /// What was gathered for the crash report while the process was pinned.
+    pub evidence: Option<crate::report::Evidence>,
 }
 
 impl Received {
@@ -103,6 +105,7 @@ impl Received {
             dump: None,
             missing: Some(why),
             rate_limited: false,
+            evidence: None,
         }
     }
 }
@@ -297,6 +300,7 @@ impl ReceiveDir {
                         dump: Some(dump),
                         missing: None,
                         rate_limited: false,
+                        evidence: None,
                     }),
                     // Stored and removed, but the header stayed: nothing left to do.
                     super::dir::Inspect::Gone => {
@@ -362,8 +366,13 @@ impl Incoming<'_> {
         &self.header
     }
 
-    /// Copies the kernel's stream until its end, within the limits.
-    pub fn copy_from(&mut self, stream: &mut impl Read) -> Result<(), Cut> {
+    /// Copies the kernel's stream until its end, within the limits, showing every chunk to
+    /// `scan` on the way (the crash report reads the core as it passes).
+    pub fn copy_from(
+        &mut self,
+        stream: &mut impl Read,
+        mut scan: Option<&mut crate::report::scan::Scanner>,
+    ) -> Result<(), Cut> {
         let mut buf = vec![0u8; BUFFER];
         let mut next_disk_check = DISK_CHECK_EVERY;
         let sink = self.sink.as_mut().expect("not finished");
@@ -379,6 +388,9 @@ impl Incoming<'_> {
                     });
                 }
             };
+            if let Some(scan) = scan.as_deref_mut() {
+                scan.feed(self.received, &buf[..n]);
+            }
             self.received += n as u64;
             if self.received > self.limits.max_size {
                 return Err(Cut::TooLarge {
@@ -435,6 +447,7 @@ impl Incoming<'_> {
             }),
             missing: None,
             rate_limited: false,
+            evidence: None,
         })
     }
 
@@ -505,7 +518,7 @@ mod tests {
         let rd = ReceiveDir::open(&d.join("received")).unwrap();
         let data = crate::testdata::core_like(3 << 20);
         let mut incoming = rd.begin(header("a-r42-1"), LIMITS).unwrap();
-        incoming.copy_from(&mut &data[..]).unwrap();
+        incoming.copy_from(&mut &data[..], None).unwrap();
         let received = incoming.finish().unwrap();
         let dump = received.dump.unwrap();
         assert!(dump.path.ends_with("a-r42-1.core.zst"));
@@ -546,7 +559,7 @@ mod tests {
                 },
             )
             .unwrap();
-        let cut = incoming.copy_from(&mut &[1u8; 5000][..]).unwrap_err();
+        let cut = incoming.copy_from(&mut &[1u8; 5000][..], None).unwrap_err();
         assert!(matches!(cut, Cut::TooLarge { max: 1000 }));
         let received = incoming.abandon(&cut);
         assert!(received.dump.is_none());
@@ -554,7 +567,7 @@ mod tests {
         // A stop in the middle: the partial file and header are left; a restart records the
         // crash and removes the partial.
         let mut incoming = rd.begin(header("c-r8-3"), LIMITS).unwrap();
-        incoming.copy_from(&mut &[2u8; 100][..]).unwrap();
+        incoming.copy_from(&mut &[2u8; 100][..], None).unwrap();
         std::mem::forget(incoming);
         let found = rd.recover(&Claims::default(), &HashSet::new()).unwrap();
         let ids: Vec<&str> = found.iter().map(|r| r.header.id.as_str()).collect();

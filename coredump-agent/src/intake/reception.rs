@@ -33,6 +33,9 @@ pub struct Reception {
     pub policy: Policy,
     /// Size, disk and compression of a receive.
     pub limits: Limits,
+    /// What the crash report's scan of the stream keeps; `None`: no report (`--report off`,
+    /// and the pipe helper, which must stay small in the kernel's path).
+    pub scan: Option<crate::report::scan::Limits>,
 }
 
 /// Why a connection is not a crash at all (nothing is recorded for it).
@@ -153,8 +156,15 @@ impl Reception {
         }
     }
 
-    /// Receives the dump from the kernel's `stream` until its end.
-    pub fn receive(&self, header: Header, stream: &mut impl Read) -> Received {
+    /// Receives the dump from the kernel's `stream` until its end. With `pinned`, the crashed
+    /// process still held, the stream is scanned for the crash report on the way and the
+    /// process's module files are opened before it is let go.
+    pub fn receive(
+        &self,
+        header: Header,
+        stream: &mut impl Read,
+        pinned: Option<&Pinned>,
+    ) -> Received {
         let host_pid = header.kernel.host_pid;
         let mut incoming = match self.dir.begin(header.clone(), self.limits) {
             Ok(incoming) => incoming,
@@ -167,19 +177,59 @@ impl Reception {
                 return Received::without_dump(header, why);
             }
         };
-        match incoming.copy_from(stream) {
+        let mut scanner = self
+            .scan
+            .filter(|_| pinned.is_some())
+            .map(crate::report::scan::Scanner::new);
+        match incoming.copy_from(stream, scanner.as_mut()) {
             Ok(()) => {
                 let received = incoming.received();
-                incoming.finish().unwrap_or_else(|e| {
+                let mut done = incoming.finish().unwrap_or_else(|e| {
                     tracing::error!(host_pid, error = %e, "could not complete the received dump");
                     let why = format!("the dump ({received} bytes) could not be saved: {e}");
                     Received::without_dump(header, why)
-                })
+                });
+                if let (Some(scanner), Some(pinned), Some(_)) = (scanner, pinned, &done.dump) {
+                    done.evidence = Some(self.evidence(scanner.finish(), pinned));
+                }
+                done
             }
             Err(cut) => {
                 tracing::warn!(host_pid, received = incoming.received(), reason = %crate::error_chain(&cut), "dump cut short");
                 incoming.abandon(&cut)
             }
+        }
+    }
+}
+
+impl Reception {
+    /// The crash report's evidence: the scanned core, and the module files it names, opened
+    /// while the process is still held (its `/proc/<pid>/map_files` exist only as long).
+    fn evidence(
+        &self,
+        core: crate::report::scan::Core,
+        pinned: &Pinned,
+    ) -> crate::report::Evidence {
+        let mut wanted: Vec<crate::report::files::Wanted> = core
+            .notes
+            .files
+            .iter()
+            .filter(|f| f.offset == 0)
+            .map(|f| crate::report::files::Wanted {
+                start: f.start,
+                end: f.end,
+                path: f.path.clone(),
+            })
+            .collect();
+        wanted.dedup_by_key(|w| w.start);
+        let files = if pinned.alive() {
+            crate::report::files::open(self.enricher.proc.root(), pinned.host_pid, &wanted)
+        } else {
+            crate::report::files::ModuleFiles::default()
+        };
+        crate::report::Evidence {
+            core: Some(core),
+            files: Arc::new(files),
         }
     }
 }

@@ -189,7 +189,7 @@ fn handle(
             }
             // The kernel writes into the socket meanwhile, and waits when it is full.
             let Some(_slot) = ticket.wait() else { return };
-            reception.receive(admission.header, &mut stream)
+            reception.receive(admission.header, &mut stream, Some(&pinned))
         }
         (Some(refusal), _) => Reception::refused(admission.header, refusal),
         (None, None) => Reception::refused(admission.header, &Refusal::Busy),

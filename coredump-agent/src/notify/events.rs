@@ -59,7 +59,7 @@ pub fn event(record: &Record, uri: &str, node: &str, now: Timestamp) -> Option<E
             ..ObjectReference::default()
         },
         reason: Some(REASON.into()),
-        message: Some(format!("core dump of {what} stored at {uri}")),
+        message: Some(message(record, &what, uri)),
         type_: Some("Warning".into()),
         source: Some(EventSource {
             component: Some("coredump-agent".into()),
@@ -72,6 +72,40 @@ pub fn event(record: &Record, uri: &str, node: &str, now: Timestamp) -> Option<E
         count: Some(1),
         ..Event::default()
     })
+}
+
+/// Longest Event message.
+const MAX_MESSAGE: usize = 1024;
+
+/// What crashed (from the crash report), then where the dump is:
+/// `SIGSEGV in f ← g ← main (server, build-id 3f2a…). Core dump of container app (…) stored at …`.
+fn message(record: &Record, what: &str, uri: &str) -> String {
+    let stored = format!("core dump of {what} stored at {uri}");
+    let Some(report) = &record.report else {
+        return stored;
+    };
+    let Some(summary) = &report.summary else {
+        return stored;
+    };
+    let main = report.main();
+    let exe = main
+        .map(|m| m.name().to_owned())
+        .or_else(|| record.comm().map(str::to_owned))
+        .unwrap_or_default();
+    let build = main
+        .and_then(|m| m.build_id.as_deref())
+        .map(|id| format!(", build-id {}…", &id[..id.len().min(8)]))
+        .unwrap_or_default();
+    let mut message = format!("{summary} ({exe}{build}). C{}", &stored[1..]);
+    if message.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE - 3;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    message
 }
 
 impl PodEvents {
@@ -145,6 +179,7 @@ mod tests {
             intake: Default::default(),
             receive_id: None,
             kernel: None,
+            report: None,
         }
     }
 
@@ -175,6 +210,25 @@ mod tests {
             ev.message.as_deref(),
             Some(
                 "core dump of container app (server, SIGSEGV) stored at s3://b/shop/web-1/x.core.zst"
+            )
+        );
+        // With a crash report: what crashed first.
+        let mut with = r.clone();
+        with.report = Some(crate::report::Report {
+            summary: Some("SIGSEGV in apply_discount ← parse_line ← main".into()),
+            modules: vec![crate::report::Module {
+                path: "/app/order-svc".into(),
+                build_id: Some("3f2a1b2c3d4e5f60718293a4b5c6d7e8f9012345".into()),
+                main: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let ev = event(&with, "s3://b/k", "n1", Timestamp::UNIX_EPOCH).unwrap();
+        assert_eq!(
+            ev.message.as_deref(),
+            Some(
+                "SIGSEGV in apply_discount ← parse_line ← main (order-svc, build-id 3f2a1b2c…). Core dump of container app (server, SIGSEGV) stored at s3://b/k"
             )
         );
         assert!(

@@ -158,6 +158,42 @@ pub fn object_key(prefix: &str, record: &Record, stored: Stored) -> String {
     format!("{prefix}{group}/{owner}/{time}_{container}_{comm}_{pid}_{signal}.{kind}{suffix}")
 }
 
+/// The folder of stored module files, beside the namespaces (no namespace name can start
+/// with `_`).
+pub const MODULES_SEGMENT: &str = "_modules";
+
+/// Key of a stored module file: `<prefix>/_modules/<build-id>/<file name>`, one per build-id
+/// (the same build is the same bytes, whichever pod or node ran it). `None` for a build-id
+/// that is not plain hex.
+pub fn module_key(prefix: &str, build_id: &str, name: &str) -> Option<String> {
+    let hex = |s: &str| {
+        (16..=128).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !hex(build_id) {
+        return None;
+    }
+    let prefix = prefix.trim_matches('/');
+    let name = sanitize_part(Some(name), MAX_PART_LEN);
+    Some(if prefix.is_empty() {
+        format!("{MODULES_SEGMENT}/{build_id}/{name}")
+    } else {
+        format!("{prefix}/{MODULES_SEGMENT}/{build_id}/{name}")
+    })
+}
+
+/// Whether a key is a stored module's.
+pub fn is_module_key(prefix: &str, key: &str) -> bool {
+    let prefix = prefix.trim_matches('/');
+    let rest = if prefix.is_empty() {
+        Some(key)
+    } else {
+        key.strip_prefix(prefix).and_then(|k| k.strip_prefix('/'))
+    };
+    rest.is_some_and(|r| r.starts_with(&format!("{MODULES_SEGMENT}/")))
+}
+
 /// Key of the JSON record stored beside a dump (or crash) object.
 pub fn record_key(dump_key: &str) -> String {
     format!("{dump_key}.json")
@@ -497,6 +533,7 @@ mod tests {
             intake: Default::default(),
             receive_id: None,
             kernel: None,
+            report: None,
         }
     }
 

@@ -393,6 +393,17 @@ pub trait Store: Send + Sync + 'static {
         key: &str,
     ) -> impl Future<Output = Result<(ObjectInfo, Metadata), StoreError>> + Send;
 
+    /// Whether an object exists (a `HEAD`): what stores a module once per build-id.
+    fn exists(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        async move {
+            match self.head(key).await {
+                Ok(_) => Ok(true),
+                Err(StoreError::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        }
+    }
+
     /// A reader of an object's data.
     fn open(
         &self,

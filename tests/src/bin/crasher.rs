@@ -4,7 +4,7 @@
 //! receive the signal), then waits for a line on stdin before acting, so a test can set
 //! things up (cgroup, probe) first and never races fork/exec.
 //!
-//! Modes: segv, abort, quit, handled (SIGSEGV with a handler), term, ignored (SIGQUIT set to
+//! Modes: segv, deep (segfaults in crash_three ← crash_two ← crash_one), abort, quit, handled (SIGSEGV with a handler), term, ignored (SIGQUIT set to
 //! SIG_IGN then sent), thread NAME (a named thread segfaults), pidns MODE (MODE runs as pid 2
 //! of a new pid namespace), signal-loop N (benchmark: prints ns per handled SIGUSR1), sleep,
 //! hostname NAME (segfaults in a new UTS namespace whose hostname is NAME, so a core_pattern's
@@ -60,6 +60,26 @@ fn segv() -> ! {
     // SAFETY: not sound, on purpose: a NULL write delivers SIGSEGV with SEGV_MAPERR.
     unsafe { std::ptr::null_mut::<u8>().write_volatile(1) };
     unreachable!()
+}
+
+// `deep`: a segfault three calls down, for the crash report's backtrace. Not inlined, so each
+// is a frame of its own whatever the profile.
+#[inline(never)]
+fn crash_three(depth: u32) {
+    std::hint::black_box(depth);
+    segv();
+}
+
+#[inline(never)]
+fn crash_two(depth: u32) {
+    crash_three(std::hint::black_box(depth + 1));
+    std::hint::black_box(());
+}
+
+#[inline(never)]
+fn crash_one(depth: u32) {
+    crash_two(std::hint::black_box(depth + 1));
+    std::hint::black_box(());
 }
 
 fn raise(sig: libc::c_int) {
@@ -137,6 +157,10 @@ fn act(mode: &str, arg: Option<&str>) {
             worker.join().ok();
         }
         "pidns" => pidns(arg.unwrap_or("segv")),
+        "deep" => {
+            ready_and_wait(host_tid());
+            crash_one(std::hint::black_box(0));
+        }
         "signal-loop" => {
             let n: u64 = arg.and_then(|a| a.parse().ok()).unwrap_or(1_000_000);
             set_handler(

@@ -354,7 +354,7 @@ fn measure_output(what: &str, cmd: &mut Command) -> anyhow::Result<Run> {
 }
 
 /// Wall seconds, peak RSS (KiB) and CPU seconds of `cmd`, from `/usr/bin/time`.
-fn timed(
+pub(super) fn timed(
     cmd: &mut Command,
     stdout: Stdio,
     during: impl FnOnce(&mut Child) -> anyhow::Result<()>,
