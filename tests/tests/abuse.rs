@@ -84,6 +84,30 @@ impl Node {
     }
 }
 
+/// A process that segfaults with no core limit; its host pid.
+fn crash_dumping() -> u32 {
+    let c = Crasher::spawn_with(
+        "segv",
+        None,
+        &CrasherOpts {
+            core_limit: u64::MAX,
+            ..Default::default()
+        },
+    );
+    let pid = c.host_pid;
+    assert!(!c.go().success());
+    pid
+}
+
+/// Waits until the store holds the record of `pid`'s crash with its dump.
+fn wait_for_dump_of(store: &Path, pid: u32) {
+    wait_for_store(store, WAIT, |_| {
+        store_records(store)
+            .iter()
+            .any(|(_, r)| r["crash"]["host_pid"] == pid && !r["dump"].is_null())
+    });
+}
+
 /// Every file under `dir`, as paths relative to it.
 fn files_under(dir: &Path) -> Vec<String> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -206,16 +230,7 @@ fn two_hundred_thousand_empty_matching_files_leave_the_agent_small() {
     }
     // A real crash right after is still stored (nothing is stuck), once the agent has worked
     // through the events before it and the relisting after the inotify queue overflowed.
-    let c = Crasher::spawn_with(
-        "segv",
-        None,
-        &CrasherOpts {
-            core_limit: u64::MAX,
-            ..Default::default()
-        },
-    );
-    let pid = c.host_pid;
-    assert!(!c.go().success());
+    let pid = crash_dumping();
     wait_for_store(&n.store, WAIT, |_| {
         store_records(&n.store)
             .iter()
@@ -352,21 +367,8 @@ fn dumps_that_keep_changing_are_set_aside_and_do_not_stop_other_uploads() {
         .collect();
     // Long enough for both to be joined (unattested, after --event-wait) and tried.
     std::thread::sleep(Duration::from_secs(4));
-    let c = Crasher::spawn_with(
-        "segv",
-        None,
-        &CrasherOpts {
-            core_limit: u64::MAX,
-            ..Default::default()
-        },
-    );
-    let pid = c.host_pid;
-    assert!(!c.go().success());
-    wait_for_store(&n.store, WAIT, |_| {
-        store_records(&n.store)
-            .iter()
-            .any(|(_, r)| r["crash"]["host_pid"] == pid && !r["dump"].is_null())
-    });
+    let pid = crash_dumping();
+    wait_for_dump_of(&n.store, pid);
     stop.store(true, Ordering::SeqCst);
     for g in growers {
         g.join().unwrap();
@@ -458,16 +460,7 @@ fn recovery_keeps_a_spooled_dump_it_cannot_take_yet() {
     // The store breaks after start-up: its folder becomes a file, so every put fails.
     std::fs::remove_dir_all(&n.store).unwrap();
     std::fs::write(&n.store, b"not a directory").unwrap();
-    let c = Crasher::spawn_with(
-        "segv",
-        None,
-        &CrasherOpts {
-            core_limit: u64::MAX,
-            ..Default::default()
-        },
-    );
-    let pid = c.host_pid;
-    assert!(!c.go().success());
+    let pid = crash_dumping();
     agent.wait_for_log("store failed", WAIT);
     agent.kill9();
     let dumps: Vec<PathBuf> = std::fs::read_dir(&n.dumps)
@@ -758,21 +751,8 @@ fn with_no_inotify_instance_left_file_intake_rescans() {
         "{}",
         agent.log_text()
     );
-    let c = Crasher::spawn_with(
-        "segv",
-        None,
-        &CrasherOpts {
-            core_limit: u64::MAX,
-            ..Default::default()
-        },
-    );
-    let pid = c.host_pid;
-    assert!(!c.go().success());
-    wait_for_store(&n.store, WAIT, |_| {
-        store_records(&n.store)
-            .iter()
-            .any(|(_, r)| r["crash"]["host_pid"] == pid && !r["dump"].is_null())
-    });
+    let pid = crash_dumping();
+    wait_for_dump_of(&n.store, pid);
     agent.terminate();
 }
 
@@ -819,16 +799,7 @@ fn a_second_agent_on_the_same_state_directory_refuses_to_start() {
         pattern,
         "the first agent's pattern is untouched"
     );
-    let c = Crasher::spawn_with(
-        "segv",
-        None,
-        &CrasherOpts {
-            core_limit: u64::MAX,
-            ..Default::default()
-        },
-    );
-    let pid = c.host_pid;
-    assert!(!c.go().success());
+    let pid = crash_dumping();
     wait_for_store(&n.store, WAIT, |_| {
         store_records(&n.store)
             .iter()
