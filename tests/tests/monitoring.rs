@@ -709,7 +709,10 @@ const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,appl
 /// and those its registry renders once each labelled family has a sample (a family without
 /// one is not in a scrape: no store error yet, no file rejected).
 fn agent_families(addr: &str) -> BTreeSet<String> {
-    use coredump_agent::metrics::{BuildLabels, CompressionLabels, CrashLabels, METRICS, Outcome};
+    use coredump_agent::metrics::{
+        BuildLabels, CompressionLabels, CrashLabels, METRICS, Outcome, ReasonLabels,
+        SignatureLabels,
+    };
     let (status, live) = http_get(addr, "/metrics", &[("Accept", PROMETHEUS_ACCEPT)]);
     assert_eq!(status, 200);
     let mut out = families(&live);
@@ -730,6 +733,20 @@ fn agent_families(addr: &str) -> BTreeSet<String> {
     }
     METRICS.store_error("unreachable");
     METRICS.reject("symlink");
+    METRICS.module("stored");
+    METRICS
+        .reports
+        .get_or_create(&ReasonLabels {
+            reason: "complete".into(),
+        })
+        .inc();
+    METRICS
+        .crash_signatures
+        .get_or_create(&SignatureLabels {
+            signature: "none".into(),
+            summary: String::new(),
+        })
+        .inc();
     METRICS.set_build(BuildLabels {
         version: "0".into(),
         kernel: "k".into(),
