@@ -9,7 +9,7 @@ mod upload;
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
 };
 
@@ -153,12 +153,8 @@ fn signal_loop(crasher: &Path, signals: u64) -> anyhow::Result<f64> {
         .with_context(|| format!("signal loop printed {text:?}"))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn probe(root: &Path, signals: u64, rounds: usize) -> anyhow::Result<()> {
+/// Builds the optimized agent and the test crasher; their paths.
+fn release_agent_and_crasher(root: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     status(cargo(root).args([
         "build",
         "--release",
@@ -171,8 +167,17 @@ fn probe(root: &Path, signals: u64, rounds: usize) -> anyhow::Result<()> {
         "--bin",
         "crasher",
     ]))?;
-    let agent = root.join("target/release/coredump-agent");
-    let crasher = root.join("target/release/crasher");
+    let release = root.join("target/release");
+    Ok((release.join("coredump-agent"), release.join("crasher")))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn probe(root: &Path, signals: u64, rounds: usize) -> anyhow::Result<()> {
+    let (agent, crasher) = release_agent_and_crasher(root)?;
     let object = std::fs::read_dir(root.join("target/release/build"))?
         .filter_map(Result::ok)
         .map(|e| e.path().join("out/coredump"))

@@ -13,7 +13,6 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::intake::{Agent, KernelState};
-use crate::{cargo, status};
 
 /// A cgroup directory of its own, removed on drop.
 struct Cgroup(PathBuf);
@@ -112,20 +111,7 @@ fn cost(pid: u32) -> anyhow::Result<(u64, f64)> {
 
 /// Runs the benchmark: `crashes` crashes of one cgroup over `seconds`, five victims meanwhile.
 pub fn run(root: &Path, crashes: u32, seconds: u32) -> anyhow::Result<()> {
-    status(cargo(root).args([
-        "build",
-        "--release",
-        "--package",
-        "coredump-agent",
-        "--package",
-        "coredump-tests",
-        "--bin",
-        "coredump-agent",
-        "--bin",
-        "crasher",
-    ]))?;
-    let agent_bin = root.join("target/release/coredump-agent");
-    let crasher_bin = root.join("target/release/crasher");
+    let (agent_bin, crasher_bin) = super::release_agent_and_crasher(root)?;
     let dir = root.join("target/bench-flood");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use super::servers::{BUCKET, S3Server};
-use crate::{cargo, setup, status};
+use crate::{setup, status};
 
 const MIB: u64 = 1 << 20;
 const CORE_PATTERN: &str = "/proc/sys/kernel/core_pattern";
@@ -205,21 +205,8 @@ impl Drop for Agent {
 /// Runs the benchmark for a core of about `mib` MiB.
 pub fn run(root: &Path, mib: u64) -> anyhow::Result<()> {
     super::upload::ensure_apt_tools()?;
-    status(cargo(root).args([
-        "build",
-        "--release",
-        "--package",
-        "coredump-agent",
-        "--package",
-        "coredump-tests",
-        "--bin",
-        "coredump-agent",
-        "--bin",
-        "crasher",
-    ]))?;
+    let (agent, crasher) = super::release_agent_and_crasher(root)?;
     let target = root.join("target");
-    let agent = target.join("release/coredump-agent");
-    let crasher = target.join("release/crasher");
     let python = setup::tools_dir(root).join("bin/python");
     let dir = target.join("bench-intake");
     let _ = std::fs::remove_dir_all(&dir);

@@ -25,6 +25,7 @@ use anyhow::{Context as _, bail};
 
 use super::{
     intake::KernelState,
+    median,
     servers::{BUCKET, S3Server},
     upload::timed,
 };
@@ -159,11 +160,6 @@ fn crash(program: &Path, mib: u64, dir: &Path) -> anyhow::Result<PathBuf> {
         bail!("no core at {}", core.display());
     }
     Ok(core)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The medians of a measured kind.
