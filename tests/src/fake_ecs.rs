@@ -17,7 +17,7 @@ use std::{
     io::Write as _,
     net::{SocketAddr, TcpListener, TcpStream},
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use serde_json::{Value, json};
@@ -114,18 +114,17 @@ impl FakeEcs {
         timeout: Duration,
         pred: impl Fn(&[String]) -> bool,
     ) -> Vec<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let requests = self.requests();
-            if pred(&requests) {
-                return requests;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the fake ECS agent did not see the expected requests within {timeout:?}: {requests:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait_until(
+            timeout,
+            Duration::from_millis(20),
+            || self.requests(),
+            |requests| pred(requests),
+            |requests| {
+                format!(
+                    "the fake ECS agent did not see the expected requests within {timeout:?}: {requests:#?}"
+                )
+            },
+        )
     }
 }
 

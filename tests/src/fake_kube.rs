@@ -232,18 +232,17 @@ impl FakeKube {
         timeout: Duration,
         pred: impl Fn(&[Request]) -> bool,
     ) -> Vec<Request> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let requests = self.requests();
-            if pred(&requests) {
-                return requests;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the fake API did not see the expected requests within {timeout:?}: {requests:#?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::wait_until(
+            timeout,
+            Duration::from_millis(20),
+            || self.requests(),
+            |requests| pred(requests),
+            |requests| {
+                format!(
+                    "the fake API did not see the expected requests within {timeout:?}: {requests:#?}"
+                )
+            },
+        )
     }
 }
 

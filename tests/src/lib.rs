@@ -381,25 +381,44 @@ fn all_keys(root: &Path) -> Vec<String> {
     out
 }
 
+/// Reads with `read` every `every` until `done` holds for what it read, and returns that;
+/// after `timeout`, panics with `failure` of the last value read.
+pub fn wait_until<T>(
+    timeout: Duration,
+    every: Duration,
+    mut read: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+    failure: impl Fn(&T) -> String,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let value = read();
+        if done(&value) {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", failure(&value));
+        std::thread::sleep(every);
+    }
+}
+
 /// Waits until `pred(keys)` holds for the local store at `root`; returns the keys.
 pub fn wait_for_store(
     root: &Path,
     timeout: Duration,
     pred: impl Fn(&[String]) -> bool,
 ) -> Vec<String> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let keys = store_keys(root);
-        if pred(&keys) {
-            return keys;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "store at {} did not reach the expected state within {timeout:?}; it has {keys:#?}",
-            root.display()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        timeout,
+        Duration::from_millis(50),
+        || store_keys(root),
+        |keys| pred(keys),
+        |keys| {
+            format!(
+                "store at {} did not reach the expected state within {timeout:?}; it has {keys:#?}",
+                root.display()
+            )
+        },
+    )
 }
 
 /// The JSON records (`*.json` objects) of a local store.

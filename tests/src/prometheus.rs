@@ -254,22 +254,23 @@ impl Prometheus {
         timeout: Duration,
         pred: impl Fn(&[Value]) -> bool,
     ) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let result = self
-                .query(promql)
-                .unwrap_or_else(|e| panic!("{promql}: {e}"));
-            let vector = result.as_array().cloned().unwrap_or_default();
-            if pred(&vector) {
-                return vector;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{promql} did not reach the expected value within {timeout:?}; it is {vector:#?}\nprometheus log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        crate::wait_until(
+            timeout,
+            Duration::from_millis(200),
+            || {
+                let result = self
+                    .query(promql)
+                    .unwrap_or_else(|e| panic!("{promql}: {e}"));
+                result.as_array().cloned().unwrap_or_default()
+            },
+            |vector| pred(vector),
+            |vector| {
+                format!(
+                    "{promql} did not reach the expected value within {timeout:?}; it is {vector:#?}\nprometheus log:\n{}",
+                    self.log_text()
+                )
+            },
+        )
     }
 }
 
