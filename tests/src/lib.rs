@@ -433,6 +433,45 @@ pub fn store_records(root: &Path) -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// The record of the crash of `host_pid`: by the probe's pid, or the one the dump was named with.
+pub fn record_of(
+    records: &[(String, serde_json::Value)],
+    host_pid: u32,
+) -> (String, serde_json::Value) {
+    find_record(records, host_pid)
+        .unwrap_or_else(|| panic!("no record for host pid {host_pid}: {records:#?}"))
+}
+
+fn find_record(
+    records: &[(String, serde_json::Value)],
+    host_pid: u32,
+) -> Option<(String, serde_json::Value)> {
+    records
+        .iter()
+        .find(|(_, r)| {
+            r["crash"]["host_pid"] == host_pid || r["dump"]["fields"]["host_pid"] == host_pid
+        })
+        .cloned()
+}
+
+/// Waits until the local store at `root` holds the record of the crash of `host_pid`, and
+/// returns it. The agent writes a crash's record last, after its dump and modules, so waiting
+/// for the record (not the dump's key) is waiting for the whole crash.
+pub fn wait_for_record(
+    root: &Path,
+    timeout: Duration,
+    host_pid: u32,
+) -> (String, serde_json::Value) {
+    let records = wait_until(
+        timeout,
+        Duration::from_millis(50),
+        || store_records(root),
+        |records| find_record(records, host_pid).is_some(),
+        |records| format!("no record for host pid {host_pid} within {timeout:?}: {records:#?}"),
+    );
+    record_of(&records, host_pid)
+}
+
 /// A running crasher, stopped at its "ready" line.
 pub struct Crasher {
     child: Child,

@@ -9,8 +9,6 @@ use std::{
     process::Command,
 };
 
-use serde_json::Value;
-
 use crate::{Agent, CorePatternGuard, CrasherOpts, TempCgroup, TempDir, agent_path};
 
 /// The node name the agents are given.
@@ -200,14 +198,4 @@ pub fn dumping() -> CrasherOpts<'static> {
         core_limit: u64::MAX,
         ..Default::default()
     }
-}
-
-pub fn record_of(records: &[(String, Value)], host_pid: u32) -> (String, Value) {
-    records
-        .iter()
-        .find(|(_, r)| {
-            r["crash"]["host_pid"] == host_pid || r["dump"]["fields"]["host_pid"] == host_pid
-        })
-        .cloned()
-        .unwrap_or_else(|| panic!("no record for host pid {host_pid}: {records:#?}"))
 }

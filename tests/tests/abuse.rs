@@ -19,7 +19,7 @@ use std::{
 
 use coredump_tests::{
     Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, require_root, store_records,
-    wait_for_store,
+    wait_for_record, wait_for_store,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -101,11 +101,8 @@ fn crash_dumping() -> u32 {
 
 /// Waits until the store holds the record of `pid`'s crash with its dump.
 fn wait_for_dump_of(store: &Path, pid: u32) {
-    wait_for_store(store, WAIT, |_| {
-        store_records(store)
-            .iter()
-            .any(|(_, r)| r["crash"]["host_pid"] == pid && !r["dump"].is_null())
-    });
+    let (key, r) = wait_for_record(store, WAIT, pid);
+    assert!(!r["dump"].is_null(), "stored without its dump: {key} {r:#}");
 }
 
 /// Every file under `dir`, as paths relative to it.
@@ -231,11 +228,7 @@ fn two_hundred_thousand_empty_matching_files_leave_the_agent_small() {
     // A real crash right after is still stored (nothing is stuck), once the agent has worked
     // through the events before it and the relisting after the inotify queue overflowed.
     let pid = crash_dumping();
-    wait_for_store(&n.store, WAIT, |_| {
-        store_records(&n.store)
-            .iter()
-            .any(|(_, r)| r["crash"]["host_pid"] == pid)
-    });
+    wait_for_record(&n.store, WAIT, pid);
     let peak = agent.status_kib("VmHWM").unwrap();
     let now = agent.status_kib("VmRSS").unwrap();
     agent.terminate();
@@ -800,11 +793,7 @@ fn a_second_agent_on_the_same_state_directory_refuses_to_start() {
         "the first agent's pattern is untouched"
     );
     let pid = crash_dumping();
-    wait_for_store(&n.store, WAIT, |_| {
-        store_records(&n.store)
-            .iter()
-            .any(|(_, r)| r["crash"]["host_pid"] == pid)
-    });
+    wait_for_record(&n.store, WAIT, pid);
     assert!(agent.terminate().success());
 }
 

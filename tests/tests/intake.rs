@@ -15,8 +15,8 @@ use std::{
 
 use coredump_tests::{
     Crasher, CrasherOpts, TempCgroup, agent_path,
-    node::{Pod, dumping, node, record_of},
-    require_root, store_records, wait_for_store,
+    node::{Pod, dumping, node},
+    record_of, require_root, store_records, wait_for_store,
 };
 use serde_json::Value;
 

@@ -12,8 +12,8 @@ use std::{
 };
 
 use coredump_tests::{
-    Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, agent_path, require_root, store_keys,
-    store_records, wait_for_store,
+    Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, agent_path, node::dumping, record_of,
+    require_root, store_keys, store_records, wait_for_record, wait_for_store,
 };
 use serde_json::{Value, json};
 
@@ -124,13 +124,6 @@ fn rand_suffix() -> u128 {
         .as_nanos()
 }
 
-fn dumping() -> CrasherOpts<'static> {
-    CrasherOpts {
-        core_limit: u64::MAX,
-        ..Default::default()
-    }
-}
-
 /// Crashes a crasher with a core file; returns its host pid.
 fn crash(mode: &str, opts: &CrasherOpts<'_>) -> u32 {
     let c = Crasher::spawn_with(mode, None, opts);
@@ -138,14 +131,6 @@ fn crash(mode: &str, opts: &CrasherOpts<'_>) -> u32 {
     let st = c.go();
     assert!(!st.success(), "{mode} should have crashed");
     pid
-}
-
-fn record_of(records: &[(String, Value)], host_pid: u32) -> (String, Value) {
-    records
-        .iter()
-        .find(|(_, r)| r["crash"]["host_pid"] == host_pid)
-        .cloned()
-        .unwrap_or_else(|| panic!("no record for host pid {host_pid}: {records:#?}"))
 }
 
 #[test]
@@ -762,12 +747,12 @@ fn suid_dumpable_2_keeps_dumps_of_processes_that_dropped_privileges() {
 
     let agent = n.start(&["--suid-dumpable", "2"]);
     let kept = drop_and_crash();
-    let keys = wait_for_store(&n.store, WAIT, |k| {
-        k.iter()
-            .any(|k| k.ends_with(&format!("_{kept}_SIGSEGV.core.zst")))
-    });
-    let (_, record) = record_of(&store_records(&n.store), kept);
-    assert!(record["dump"]["size"].as_u64().unwrap() > 0, "{keys:?}");
+    let (key, record) = wait_for_record(&n.store, WAIT, kept);
+    assert!(
+        key.ends_with(&format!("_{kept}_SIGSEGV.core.zst.json")),
+        "{key}"
+    );
+    assert!(record["dump"]["size"].as_u64().unwrap() > 0, "{record:#}");
     n.wait_until_empty();
     assert!(agent.terminate().success());
     assert_eq!(sysctl(SUID_DUMPABLE), "0", "restored");

@@ -15,8 +15,8 @@ use coredump_tests::{
     fake_kube::FakeKube,
     module_keys,
     moto::Moto,
-    node::{Node, Pod, node, record_of},
-    programs, require_root, store_records,
+    node::{Node, Pod, node},
+    programs, require_root, store_records, wait_for_record,
 };
 use serde_json::Value;
 
@@ -41,25 +41,12 @@ fn crash_in(pod: Option<&Pod>, program: &Path, mode: &str) -> u32 {
     pid
 }
 
-/// The stored record of the dump of `pid`, once stored.
+/// The stored record of the dump of `pid`, once stored, and the dump's key.
 fn stored_record(n: &Node, pid: u32) -> (String, Value) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let records = store_records(&n.store);
-        let found = records.iter().any(|(k, r)| {
-            k.ends_with(".core.zst.json")
-                && (r["crash"]["host_pid"] == pid || r["dump"]["fields"]["host_pid"] == pid)
-        });
-        if found {
-            let (key, record) = record_of(&records, pid);
-            return (key.strip_suffix(".json").unwrap().to_owned(), record);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no dump of {pid} stored: {records:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (key, record) = wait_for_record(&n.store, WAIT, pid);
+    let dump = key.strip_suffix(".core.zst.json");
+    assert!(dump.is_some(), "no dump of {pid} stored: {key} {record:#}");
+    (format!("{}.core.zst", dump.unwrap()), record)
 }
 
 /// The function names of the first `n` frames.
