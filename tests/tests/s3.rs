@@ -872,10 +872,24 @@ async fn a_real_crash_ends_in_the_bucket_with_its_tags_and_metadata() {
         "{key}"
     );
     let store = moto.store(BUCKET, ConnectOptions::default());
-    assert_eq!(
-        keys(&store.list("crashes/").await.unwrap()),
-        [key.clone(), format!("{key}.json")]
-    );
+    let listed = store.list("crashes/").await.unwrap();
+    let (modules, dumps): (Vec<&str>, Vec<&str>) = keys(&listed)
+        .into_iter()
+        .partition(|k| k.starts_with("crashes/_modules/"));
+    assert_eq!(dumps, [key.clone(), format!("{key}.json")]);
+    // With the file intake, the crasher's module files are read while it exits, when the
+    // agent gets there first: each one stored is named in the record.
+    let record: Value =
+        serde_json::from_slice(&read_object(&store, &format!("{key}.json")).await).unwrap();
+    let named: Vec<&str> = record["report"]["modules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["key"].as_str())
+        .collect();
+    for module in &modules {
+        assert!(named.contains(module), "{module}: {record:#}");
+    }
     let tags = store.tags(&key).await.unwrap();
     for (name, value) in [
         ("node", "test-node"),
