@@ -472,6 +472,20 @@ pub fn wait_for_record(
     record_of(&records, host_pid)
 }
 
+/// [`wait_for_record`] of a crash stored with its dump: panics if it was recorded without one.
+pub fn wait_for_dump_record(
+    root: &Path,
+    timeout: Duration,
+    host_pid: u32,
+) -> (String, serde_json::Value) {
+    let (key, record) = wait_for_record(root, timeout, host_pid);
+    assert!(
+        !record["dump"].is_null() && !key.ends_with(".crash.json"),
+        "the crash of {host_pid} was stored without its dump: {key} {record:#}"
+    );
+    (key, record)
+}
+
 /// A running crasher, stopped at its "ready" line.
 pub struct Crasher {
     child: Child,

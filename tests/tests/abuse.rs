@@ -19,7 +19,7 @@ use std::{
 
 use coredump_tests::{
     Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, require_root, store_records,
-    wait_for_record, wait_for_store,
+    wait_for_dump_record, wait_for_record, wait_for_store,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -101,8 +101,7 @@ fn crash_dumping() -> u32 {
 
 /// Waits until the store holds the record of `pid`'s crash with its dump.
 fn wait_for_dump_of(store: &Path, pid: u32) {
-    let (key, r) = wait_for_record(store, WAIT, pid);
-    assert!(!r["dump"].is_null(), "stored without its dump: {key} {r:#}");
+    wait_for_dump_record(store, WAIT, pid);
 }
 
 /// Every file under `dir`, as paths relative to it.

@@ -15,7 +15,7 @@ use std::{
     net::TcpListener,
     path::{Path, PathBuf},
     process::{Command, Output},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use coredump_agent::store::layout;
@@ -23,7 +23,7 @@ use coredump_tests::{
     Agent, CorePatternGuard, Crasher, CrasherOpts, TempCgroup, TempDir, agent_path,
     fake_ecs::{self, FakeEcs},
     fake_kube::{self, FakeKube},
-    require_root, store_records, tools,
+    require_root, store_records, tools, wait_for_dump_record,
 };
 use serde_json::Value;
 
@@ -228,21 +228,7 @@ fn crash_in(cgroup: &TempCgroup, mode: &str) -> u32 {
 
 /// Waits for the stored record of the crash of `host_pid`; returns its key and record.
 fn stored_record(node: &Node, host_pid: u32) -> (String, Value) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let records = store_records(&node.store());
-        if let Some(found) = records.iter().find(|(k, r)| {
-            !k.contains(".crash.")
-                && (r["crash"]["host_pid"] == host_pid || r["kernel"]["host_pid"] == host_pid)
-        }) {
-            return found.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no stored dump record for host pid {host_pid} within {WAIT:?}: {records:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_dump_record(&node.store(), WAIT, host_pid)
 }
 
 /// Asserts the record names `task` completely, from the introspection API.
