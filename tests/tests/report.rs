@@ -16,7 +16,7 @@ use coredump_tests::{
     module_keys,
     moto::Moto,
     node::{Node, Pod, node},
-    programs, require_root, store_records, wait_for_record,
+    programs, require_root, store_records, wait_for_dump_record,
 };
 use serde_json::Value;
 
@@ -43,10 +43,8 @@ fn crash_in(pod: Option<&Pod>, program: &Path, mode: &str) -> u32 {
 
 /// The stored record of the dump of `pid`, once stored, and the dump's key.
 fn stored_record(n: &Node, pid: u32) -> (String, Value) {
-    let (key, record) = wait_for_record(&n.store, WAIT, pid);
-    let dump = key.strip_suffix(".core.zst.json");
-    assert!(dump.is_some(), "no dump of {pid} stored: {key} {record:#}");
-    (format!("{}.core.zst", dump.unwrap()), record)
+    let (key, record) = wait_for_dump_record(&n.store, WAIT, pid);
+    (key.strip_suffix(".json").unwrap().to_owned(), record)
 }
 
 /// The function names of the first `n` frames.
@@ -502,13 +500,13 @@ fn partial_reports_say_what_is_missing() {
     assert!(agent.terminate().success());
 }
 
-/// `debug --print-command` gives a command that opens the stored core in gdb with the stored
-/// executable and libraries: run from a fresh directory after the binary is gone from disk,
-/// `bt` names the three functions.
+/// `debug --print-command` gives a command that opens the stored core in gdb (or, with
+/// `--debugger lldb`, lldb) with the stored executable and libraries: run from a fresh
+/// directory after the binary is gone from disk, `bt` names the three functions.
 #[test]
 #[ignore = "needs root (BPF, cgroups, core_pattern): cargo xtask test runs it"]
-fn debug_opens_gdb_where_the_binary_exists_only_in_the_store() {
-    if !require_root("report") || !programs::require("report", &["gcc", "gdb"]) {
+fn debug_opens_gdb_and_lldb_where_the_binary_exists_only_in_the_store() {
+    if !require_root("report") || !programs::require("report", &["gcc", "gdb", "lldb"]) {
         return;
     }
     let n = node("report-debug");
@@ -557,6 +555,36 @@ fn debug_opens_gdb_where_the_binary_exists_only_in_the_store() {
     eprintln!("debug {key} -- -batch -ex bt:\n{err}{out}");
     assert!(out.contains("crash3"), "{out}");
     assert_eq!(std::fs::read_dir(&sessions.path).unwrap().count(), 0);
+    // lldb, from the same store: its frames are `frame #N: … order-svc`crash3 at …`.
+    let (ok, command, err) = cli(&[
+        "debug",
+        "--dest",
+        store,
+        "--debugger",
+        "lldb",
+        "--dir",
+        dir,
+        "--print-command",
+        &key,
+    ]);
+    assert!(ok, "{err}");
+    let command = command.trim();
+    assert!(command.starts_with("lldb "), "{command}");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{command} --batch -o bt"))
+        .current_dir(&fresh.path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{command} --batch -o bt:\n{text}");
+    for (i, f) in ["crash3", "crash2", "crash1", "main"].iter().enumerate() {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&format!("frame #{i}: ")) && l.contains(&format!("`{f}"))),
+            "frame #{i} {f}: {text}"
+        );
+    }
     assert!(agent.terminate().success());
 }
 

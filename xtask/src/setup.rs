@@ -214,8 +214,9 @@ fn prometheus() -> anyhow::Result<()> {
 
 /// Debian packages the crash report tests and `coredump-agent debug` use, with the lowest
 /// major version they were measured with: gcc builds the programs the tests crash, gdb opens
-/// the stored cores, binutils' readelf and nm check the reports.
-const DEBUGGING: &[(&str, u32)] = &[("gcc", 12), ("gdb", 12), ("binutils", 2)];
+/// the stored cores (lldb too, for `debug --debugger lldb`), binutils' readelf and nm check the
+/// reports.
+const DEBUGGING: &[(&str, u32)] = &[("gcc", 12), ("gdb", 12), ("lldb", 14), ("binutils", 2)];
 
 /// The major version of a Debian version string (`4:12.2.0-3` is 12: epoch dropped).
 fn debian_major(version: &str) -> Option<u32> {
@@ -608,7 +609,7 @@ fn print_versions(tools: &Path, radosgw: &str) {
                 ),
             ),
         ])
-        .chain([("gcc", "--version"), ("gdb", "--version")].map(|(p, a)| (p, first_line(p, &[a]))))
+        .chain(["gcc", "gdb", "lldb"].map(|p| (p, first_line(p, &["--version"]))))
         .collect();
     eprintln!("xtask setup: versions the build and the tests use:");
     for (tool, version) in rows {
