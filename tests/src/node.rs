@@ -27,29 +27,39 @@ pub struct Node {
     _guard: CorePatternGuard,
 }
 
-/// A fresh node, holding the test lock with `core` as the pattern to restore.
+/// A fresh node, holding the test lock with `core` as the pattern to restore: the agent
+/// installs its own (socket or pipe) and puts this one back.
 pub fn node(tag: &str) -> Node {
-    let tmp = TempDir::new(tag);
-    let (pod_logs, container_logs) = (tmp.join("pods"), tmp.join("containers"));
-    std::fs::create_dir_all(&pod_logs).unwrap();
-    std::fs::create_dir_all(&container_logs).unwrap();
-    // A known pattern to start from: the agent installs its own and puts this one back.
-    let guard = CorePatternGuard::set("core");
-    Node {
-        state: tmp.join("state"),
-        received: tmp.join("received"),
-        run: tmp.join("run"),
-        store: tmp.join("store"),
-        dumps: tmp.join("dumps"),
-        pod_logs,
-        container_logs,
-        tmp,
-        _guard: guard,
-    }
+    Node::new(tag, "dumps", "core")
 }
 
 impl Node {
-    /// The `run` arguments of an agent on this node.
+    /// A fresh node whose dump directory is `dumps` (relative to its temporary directory) and
+    /// whose core_pattern is `pattern`, in which `{dumps}` stands for the dump directory. Holds
+    /// the test lock, and puts the previous pattern back when dropped.
+    pub fn new(tag: &str, dumps: &str, pattern: &str) -> Self {
+        let tmp = TempDir::new(tag);
+        let (pod_logs, container_logs, dumps) =
+            (tmp.join("pods"), tmp.join("containers"), tmp.join(dumps));
+        for d in [&pod_logs, &container_logs, &dumps] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let guard = CorePatternGuard::set(&pattern.replace("{dumps}", dumps.to_str().unwrap()));
+        Node {
+            state: tmp.join("state"),
+            received: tmp.join("received"),
+            run: tmp.join("run"),
+            store: tmp.join("store"),
+            dumps,
+            pod_logs,
+            container_logs,
+            tmp,
+            _guard: guard,
+        }
+    }
+
+    /// The `run` arguments of an agent on this node: its directories and short waits. Each
+    /// flag takes a value.
     pub fn args(&self, intake: &str) -> Vec<String> {
         let p = |p: &Path| p.to_str().unwrap().to_owned();
         let mut args: Vec<String> = ["run", "--intake", intake, "--node-name", NODE]
@@ -83,6 +93,25 @@ impl Node {
         args
     }
 
+    /// [`Node::args`] with `extra` after them: a flag of the node's given again in `extra`
+    /// (`--dest`, `--kube`, a wait) replaces the node's value, the last one given winning.
+    pub fn args_with(&self, intake: &str, extra: &[&str]) -> Vec<String> {
+        let mut args = self.args(intake);
+        let own: Vec<String> = args.iter().skip(1).step_by(2).cloned().collect();
+        let mut extra = extra.iter();
+        while let Some(&word) = extra.next() {
+            match args.iter().position(|a| a == word) {
+                Some(at) if own.iter().any(|f| f == word) => {
+                    if let Some(value) = extra.next() {
+                        args[at + 1] = (*value).to_owned();
+                    }
+                }
+                _ => args.push(word.to_owned()),
+            }
+        }
+        args
+    }
+
     /// Starts the agent with this node's settings and `extra` arguments (a setting given in
     /// `extra`, such as `--dest` or `--kube`, replaces this node's).
     pub fn start(&self, intake: &str, extra: &[&str]) -> Agent {
@@ -91,14 +120,7 @@ impl Node {
 
     /// [`Node::start`] with extra environment variables (an S3 server's credentials).
     pub fn start_with_env(&self, intake: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
-        let mut args = self.args(intake);
-        // Every setting of `args` takes a value: one given again in `extra` replaces it.
-        for flag in extra.iter().filter(|a| a.starts_with("--")) {
-            if let Some(at) = args.iter().skip(1).position(|a| a == flag) {
-                args.drain(at + 1..at + 3);
-            }
-        }
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args = self.args_with(intake, extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let log = self.tmp.join(&format!(
             "agent-{}.log",
@@ -108,6 +130,31 @@ impl Node {
                 .as_nanos()
         ));
         Agent::start_with_env(&args, log, env)
+    }
+
+    /// What the kubelet writes for a running container, which names its pod: the pod's log
+    /// directory (`<namespace>_<name>_<uid>/<container>/0.log`, holding `line`) and the
+    /// container's log link to it (`<name>_<namespace>_<container>-<container id>.log`).
+    pub fn kubelet_logs(&self, pod: &PodNames<'_>, line: &str) {
+        let PodNames {
+            namespace,
+            name,
+            uid,
+            container,
+            container_id,
+        } = pod;
+        let dir = self
+            .pod_logs
+            .join(format!("{namespace}_{name}_{uid}"))
+            .join(container);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("0.log"), line).unwrap();
+        symlink(
+            dir.join("0.log"),
+            self.container_logs
+                .join(format!("{name}_{namespace}_{container}-{container_id}.log")),
+        )
+        .unwrap();
     }
 
     /// Files in the receive directory (not the agent's sub-folders).
@@ -142,6 +189,15 @@ impl Node {
     }
 }
 
+/// What names a container in the kubelet's log files.
+pub struct PodNames<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+    pub container: &'a str,
+    pub container_id: &'a str,
+}
+
 /// A pod as the kubelet lays it out: its cgroup (containerd, systemd driver, burstable) and
 /// the log directories that name it.
 pub struct Pod {
@@ -168,18 +224,14 @@ impl Pod {
             "kubepods.slice/kubepods-burstable.slice/{slice}/cri-containerd-{container_id}.scope"
         ));
         let (namespace, container) = ("shop".to_owned(), "app".to_owned());
-        let dir = node
-            .pod_logs
-            .join(format!("{namespace}_{name}_{uid}"))
-            .join(&container);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("0.log"), "started\n").unwrap();
-        symlink(
-            dir.join("0.log"),
-            node.container_logs
-                .join(format!("{name}_{namespace}_{container}-{container_id}.log")),
-        )
-        .unwrap();
+        let names = PodNames {
+            namespace: &namespace,
+            name,
+            uid: &uid,
+            container: &container,
+            container_id: &container_id,
+        };
+        node.kubelet_logs(&names, "started\n");
         Self {
             namespace,
             name: name.into(),

@@ -6,80 +6,47 @@
 
 use std::{
     os::unix::{ffi::OsStrExt as _, fs::symlink},
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::Duration,
 };
 
 use coredump_tests::{
-    Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, agent_path, node::dumping, record_of,
-    require_root, store_keys, store_records, wait_for_record, wait_for_store,
+    Agent, Crasher, CrasherOpts, agent_path,
+    node::{self, NODE, dumping},
+    record_of, require_root, store_keys, store_records, wait_for_record, wait_for_store,
 };
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
-const NODE: &str = "test-node";
 
-struct Node {
-    tmp: TempDir,
-    dumps: PathBuf,
-    state: PathBuf,
-    store: PathBuf,
-    _pattern: CorePatternGuard,
-}
+/// A node whose kernel writes dumps into its dump directory (the file intake).
+struct Node(node::Node);
 
-/// A fresh dump dir, state dir and store, with core_pattern set to `template` in the dump
-/// dir (`{dumps}` in a pipe pattern stands for the dump dir).
-fn node(tag: &str, template: &str) -> Node {
-    let tmp = TempDir::new(tag);
-    let dumps = tmp.join("dumps");
-    std::fs::create_dir_all(&dumps).unwrap();
-    let pattern = if template.starts_with('|') {
-        template.replace("{dumps}", dumps.to_str().unwrap())
-    } else {
-        format!("{}/{template}", dumps.display())
-    };
-    let guard = CorePatternGuard::set(&pattern);
-    Node {
-        state: tmp.join("state"),
-        store: tmp.join("store"),
-        dumps,
-        tmp,
-        _pattern: guard,
+impl std::ops::Deref for Node {
+    type Target = node::Node;
+
+    fn deref(&self) -> &node::Node {
+        &self.0
     }
 }
 
+/// A fresh node with core_pattern set to `template` in the dump dir (`{dumps}` in a pipe
+/// pattern stands for the dump dir).
+fn node(tag: &str, template: &str) -> Node {
+    let pattern = if template.starts_with('|') {
+        template.to_owned()
+    } else {
+        format!("{{dumps}}/{template}")
+    };
+    Node(node::Node::new(tag, "dumps", &pattern))
+}
+
 impl Node {
+    /// The file intake, with waits short enough for the tests.
     fn start(&self, extra: &[&str]) -> Agent {
-        let (dumps, state, store) = (
-            self.dumps.to_str().unwrap(),
-            self.state.to_str().unwrap(),
-            self.store.to_str().unwrap(),
-        );
-        let mut args = vec![
-            "run",
-            "--intake",
-            "file",
-            "--dump-dir",
-            dumps,
-            "--state-dir",
-            state,
-            "--dest",
-            store,
-            "--node-name",
-            NODE,
-            "--event-wait",
-            "2s",
-            "--dump-wait",
-            "3s",
-            "--min-free-disk",
-            "0",
-        ];
-        args.extend_from_slice(extra);
-        Agent::start(
-            &args,
-            self.tmp.join(&format!("agent-{}.log", rand_suffix())),
-        )
+        let args = [&["--event-wait", "2s", "--dump-wait", "3s"], extra].concat();
+        self.0.start("file", &args)
     }
 
     /// Names left in the dump dir (not the agent's own sub-folders).
@@ -115,13 +82,6 @@ impl Node {
                 .count()
         })
     }
-}
-
-fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
 }
 
 /// Crashes a crasher with a core file; returns its host pid.
