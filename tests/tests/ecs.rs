@@ -20,10 +20,10 @@ use std::{
 
 use coredump_agent::store::layout;
 use coredump_tests::{
-    Agent, CorePatternGuard, Crasher, CrasherOpts, TempCgroup, TempDir, agent_path,
+    Agent, Crasher, CrasherOpts, TempCgroup, TempDir, agent_path,
     fake_ecs::{self, FakeEcs},
     fake_kube::{self, FakeKube},
-    require_root, store_records, tools, wait_for_dump_record,
+    node, require_root, store_records, tools, wait_for_dump_record,
 };
 use serde_json::Value;
 
@@ -119,78 +119,38 @@ impl TestTask {
     }
 }
 
-/// One test's container instance: dump, state and receive directories, a local store, and
-/// core_pattern (held, and restored at the end).
-struct Node {
-    tmp: TempDir,
-    _pattern: CorePatternGuard,
+/// One test's container instance: the shared test node, named as an EC2 instance is.
+struct Node(node::Node);
+
+impl std::ops::Deref for Node {
+    type Target = node::Node;
+
+    fn deref(&self) -> &node::Node {
+        &self.0
+    }
 }
 
 impl Node {
     /// With `file`, core_pattern writes into the dump directory; else the agent installs its
     /// own (socket or pipe).
     fn new(tag: &str, file: bool) -> Self {
-        let tmp = TempDir::new(tag);
-        let dumps = tmp.join("dumps");
-        std::fs::create_dir_all(&dumps).unwrap();
         let pattern = if file {
-            format!("{}/core.%P.%I.%s.%t.%e", dumps.display())
+            "{dumps}/core.%P.%I.%s.%t.%e"
         } else {
-            "core".to_owned()
+            "core"
         };
-        Self {
-            _pattern: CorePatternGuard::set(&pattern),
-            tmp,
-        }
-    }
-
-    fn store(&self) -> PathBuf {
-        self.tmp.join("store")
+        Self(node::Node::new(tag, "dumps", pattern))
     }
 
     /// Starts `run` with `intake` and `extra` flags.
     fn start(&self, intake: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
-        let p = |d: &str| self.tmp.join(d).display().to_string();
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--intake".into(),
-            intake.into(),
-            "--node-name".into(),
-            NODE.into(),
-        ];
-        for (flag, dir) in [
-            ("--state-dir", "state"),
-            ("--receive-dir", "received"),
-            ("--run-dir", "run"),
-            ("--dest", "store"),
-            ("--dump-dir", "dumps"),
-            ("--pod-log-root", "pods"),
-            ("--container-log-root", "containers"),
-        ] {
-            args.push(flag.into());
-            args.push(p(dir));
-        }
-        args.extend(
-            [
-                "--event-wait",
-                "3s",
-                "--dump-wait",
-                "5s",
-                "--min-free-disk",
-                "0",
-                "--max-dumps-per-hour",
-                "0",
-            ]
-            .map(String::from),
-        );
-        args.extend(extra.iter().map(|a| (*a).to_owned()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Agent::start_with_env(&args, self.tmp.join("agent.log"), env)
+        let args = [&["--node-name", NODE, "--max-dumps-per-hour", "0"], extra].concat();
+        self.0.start_with_env(intake, &args, env)
     }
 
     /// Runs a lookup subcommand (`find`, `info`) against the store.
     fn lookup(&self, args: &[&str]) -> Output {
-        let store = self.store().display().to_string();
+        let store = self.store.display().to_string();
         let mut cmd = Command::new(agent_path());
         cmd.arg(args[0]).args(["--dest", &store]).args(&args[1..]);
         cmd.output().expect("running the agent")
@@ -228,7 +188,7 @@ fn crash_in(cgroup: &TempCgroup, mode: &str) -> u32 {
 
 /// Waits for the stored record of the crash of `host_pid`; returns its key and record.
 fn stored_record(node: &Node, host_pid: u32) -> (String, Value) {
-    wait_for_dump_record(&node.store(), WAIT, host_pid)
+    wait_for_dump_record(&node.store, WAIT, host_pid)
 }
 
 /// Asserts the record names `task` completely, from the introspection API.
@@ -452,7 +412,7 @@ fn tasks_are_named_in_both_layouts_found_by_family_and_pods_still_named() {
 
 /// The dump key the store has for `task`'s crash.
 fn key_of(node: &Node, task: &TestTask) -> String {
-    store_records(&node.store())
+    store_records(&node.store)
         .into_iter()
         .find(|(k, r)| !k.contains(".crash.") && r["identity"]["task_id"] == task.task_id.as_str())
         .map(|(k, _)| k)
