@@ -8,17 +8,17 @@
 //! lock (cgroups and core_pattern are global) and restores the pattern even when a test fails;
 //! `TempCgroup` removes the cgroups.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use coredump_tests::{
-    Agent, CorePatternGuard, Crasher, CrasherOpts, TempCgroup, TempDir,
+    Agent, Crasher, CrasherOpts, TempCgroup,
     fake_kube::{self, FakeKube},
-    require_root, store_records,
+    node::{self, NODE, PodNames},
+    require_root, wait_for_dump_record,
 };
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(30);
-const NODE: &str = "test-node";
 
 /// How a container runtime and cgroup driver lay out a container's cgroup.
 #[derive(Clone, Copy, Debug)]
@@ -170,103 +170,64 @@ impl TestPod {
     }
 }
 
-/// One test's node: dump dir, state, local store, kubelet log roots, core_pattern (held).
-struct Node {
-    tmp: TempDir,
-    dumps: PathBuf,
-    pod_logs: PathBuf,
-    container_logs: PathBuf,
-    kubeconfig: PathBuf,
-    _pattern: CorePatternGuard,
+/// One test's node: the shared test node, with the kernel writing into its dump directory.
+struct Node(node::Node);
+
+impl std::ops::Deref for Node {
+    type Target = node::Node;
+
+    fn deref(&self) -> &node::Node {
+        &self.0
+    }
 }
 
 impl Node {
     /// Sets core_pattern to `<dumps>/<template>`.
     fn new(tag: &str, template: &str) -> Self {
-        let tmp = TempDir::new(tag);
-        let dumps = tmp.join("dumps");
-        let pod_logs = tmp.join("var/log/pods");
-        let container_logs = tmp.join("var/log/containers");
-        for d in [&dumps, &pod_logs, &container_logs] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        let pattern = CorePatternGuard::set(&format!("{}/{template}", dumps.display()));
-        Self {
-            kubeconfig: tmp.join("kubeconfig"),
-            tmp,
-            dumps,
-            pod_logs,
-            container_logs,
-            _pattern: pattern,
-        }
+        Self(node::Node::new(
+            tag,
+            "dumps",
+            &format!("{{dumps}}/{template}"),
+        ))
     }
 
-    fn store(&self) -> PathBuf {
-        self.tmp.join("store")
-    }
-
-    /// What the kubelet writes for a running container: the pod's log directory and the
-    /// container's log link into it.
+    /// What the kubelet writes for a running container.
     fn kubelet_logs(&self, pod: &TestPod) {
-        let dir = self
-            .pod_logs
-            .join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid))
-            .join(&pod.container);
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("0.log");
-        std::fs::write(
-            &log,
+        self.0.kubelet_logs(
+            &PodNames {
+                namespace: &pod.namespace,
+                name: &pod.name,
+                uid: &pod.uid,
+                container: &pod.container,
+                container_id: &pod.container_id,
+            },
             "2026-11-26T08:01:02.000000000Z stdout F listening on :8080\n",
-        )
-        .unwrap();
-        std::os::unix::fs::symlink(
-            &log,
-            self.container_logs.join(format!(
-                "{}_{}_{}-{}.log",
-                pod.name, pod.namespace, pod.container, pod.container_id
-            )),
-        )
-        .unwrap();
+        );
     }
 
     /// Starts the agent; with `api`, pointed at it through a kubeconfig (`--kube on`) and
     /// waits for its pod cache to sync.
     fn start(&self, api: Option<&FakeKube>) -> Agent {
-        let args_owned = [
-            "run".to_owned(),
-            "--intake".into(),
-            "file".into(),
-            "--dump-dir".into(),
-            self.dumps.display().to_string(),
-            "--state-dir".into(),
-            self.tmp.join("state").display().to_string(),
-            "--dest".into(),
-            self.store().display().to_string(),
-            "--node-name".into(),
-            NODE.into(),
-            "--event-wait".into(),
-            "2s".into(),
-            "--dump-wait".into(),
-            "3s".into(),
-            "--min-free-disk".into(),
-            "0".into(),
-            "--max-dumps-per-hour".into(),
-            "0".into(),
-            "--pod-log-root".into(),
-            self.pod_logs.display().to_string(),
-            "--container-log-root".into(),
-            self.container_logs.display().to_string(),
-            "--kube".into(),
-            if api.is_some() { "on" } else { "off" }.into(),
+        let kube = if api.is_some() { "on" } else { "off" };
+        let args = [
+            "--event-wait",
+            "2s",
+            "--dump-wait",
+            "3s",
+            "--max-dumps-per-hour",
+            "0",
+            "--kube",
+            kube,
         ];
-        let args: Vec<&str> = args_owned.iter().map(String::as_str).collect();
-        let log = self.tmp.join("agent.log");
         let Some(api) = api else {
-            return Agent::start(&args, log);
+            return self.0.start("file", &args);
         };
-        api.write_kubeconfig(&self.kubeconfig);
-        let kubeconfig = self.kubeconfig.display().to_string();
-        let mut agent = Agent::start_with_env(&args, log, &[("KUBECONFIG", kubeconfig.as_str())]);
+        let kubeconfig = self.tmp.join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig);
+        let kubeconfig = kubeconfig.display().to_string();
+        let mut agent =
+            self.0
+                .start_with_env("file", &args, &[("KUBECONFIG", kubeconfig.as_str())]);
         agent.wait_for_log("pod cache synced", WAIT);
         agent
     }
@@ -291,21 +252,7 @@ fn crash_in(cgroup: &TempCgroup, mode: &str, arg: Option<&str>) -> u32 {
 
 /// Waits for the stored record of the crash of `host_pid`; returns its key and record.
 fn stored_record(node: &Node, host_pid: u32) -> (String, Value) {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let records = store_records(&node.store());
-        if let Some(found) = records
-            .iter()
-            .find(|(k, r)| r["crash"]["host_pid"] == host_pid && !k.contains(".crash."))
-        {
-            return found.clone();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no stored dump record for host pid {host_pid} within {WAIT:?}: {records:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_dump_record(&node.store, WAIT, host_pid)
 }
 
 /// Asserts the record names `pod` completely, with names from `source`.

@@ -20,14 +20,14 @@ use std::{
 };
 
 use coredump_tests::{
-    Agent, CorePatternGuard, Crasher, CrasherOpts, TempCgroup, TempDir,
+    Agent, Crasher, CrasherOpts, TempCgroup, TempDir,
+    node::{self, NODE, PodNames},
     prometheus::{self, Prometheus, free_port, http_get, promtool},
     require_root,
 };
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
-const NODE: &str = "test-node";
 /// The agent pod's name, as the Kubernetes service discovery would give it.
 const AGENT_POD: &str = "coredump-agent-x7k2p";
 /// The agent pod's namespace (deploy/base).
@@ -559,93 +559,53 @@ impl TestPod {
     }
 }
 
-/// One node: the dump directory and core_pattern (held), the kubelet's log directories, a
-/// local store.
-struct Node {
-    tmp: TempDir,
-    dumps: PathBuf,
-    pod_logs: PathBuf,
-    container_logs: PathBuf,
-    _pattern: CorePatternGuard,
+/// One node: the shared test node, with the kernel writing into its dump directory.
+struct Node(node::Node);
+
+impl std::ops::Deref for Node {
+    type Target = node::Node;
+
+    fn deref(&self) -> &node::Node {
+        &self.0
+    }
 }
 
 impl Node {
     fn new(tag: &str) -> Self {
-        let tmp = TempDir::new(tag);
-        let dumps = tmp.join("dumps");
-        let pod_logs = tmp.join("var/log/pods");
-        let container_logs = tmp.join("var/log/containers");
-        for d in [&dumps, &pod_logs, &container_logs] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        let pattern = CorePatternGuard::set(&format!("{}/core.%P.%I.%s.%t.%e", dumps.display()));
-        Self {
-            tmp,
-            dumps,
-            pod_logs,
-            container_logs,
-            _pattern: pattern,
-        }
-    }
-
-    fn store(&self) -> PathBuf {
-        self.tmp.join("store")
+        Self(node::Node::new(tag, "dumps", "{dumps}/core.%P.%I.%s.%t.%e"))
     }
 
     /// What the kubelet writes for a running container, which names its pod.
     fn kubelet_logs(&self, pod: &TestPod) {
-        let dir = self
-            .pod_logs
-            .join(format!("{}_{}_{}", pod.namespace, pod.name, pod.uid))
-            .join(pod.container);
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = dir.join("0.log");
-        std::fs::write(&log, "2026-11-26T08:01:02.000000000Z stdout F started\n").unwrap();
-        std::os::unix::fs::symlink(
-            &log,
-            self.container_logs.join(format!(
-                "{}_{}_{}-{}.log",
-                pod.name, pod.namespace, pod.container, pod.container_id
-            )),
-        )
-        .unwrap();
+        self.0.kubelet_logs(
+            &PodNames {
+                namespace: pod.namespace,
+                name: pod.name,
+                uid: &pod.uid,
+                container: pod.container,
+                container_id: &pod.container_id,
+            },
+            "2026-11-26T08:01:02.000000000Z stdout F started\n",
+        );
     }
 
     /// Starts the agent (file intake, no Kubernetes API) serving HTTP on `listen`.
     fn start(&self, listen: &str) -> Agent {
-        let args = [
-            "run".to_owned(),
-            "--intake".into(),
-            "file".into(),
-            "--dump-dir".into(),
-            self.dumps.display().to_string(),
-            "--state-dir".into(),
-            self.tmp.join("state").display().to_string(),
-            "--dest".into(),
-            self.store().display().to_string(),
-            "--node-name".into(),
-            NODE.into(),
-            "--event-wait".into(),
-            "2s".into(),
-            "--dump-wait".into(),
-            "3s".into(),
-            "--min-free-disk".into(),
-            "0".into(),
-            "--max-dumps-per-hour".into(),
-            "0".into(),
-            "--pod-log-root".into(),
-            self.pod_logs.display().to_string(),
-            "--container-log-root".into(),
-            self.container_logs.display().to_string(),
-            "--kube".into(),
-            "off".into(),
-            "--listen".into(),
-            listen.into(),
-            "--store-check-interval".into(),
-            "500ms".into(),
-        ];
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        Agent::start(&args, self.tmp.join("agent.log"))
+        self.0.start(
+            "file",
+            &[
+                "--event-wait",
+                "2s",
+                "--dump-wait",
+                "3s",
+                "--max-dumps-per-hour",
+                "0",
+                "--listen",
+                listen,
+                "--store-check-interval",
+                "500ms",
+            ],
+        )
     }
 }
 
@@ -1030,8 +990,8 @@ fn prometheus_counts_real_crashes_by_namespace_and_signal_and_runs_every_query()
             .all(|a| a["metric"]["alertname"] != "CoredumpAgentNotReady"),
         "{alerts_now}"
     );
-    std::fs::remove_dir_all(node.store()).unwrap();
-    std::fs::write(node.store(), b"not a directory").unwrap();
+    std::fs::remove_dir_all(&node.store).unwrap();
+    std::fs::write(&node.store, b"not a directory").unwrap();
     let pending = prom.wait_for(
         r#"ALERTS{alertname="CoredumpAgentNotReady", alertstate="pending"}"#,
         WAIT,
@@ -1039,7 +999,7 @@ fn prometheus_counts_real_crashes_by_namespace_and_signal_and_runs_every_query()
     );
     assert_eq!(pending[0]["metric"]["node"], NODE, "{pending:?}");
     assert_eq!(pending[0]["metric"]["pod"], AGENT_POD, "{pending:?}");
-    std::fs::remove_file(node.store()).unwrap();
+    std::fs::remove_file(&node.store).unwrap();
     assert!(agent.sigterm().success());
 }
 
