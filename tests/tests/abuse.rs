@@ -18,67 +18,44 @@ use std::{
 };
 
 use coredump_tests::{
-    Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, require_root, store_records,
-    wait_for_dump_record, wait_for_record, wait_for_store,
+    Agent, Crasher, CrasherOpts, node, require_root, store_records, wait_for_dump_record,
+    wait_for_record, wait_for_store,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
-const NODE: &str = "test-node";
 /// The file pattern of a node set up the old way: a dump directory containers mount.
 const TEMPLATE: &str = "core.%P.%I.%s.%t.%e";
 
-struct Node {
-    tmp: TempDir,
-    state: PathBuf,
-    dumps: PathBuf,
-    store: PathBuf,
-    _guard: CorePatternGuard,
-}
-
 /// A node whose dump directory is in the state directory, as the DaemonSet lays them out on
 /// one host path, with core_pattern pointing into it.
-fn node(tag: &str) -> Node {
-    let tmp = TempDir::new(tag);
-    let state = tmp.join("state");
-    let dumps = state.join("dumps");
-    std::fs::create_dir_all(&dumps).unwrap();
-    let guard = CorePatternGuard::set(&format!("{}/{TEMPLATE}", dumps.display()));
-    Node {
-        store: tmp.join("store"),
-        state,
-        dumps,
-        tmp,
-        _guard: guard,
+struct Node(node::Node);
+
+impl std::ops::Deref for Node {
+    type Target = node::Node;
+
+    fn deref(&self) -> &node::Node {
+        &self.0
     }
 }
 
+fn node(tag: &str) -> Node {
+    Node(node::Node::new(
+        tag,
+        "state/dumps",
+        &format!("{{dumps}}/{TEMPLATE}"),
+    ))
+}
+
 impl Node {
+    /// The agent's `run` arguments: the intake the agent picks (`auto`) unless `extra` names
+    /// one, and short waits.
+    fn args(&self, extra: &[&str]) -> Vec<String> {
+        let args = [&["--event-wait", "2s", "--dump-wait", "3s"], extra].concat();
+        self.0.args_with("auto", &args)
+    }
+
     fn start(&self, extra: &[&str]) -> Agent {
-        let p = |p: &Path| p.to_str().unwrap().to_owned();
-        let mut args: Vec<String> = vec![
-            "run".into(),
-            "--dump-dir".into(),
-            p(&self.dumps),
-            "--state-dir".into(),
-            p(&self.state),
-            "--dest".into(),
-            p(&self.store),
-            "--run-dir".into(),
-            p(&self.tmp.join("run")),
-            "--receive-dir".into(),
-            p(&self.tmp.join("received")),
-            "--node-name".into(),
-            NODE.into(),
-            "--kube".into(),
-            "off".into(),
-            "--event-wait".into(),
-            "2s".into(),
-            "--dump-wait".into(),
-            "3s".into(),
-            "--min-free-disk".into(),
-            "0".into(),
-        ];
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args = self.args(extra);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Agent::start(&args, self.tmp.join("agent.log"))
     }
@@ -504,36 +481,18 @@ fn a_crash_flood_during_a_store_outage_costs_no_other_pod_its_dump() {
     let n = node("flood");
     let env: Vec<(&str, String)> = moto.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let p = |p: &Path| p.to_str().unwrap().to_owned();
-    let args: Vec<String> = [
-        "run",
+    let endpoint = moto.endpoint();
+    let args = n.args(&[
         "--intake",
         "file",
-        "--node-name",
-        NODE,
-        "--kube",
-        "off",
-        "--min-free-disk",
-        "0",
-        "--event-wait",
-        "2s",
         "--dump-wait",
         "10s",
         "--s3-path-style",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .chain([
-        "--dump-dir".into(),
-        p(&n.dumps),
-        "--state-dir".into(),
-        p(&n.state),
-        "--dest".into(),
-        "s3://dumps/flood".into(),
-        "--s3-endpoint".into(),
-        moto.endpoint(),
-    ])
-    .collect();
+        "--dest",
+        "s3://dumps/flood",
+        "--s3-endpoint",
+        &endpoint,
+    ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let agent = Agent::start_with_env(&args, n.tmp.join("agent.log"), &env);
     moto.stop();
