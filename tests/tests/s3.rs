@@ -25,8 +25,9 @@ use coredump_agent::store::{
 };
 use coredump_agent::testdata::{core_like, random};
 use coredump_tests::{
-    Agent, CorePatternGuard, Crasher, CrasherOpts, TempDir, agent_path,
+    Agent, Crasher, CrasherOpts, TempDir, agent_path,
     moto::{BUCKET, Moto, free_port},
+    node,
     radosgw::Radosgw,
     require_root,
 };
@@ -809,35 +810,22 @@ async fn a_real_crash_ends_in_the_bucket_with_its_tags_and_metadata() {
     let Some(moto) = Moto::launch(test) else {
         return;
     };
-    let tmp = TempDir::new("s3-crash");
-    let (dumps, state) = (tmp.join("dumps"), tmp.join("state"));
-    std::fs::create_dir_all(&dumps).unwrap();
-    let _pattern = CorePatternGuard::set(&format!("{}/core.%P.%I.%s.%t.%e", dumps.display()));
+    let node = node::Node::new("s3-crash", "dumps", "{dumps}/core.%P.%I.%s.%t.%e");
+    let dumps = &node.dumps;
     let env: Vec<(&str, String)> = moto.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let endpoint = moto.endpoint();
-    let agent = Agent::start_with_env(
+    let agent = node.start_with_env(
+        "file",
         &[
-            "run",
-            "--intake",
-            "file",
-            "--dump-dir",
-            dumps.to_str().unwrap(),
-            "--state-dir",
-            state.to_str().unwrap(),
             "--dest",
             "s3://dumps/crashes",
             "--s3-endpoint",
             &endpoint,
             "--s3-path-style",
-            "--node-name",
-            "test-node",
             "--event-wait",
             "5s",
-            "--min-free-disk",
-            "0",
         ],
-        tmp.join("agent.log"),
         &env,
     );
 
@@ -856,7 +844,7 @@ async fn a_real_crash_ends_in_the_bucket_with_its_tags_and_metadata() {
     });
     let key = stored["key"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + WAIT;
-    while std::fs::read_dir(&dumps)
+    while std::fs::read_dir(dumps)
         .unwrap()
         .flatten()
         .any(|e| e.file_name().to_string_lossy().starts_with("core."))
