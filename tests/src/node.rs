@@ -14,6 +14,10 @@ use crate::{Agent, CorePatternGuard, CrasherOpts, TempCgroup, TempDir, agent_pat
 /// The node name the agents are given.
 pub const NODE: &str = "test-node";
 
+/// Shorter waits than the node's, for tests whose kernel writes dump files (the file intake):
+/// a crash is recorded without its dump 2 s after its event, a dump waits 3 s for its event.
+pub const FILE_WAITS: [&str; 4] = ["--event-wait", "2s", "--dump-wait", "3s"];
+
 /// A node: state, receive and run directories, a local store, kubelet log directories.
 pub struct Node {
     pub tmp: TempDir,

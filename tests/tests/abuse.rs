@@ -50,7 +50,7 @@ impl Node {
     /// The agent's `run` arguments: the intake the agent picks (`auto`) unless `extra` names
     /// one, and short waits.
     fn args(&self, extra: &[&str]) -> Vec<String> {
-        let args = [&["--event-wait", "2s", "--dump-wait", "3s"], extra].concat();
+        let args = [&node::FILE_WAITS[..], extra].concat();
         self.0.args_with("auto", &args)
     }
 

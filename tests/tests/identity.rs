@@ -210,15 +210,10 @@ impl Node {
     fn start(&self, api: Option<&FakeKube>) -> Agent {
         let kube = if api.is_some() { "on" } else { "off" };
         let args = [
-            "--event-wait",
-            "2s",
-            "--dump-wait",
-            "3s",
-            "--max-dumps-per-hour",
-            "0",
-            "--kube",
-            kube,
-        ];
+            &node::FILE_WAITS[..],
+            &["--max-dumps-per-hour", "0", "--kube", kube],
+        ]
+        .concat();
         let Some(api) = api else {
             return self.0.start("file", &args);
         };

@@ -591,21 +591,16 @@ impl Node {
 
     /// Starts the agent (file intake, no Kubernetes API) serving HTTP on `listen`.
     fn start(&self, listen: &str) -> Agent {
-        self.0.start(
-            "file",
-            &[
-                "--event-wait",
-                "2s",
-                "--dump-wait",
-                "3s",
-                "--max-dumps-per-hour",
-                "0",
-                "--listen",
-                listen,
-                "--store-check-interval",
-                "500ms",
-            ],
-        )
+        let extra = [
+            "--max-dumps-per-hour",
+            "0",
+            "--listen",
+            listen,
+            "--store-check-interval",
+            "500ms",
+        ];
+        self.0
+            .start("file", &[&node::FILE_WAITS[..], &extra].concat())
     }
 }
 

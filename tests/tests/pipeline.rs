@@ -45,7 +45,7 @@ fn node(tag: &str, template: &str) -> Node {
 impl Node {
     /// The file intake, with waits short enough for the tests.
     fn start(&self, extra: &[&str]) -> Agent {
-        let args = [&["--event-wait", "2s", "--dump-wait", "3s"], extra].concat();
+        let args = [&node::FILE_WAITS[..], extra].concat();
         self.0.start("file", &args)
     }
 
