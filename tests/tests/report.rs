@@ -519,27 +519,14 @@ fn debug_opens_gdb_and_lldb_where_the_binary_exists_only_in_the_store() {
         // The program, and its directory, are gone from here on.
     };
     let store = n.store.to_str().unwrap();
-    let (ok, command, err) = cli(&["debug", "--dest", store, "--print-command", &key]);
-    assert!(ok, "{err}");
-    let command = command.trim();
-    eprintln!("debug --print-command {key}:\n{command}\n{err}");
-    assert!(command.starts_with("gdb "), "{command}");
     let fresh = TempDir::new("report-debug-fresh");
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(format!("{command} -batch -ex bt"))
-        .current_dir(&fresh.path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
-    for (i, f) in ["crash3", "crash2", "crash1", "main"].iter().enumerate() {
-        assert!(
-            text.lines()
-                .any(|l| l.starts_with(&format!("#{i} ")) && l.contains(f)),
-            "#{i} {f}: {text}"
-        );
-    }
+    let command = print_and_run(
+        &["--dest", store, &key],
+        "-batch -ex bt",
+        &fresh.path,
+        |i, f, l| l.starts_with(&format!("#{i} ")) && l.contains(f),
+    );
+    assert!(command.starts_with("gdb "), "{command}");
     // The files the command uses are kept until removed (the last word is the core).
     let core = Path::new(command.rsplit(' ').next().unwrap());
     let session = core.parent().unwrap();
@@ -556,36 +543,42 @@ fn debug_opens_gdb_and_lldb_where_the_binary_exists_only_in_the_store() {
     assert!(out.contains("crash3"), "{out}");
     assert_eq!(std::fs::read_dir(&sessions.path).unwrap().count(), 0);
     // lldb, from the same store: its frames are `frame #N: … order-svc`crash3 at …`.
-    let (ok, command, err) = cli(&[
-        "debug",
-        "--dest",
-        store,
-        "--debugger",
-        "lldb",
-        "--dir",
-        dir,
-        "--print-command",
-        &key,
-    ]);
-    assert!(ok, "{err}");
-    let command = command.trim();
+    let args = ["--dest", store, "--debugger", "lldb", "--dir", dir, &key];
+    let command = print_and_run(&args, "--batch -o bt", &fresh.path, |i, f, l| {
+        l.contains(&format!("frame #{i}: ")) && l.contains(&format!("`{f}"))
+    });
     assert!(command.starts_with("lldb "), "{command}");
+    assert!(agent.terminate().success());
+}
+
+/// Runs `debug --print-command` with `args`, then the command it prints with `batch` after it,
+/// from `cwd`: the first four frames must be the three functions and `main`, as `is_frame(i,
+/// function, line)` recognises them in the debugger's output. Returns the command.
+fn print_and_run(
+    args: &[&str],
+    batch: &str,
+    cwd: &Path,
+    is_frame: impl Fn(usize, &str, &str) -> bool,
+) -> String {
+    let (ok, command, err) = cli(&[&["debug", "--print-command"], args].concat());
+    assert!(ok, "{err}");
+    let command = command.trim().to_owned();
+    eprintln!("debug --print-command {args:?}:\n{command}\n{err}");
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!("{command} --batch -o bt"))
-        .current_dir(&fresh.path)
+        .arg(format!("{command} {batch}"))
+        .current_dir(cwd)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{command} --batch -o bt:\n{text}");
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
     for (i, f) in ["crash3", "crash2", "crash1", "main"].iter().enumerate() {
         assert!(
-            text.lines()
-                .any(|l| l.contains(&format!("frame #{i}: ")) && l.contains(&format!("`{f}"))),
-            "frame #{i} {f}: {text}"
+            text.lines().any(|l| is_frame(i, f, l)),
+            "frame {i} {f}: {text}"
         );
     }
-    assert!(agent.terminate().success());
+    command
 }
 
 /// One HTTP GET over a plain TCP connection: (status line, body).
