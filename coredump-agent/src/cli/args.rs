@@ -52,9 +52,10 @@ pub enum Command {
     ///
     /// A dump is deleted only after the store confirmed it. Restart-safe: joined records are
     /// spooled in the state dir, and dumps already in the dump dir are processed at start.
-    ///
-    /// Example (dev node, local store, core_pattern installed and restored on exit):
-    ///   coredump-agent run --dump-dir /tmp/dumps --dest /tmp/store --install-core-pattern
+    #[command(after_help = concat!(
+        "Example (dev node, local store, core_pattern installed and restored on exit):\n",
+        "  coredump-agent run --dump-dir /tmp/dumps --dest /tmp/store --install-core-pattern",
+    ))]
     Run(Box<RunArgs>),
     /// Find stored dumps by pod, ECS task, container, node, process, signal, time or any tag:
     /// a coredumpctl for the cluster. Newest first.
@@ -68,23 +69,25 @@ pub enum Command {
     /// tags have no room for it): one more request for every dump left after the other
     /// filters, so narrow with --namespace/--pod and --since first on a big bucket.
     ///
-    /// Examples:
-    ///   coredump-agent find --dest s3://dumps/prod --namespace shop --pod web-7d9f --since 2d
-    ///   coredump-agent find --dest s3://dumps/prod --ecs-cluster prod --task-family web
-    ///   coredump-agent find --signal SIGABRT --json | jq -r .key
-    ///   coredump-agent find --namespace shop --since 7d --group-by signature
-    ///   coredump-agent find --signature 3f2a9c01 --since 1d
-    ///
     /// Exit codes: 0 found, 1 nothing matched, 2 error (including unreadable tags and no match).
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  coredump-agent find --dest s3://dumps/prod --namespace shop --pod web-7d9f --since 2d\n",
+        "  coredump-agent find --dest s3://dumps/prod --ecs-cluster prod --task-family web\n",
+        "  coredump-agent find --signal SIGABRT --json | jq -r .key\n",
+        "  coredump-agent find --namespace shop --since 7d --group-by signature\n",
+        "  coredump-agent find --signature 3f2a9c01 --since 1d",
+    ))]
     Find(Box<FindArgs>),
     /// Download one dump: decompressed (unless --raw), size and checksum verified, written to a
     /// temporary name and renamed only when complete.
     ///
-    /// Examples:
-    ///   coredump-agent get --dest s3://dumps shop/web-7d9f/20261126T082627Z_app_server_7_SIGSEGV.core.zst
-    ///   coredump-agent get s3://dumps/shop/web-7d9f/…core.zst -o - | gdb -c /dev/stdin ./server
-    ///
     /// Exit codes: 0 downloaded, 2 error (missing key, checksum mismatch, …).
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  coredump-agent get --dest s3://dumps shop/web-7d9f/20261126T082627Z_app_server_7_SIGSEGV.core.zst\n",
+        "  coredump-agent get s3://dumps/shop/web-7d9f/…core.zst -o - | gdb -c /dev/stdin ./server",
+    ))]
     Get(Box<GetArgs>),
     /// Show one dump's tags, metadata and its stored record (exe, cmdline, pod, image, cgroup,
     /// kernel attestation) without downloading the core.
@@ -101,12 +104,14 @@ pub enum Command {
     /// saw the image. Removed afterwards unless --keep. Arguments after `--` go to the
     /// debugger.
     ///
-    /// Examples:
-    ///   coredump-agent debug --dest s3://dumps/prod prod/shop/web-7d9f/20261126T082627Z_app_server_7_SIGSEGV.core.zst
-    ///   coredump-agent debug --print-command KEY        # print the command, keep the files
-    ///   coredump-agent debug KEY -- -batch -ex 'thread apply all bt'
-    ///
     /// Exit codes: 0 the debugger succeeded, 2 error.
+    #[command(after_help = concat!(
+        "Examples:\n",
+        "  coredump-agent debug --dest s3://dumps shop/web-7d9f/20261126T082627Z_app_srv_7_SIGSEGV.core.zst\n",
+        "  coredump-agent debug --print-command KEY        # print the command, keep the files\n",
+        "  coredump-agent debug KEY -- -batch -ex 'thread apply all bt'\n",
+        "  coredump-agent debug --debugger lldb KEY -- --batch -o 'bt all'",
+    ))]
     Debug(Box<DebugArgs>),
     /// Put back the kernel settings the agent changed, from its backups in the state dir.
     ///
@@ -124,10 +129,13 @@ pub enum Command {
     /// BPF and BTF, probe attach, core_pattern, RLIMIT_CORE, suid_dumpable and the sysctls the
     /// agent would set, dump dir and free space, cgroup mount, kubelet log dirs, the Kubernetes
     /// API and the agent's RBAC, and the store. Takes the same flags and environment as `run`,
-    /// so in the DaemonSet it checks exactly what the agent will use:
-    ///   kubectl -n coredump-agent exec ds/coredump-agent -- coredump-agent check
+    /// so in the DaemonSet it checks exactly what the agent will use.
     ///
     /// Exit codes: 0 nothing failed, 1 a check failed, 2 error.
+    #[command(after_help = concat!(
+        "Example (in the DaemonSet's pod):\n",
+        "  kubectl -n coredump-agent exec ds/coredump-agent -- coredump-agent check",
+    ))]
     Check(Box<CheckArgs>),
     /// Ask the running agent whether it is healthy: GET its /healthz on --listen (as `run`
     /// reads it, COREDUMP_LISTEN) or --url, once.
