@@ -132,8 +132,9 @@ fn storm(intake: &str) {
     for c in crashers {
         assert!(!c.wait().success());
     }
+    // Each crash's record is written last, after its dump.
     wait_for_store(&n.store, WAIT, |k| {
-        k.iter().filter(|k| k.ends_with(".core.zst")).count() >= 31
+        k.iter().filter(|k| k.ends_with(".core.zst.json")).count() >= 31
     });
     // A moment more: a duplicate would show up now.
     std::thread::sleep(Duration::from_secs(2));
