@@ -114,17 +114,7 @@ impl FakeEcs {
         timeout: Duration,
         pred: impl Fn(&[String]) -> bool,
     ) -> Vec<String> {
-        crate::wait_until(
-            timeout,
-            Duration::from_millis(20),
-            || self.requests(),
-            |requests| pred(requests),
-            |requests| {
-                format!(
-                    "the fake ECS agent did not see the expected requests within {timeout:?}: {requests:#?}"
-                )
-            },
-        )
+        crate::wait_for_requests("the fake ECS agent", timeout, || self.requests(), pred)
     }
 }
 

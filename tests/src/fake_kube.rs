@@ -232,17 +232,7 @@ impl FakeKube {
         timeout: Duration,
         pred: impl Fn(&[Request]) -> bool,
     ) -> Vec<Request> {
-        crate::wait_until(
-            timeout,
-            Duration::from_millis(20),
-            || self.requests(),
-            |requests| pred(requests),
-            |requests| {
-                format!(
-                    "the fake API did not see the expected requests within {timeout:?}: {requests:#?}"
-                )
-            },
-        )
+        crate::wait_for_requests("the fake API", timeout, || self.requests(), pred)
     }
 }
 

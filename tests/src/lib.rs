@@ -401,6 +401,23 @@ pub fn wait_until<T>(
     }
 }
 
+/// Waits until `pred` holds for the requests a fake server (`server`, for the message) has
+/// seen, as `requests` reads them; panics after `timeout`.
+pub fn wait_for_requests<R: std::fmt::Debug>(
+    server: &str,
+    timeout: Duration,
+    requests: impl FnMut() -> Vec<R>,
+    pred: impl Fn(&[R]) -> bool,
+) -> Vec<R> {
+    wait_until(
+        timeout,
+        Duration::from_millis(20),
+        requests,
+        |seen| pred(seen),
+        |seen| format!("{server} did not see the expected requests within {timeout:?}: {seen:#?}"),
+    )
+}
+
 /// Waits until `pred(keys)` holds for the local store at `root`; returns the keys.
 pub fn wait_for_store(
     root: &Path,
